@@ -1,0 +1,334 @@
+"""The detector: torchvision's Faster R-CNN on a MobileNetV3-Large-FPN or ResNet-50-FPN backbone.
+
+Everything here is torchvision's own machinery (``FasterRCNN``, ``AnchorGenerator``, the
+RPN and its IoU ``Matcher``); this module only chooses and wires the parts:
+
+* the RPN gets **9 anchors per location**, 3 aspect ratios x 3 scales, on every feature
+  level, where torchvision's stock detectors use 3 (ResNet-50) or 15 (MobileNet);
+* anchors are matched to ground truth by IoU (Jaccard), foreground at >= ``rpn_fg_iou``
+  and background below ``rpn_bg_iou``;
+* ``weights`` picks where the starting weights come from (COCO detector, ImageNet
+  backbone, nothing, or a file), and layers whose shapes differ from the source (the box
+  predictor for another class count; the RPN head for another anchor count) are
+  re-initialised and listed in ``model.weights_report``.
+
+Boxes everywhere are ``(xmin, ymin, xmax, ymax)`` in pixels of the image given to the
+model; the model resizes internally (``input_size`` is the longest side it works at) and
+maps its predictions back to the input image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mobilenet_v3_large, resnet50
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import (
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
+)
+from torchvision.ops import misc as misc_ops
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("mobilenet", "resnet50")
+WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")
+
+DEFAULT_ANCHOR_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
+"""Height/width ratios of the anchors (torchvision's ``aspect_ratios``: h/w)."""
+
+# Base anchor size of each feature level, in pixels of the resized input. ResNet-50-FPN has
+# five levels at strides 4..64; torchvision's MobileNetV3-FPN has three (strides 32, 32, 64),
+# so its bases are smaller per level and its default scales wider.
+BASE_SIZES: dict[str, tuple[int, ...]] = {
+    "resnet50": (32, 64, 128, 256, 512),
+    "mobilenet": (32, 64, 128),
+}
+DEFAULT_ANCHOR_SCALES: dict[str, tuple[float, ...]] = {
+    # Octave thirds, as in RetinaNet: 32 .. 812 px over five levels.
+    "resnet50": (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+    # Doublings: 32 .. 512 px over three levels, the range torchvision's own model covers.
+    "mobilenet": (1.0, 2.0, 4.0),
+}
+MAX_TRAINABLE_LAYERS = {"resnet50": 5, "mobilenet": 6}
+
+_COCO = {
+    "resnet50": FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "mobilenet": FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+}
+_IMAGENET = {
+    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
+    "mobilenet": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+}
+
+
+class WeightsError(Exception):
+    """Requested weights cannot be had (not cached and not downloadable, or a bad file)."""
+
+
+@dataclass
+class WeightsReport:
+    """Where the starting weights came from and what did not fit."""
+
+    source: str = "none"
+    loaded: int = 0
+    reinitialised: list[str] = field(default_factory=list)
+    warning: str | None = None
+
+    def summary(self) -> str:
+        text = f"weights: {self.source}"
+        if self.loaded:
+            text += f" ({self.loaded} tensors loaded"
+            if self.reinitialised:
+                text += f"; re-initialised: {', '.join(_group_keys(self.reinitialised))}"
+            text += ")"
+        return text
+
+
+def _group_keys(keys: Sequence[str]) -> list[str]:
+    # "roi_heads.box_predictor.cls_score.weight" -> "roi_heads.box_predictor.cls_score"
+    seen: dict[str, None] = {}
+    for k in keys:
+        seen[k.rsplit(".", 1)[0]] = None
+    return list(seen)
+
+
+def anchor_sizes(backbone: str, scales: Sequence[float]) -> tuple[tuple[int, ...], ...]:
+    """Anchor sizes per feature level: each level's base size times each scale."""
+    if backbone not in BASE_SIZES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    return tuple(tuple(int(round(base * s)) for s in scales) for base in BASE_SIZES[backbone])
+
+
+def make_anchor_generator(
+    *, backbone: str, scales: Sequence[float] | None = None, ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS
+) -> AnchorGenerator:
+    """torchvision's AnchorGenerator with ``len(scales) * len(ratios)`` anchors per location
+    on each of the backbone's feature levels (9 by default)."""
+    scales = tuple(scales) if scales else DEFAULT_ANCHOR_SCALES[backbone]
+    sizes = anchor_sizes(backbone, scales)
+    return AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(float(r) for r in ratios),) * len(sizes))
+
+
+def describe_anchors(generator: AnchorGenerator) -> str:
+    """One line per level: ``level 0: sizes 32/40/50 px x ratios 0.5/1/2 = 9 anchors/location``."""
+    lines = []
+    for i, (sizes, ratios) in enumerate(zip(generator.sizes, generator.aspect_ratios)):
+        n = len(sizes) * len(ratios)
+        lines.append(
+            f"level {i}: sizes {'/'.join(str(s) for s in sizes)} px x ratios "
+            f"{'/'.join(f'{r:g}' for r in ratios)} = {n} anchors/location"
+        )
+    return "\n".join(lines)
+
+
+def _cached_path(url: str) -> Path:
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _fetch_state_dict(weights_enum) -> dict[str, torch.Tensor]:
+    """torch hub's cached copy, or a download (with torchvision's hash check)."""
+    try:
+        return torch.hub.load_state_dict_from_url(
+            weights_enum.url, progress=True, check_hash=True, map_location="cpu", weights_only=True
+        )
+    except Exception as exc:  # URLError, hash mismatch, a truncated cache file...
+        raise WeightsError(
+            f"could not load {weights_enum} from {weights_enum.url} "
+            f"(cache: {_cached_path(weights_enum.url)}): {exc}"
+        ) from exc
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> WeightsReport:
+    """Copy every tensor of ``state`` whose name and shape match ``model``'s; list the rest.
+
+    Model tensors the source has in another shape (a box predictor for another number of
+    classes, an RPN head for another number of anchors) keep their fresh initialisation.
+    """
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reinit = sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    model.load_state_dict(fitting, strict=False)
+    if missing:
+        log.warning("%s has no values for %d tensors (first: %s)", source, len(missing), missing[0])
+    return WeightsReport(source=source, loaded=len(fitting), reinitialised=reinit + missing)
+
+
+def build_model(
+    *,
+    backbone: str,
+    num_classes: int,
+    anchor_scales: Sequence[float] | None = None,
+    anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
+    input_size: int = 800,
+    weights: str = "none",
+    trainable_layers: int | None = None,
+    rpn_fg_iou: float = 0.7,
+    rpn_bg_iou: float = 0.3,
+    frozen_bn: bool | None = None,
+    **detector_kwargs: Any,
+) -> FasterRCNN:
+    """Build a Faster R-CNN detector.
+
+    Args:
+        backbone: ``"mobilenet"`` (MobileNetV3-Large-FPN) or ``"resnet50"`` (ResNet-50-FPN).
+        num_classes: number of outputs of the box predictor **including background**
+            (torchvision's convention): a dataset with K classes needs ``K + 1``; the model
+            predicts labels ``1..K``.
+        anchor_scales: multipliers of each level's base anchor size; defaults per backbone
+            (:data:`DEFAULT_ANCHOR_SCALES`).
+        anchor_ratios: anchor height/width ratios. Anchors per location =
+            ``len(anchor_scales) * len(anchor_ratios)``.
+        input_size: the longest image side the model works at (the image is resized so
+            it fits in ``input_size x input_size``, aspect kept).
+        weights: ``"coco"`` (COCO-trained detector), ``"imagenet"`` (ImageNet backbone),
+            ``"none"`` (random init; never touches the network), ``"auto"`` (COCO when
+            cached or downloadable, else random with a warning), or a path to a checkpoint
+            or state dict.
+        trainable_layers: backbone stages to train (0 = frozen feature extractor; up to 5
+            for ResNet-50, 6 for MobileNet). Default: 3 with pretrained weights, all without.
+        rpn_fg_iou, rpn_bg_iou: IoU thresholds for RPN anchor matching.
+        frozen_bn: use frozen batch norm in the backbone; default True with pretrained
+            weights (their statistics are kept), False from scratch.
+        **detector_kwargs: passed to torchvision's ``FasterRCNN`` (e.g.
+            ``rpn_batch_size_per_image``, ``box_batch_size_per_image``,
+            ``rpn_post_nms_top_n_train``, ``box_detections_per_img``, ``image_mean``).
+
+    Returns:
+        ``FasterRCNN`` in train mode. In training it takes a list of ``[3, H, W]`` float
+        images in ``[0, 1]`` and targets ``{"boxes": FloatTensor[N, 4], "labels":
+        Int64Tensor[N]}`` and returns a dict of losses; in eval mode it returns one dict
+        per image with ``boxes [M, 4]``, ``scores [M]``, ``labels [M]``. Two attributes
+        are added: ``config`` (the keyword arguments that rebuild this architecture with
+        ``build_model(**config)``) and ``weights_report`` (:class:`WeightsReport`).
+
+    Raises:
+        ValueError: bad backbone, class count or layer count.
+        WeightsError: ``coco``/``imagenet``/a path was asked for and cannot be loaded.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes}")
+    weights = str(weights)
+    scales = tuple(float(s) for s in anchor_scales) if anchor_scales else DEFAULT_ANCHOR_SCALES[backbone]
+    ratios = tuple(float(r) for r in anchor_ratios)
+
+    report = WeightsReport()
+    detector_state: dict[str, torch.Tensor] | None = None
+    backbone_weights = None
+    if weights == "auto":
+        try:
+            detector_state = _fetch_state_dict(_COCO[backbone])
+            report.source = f"coco ({_COCO[backbone]})"
+        except WeightsError as exc:
+            report.warning = (
+                f"no pretrained weights could be had ({exc}); training from scratch, which "
+                "needs far more epochs. Run once online (or put the file in the torch hub cache) "
+                "to start from COCO weights."
+            )
+            log.warning(report.warning)
+    elif weights == "coco":
+        detector_state = _fetch_state_dict(_COCO[backbone])
+        report.source = f"coco ({_COCO[backbone]})"
+    elif weights == "imagenet":
+        backbone_weights = _IMAGENET[backbone]
+        report.source = f"imagenet backbone ({backbone_weights})"
+    elif weights != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(
+                f"{weights}: not a file; --weights takes auto, coco, imagenet, none or a checkpoint path"
+            )
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a loadable weights file: {exc}") from exc
+        detector_state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(detector_state, dict):
+            raise WeightsError(f"{path}: holds no state dict")
+        report.source = str(path)
+
+    pretrained = detector_state is not None or backbone_weights is not None
+    if frozen_bn is None:
+        frozen_bn = pretrained
+    max_layers = MAX_TRAINABLE_LAYERS[backbone]
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else max_layers
+    if not 0 <= trainable_layers <= max_layers:
+        raise ValueError(f"trainable_layers for {backbone} must be 0..{max_layers}, got {trainable_layers}")
+    norm_layer = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+
+    if backbone_weights is not None:
+        # torchvision's classification builders fetch through the same hub cache.
+        try:
+            body = _classifier(backbone, backbone_weights, norm_layer)
+        except Exception as exc:
+            raise WeightsError(f"could not load {backbone_weights}: {exc}") from exc
+    else:
+        body = _classifier(backbone, None, norm_layer)
+    if backbone == "mobilenet":
+        features = _mobilenet_extractor(body, True, trainable_layers)
+    else:
+        features = _resnet_fpn_extractor(body, trainable_layers)
+
+    kwargs = dict(detector_kwargs)
+    if backbone == "mobilenet":
+        # torchvision's setting for this backbone: drop near-empty proposals early.
+        kwargs.setdefault("rpn_score_thresh", 0.05)
+    generator = make_anchor_generator(backbone=backbone, scales=scales, ratios=ratios)
+    model = FasterRCNN(
+        features,
+        num_classes=num_classes,
+        min_size=input_size,
+        max_size=input_size,
+        rpn_anchor_generator=generator,
+        rpn_fg_iou_thresh=rpn_fg_iou,
+        rpn_bg_iou_thresh=rpn_bg_iou,
+        **kwargs,
+    )
+    if detector_state is not None:
+        found = load_matching(model, detector_state, source=report.source)
+        report.loaded, report.reinitialised = found.loaded, found.reinitialised
+
+    model.config = dict(
+        backbone=backbone,
+        num_classes=num_classes,
+        anchor_scales=list(scales),
+        anchor_ratios=list(ratios),
+        input_size=input_size,
+        weights="none",
+        trainable_layers=trainable_layers,
+        rpn_fg_iou=rpn_fg_iou,
+        rpn_bg_iou=rpn_bg_iou,
+        frozen_bn=frozen_bn,
+        **detector_kwargs,
+    )
+    model.weights_report = report
+    return model
+
+
+def _classifier(backbone: str, weights, norm_layer) -> nn.Module:
+    if backbone == "mobilenet":
+        return mobilenet_v3_large(weights=weights, norm_layer=norm_layer)
+    return resnet50(weights=weights, norm_layer=norm_layer)
+
+
+def anchors_per_location(model: FasterRCNN) -> list[int]:
+    """Anchors per location on each feature level, as the RPN head sees them."""
+    return list(model.rpn.anchor_generator.num_anchors_per_location())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

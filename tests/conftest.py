@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny real VOC datasets on disk (real JPEGs, real XML)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from detect.voc import Annotation, Box, VocObject, write_voc  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BCCD = REPO.parent / "shared" / "data" / "bccd"
+CLASSES = ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
+COLOURS = {"Lata": (200, 40, 40), "Lata_defectuosa": (40, 200, 40), "Botella": (40, 40, 200), "Botella_defectuosa": (200, 200, 40)}
+
+
+def write_sample(
+    folder_xml: Path,
+    folder_img: Path,
+    stem: str,
+    objects: list[tuple[str, tuple[float, float, float, float]]],
+    *,
+    size: tuple[int, int] = (96, 80),
+    ext: str = ".jpg",
+) -> tuple[Path, Path]:
+    """One image with filled rectangles where its boxes are, and its VOC XML."""
+    w, h = size
+    image = np.full((h, w, 3), 90, np.uint8)
+    for name, (x0, y0, x1, y1) in objects:
+        cv2.rectangle(image, (int(x0), int(y0)), (int(x1) - 1, int(y1) - 1), COLOURS.get(name, (255, 255, 255)), -1)
+    folder_img.mkdir(parents=True, exist_ok=True)
+    img_path = folder_img / f"{stem}{ext}"
+    cv2.imwrite(str(img_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    ann = Annotation(
+        filename=img_path.name,
+        width=w,
+        height=h,
+        objects=tuple(VocObject(n, Box(*map(float, b))) for n, b in objects),
+    )
+    xml_path = folder_xml / f"{stem}.xml"
+    write_voc(ann, xml_path)
+    return xml_path, img_path
+
+
+def random_objects(rng: np.random.Generator, size: tuple[int, int], k: int) -> list[tuple[str, tuple[int, int, int, int]]]:
+    w, h = size
+    out = []
+    for _ in range(k):
+        bw, bh = rng.integers(16, w // 2), rng.integers(16, h // 2)
+        x0, y0 = rng.integers(0, w - bw), rng.integers(0, h - bh)
+        out.append((CLASSES[rng.integers(0, len(CLASSES))], (int(x0), int(y0), int(x0 + bw), int(y0 + bh))))
+    return out
+
+
+def make_devkit(root: Path, n: int = 8, *, size: tuple[int, int] = (96, 80), seed: int = 0, splits: bool = True) -> Path:
+    """A VOC devkit folder with ``n`` images; ImageSets/Main train/val when ``splits``."""
+    rng = np.random.default_rng(seed)
+    ids = []
+    for i in range(n):
+        stem = f"img_{i:03d}"
+        write_sample(root / "Annotations", root / "JPEGImages", stem, random_objects(rng, size, 1 + i % 3), size=size)
+        ids.append(stem)
+    if splits:
+        main = root / "ImageSets" / "Main"
+        main.mkdir(parents=True)
+        n_val = max(1, n // 4)
+        (main / "train.txt").write_text("\n".join(ids[n_val:]) + "\n")
+        (main / "val.txt").write_text("\n".join(ids[:n_val]) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture
+def devkit(tmp_path: Path) -> Path:
+    return make_devkit(tmp_path / "data")
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache, so no test sees (or writes) the user's real one."""
+    import torch
+
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return home

@@ -1,0 +1,140 @@
+"""The detector builder: 9 anchors per location, weights loading, re-initialised layers."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.models.detection.faster_rcnn import FasterRCNN_MobileNet_V3_Large_FPN_Weights
+
+from detect.model import (
+    WeightsError,
+    _cached_path,
+    anchors_per_location,
+    build_model,
+    describe_anchors,
+    make_anchor_generator,
+)
+
+
+@pytest.mark.parametrize("backbone,levels", [("mobilenet", 3), ("resnet50", 5)])
+def test_nine_anchors_per_location(backbone: str, levels: int) -> None:
+    model = build_model(backbone=backbone, num_classes=5, input_size=128)
+    assert anchors_per_location(model) == [9] * levels
+    # The RPN head predicts one objectness score and 4 deltas per anchor.
+    assert model.rpn.head.cls_logits.out_channels == 9
+    assert model.rpn.head.bbox_pred.out_channels == 36
+    # And the anchors the generator really produces match: 9 per feature-map cell.
+    model.eval()
+    images, _ = model.transform([torch.rand(3, 96, 128)])
+    feats = list(model.backbone(images.tensors).values())
+    anchors = model.rpn.anchor_generator(images, feats)[0]
+    assert anchors.shape == (9 * sum(f.shape[-2] * f.shape[-1] for f in feats), 4)
+    assert model.rpn.proposal_matcher.high_threshold == 0.7 and model.rpn.proposal_matcher.low_threshold == 0.3
+
+
+def test_custom_anchor_layout_and_description() -> None:
+    gen = make_anchor_generator(backbone="mobilenet", scales=[1, 2], ratios=[0.5, 1, 2, 3])
+    assert gen.num_anchors_per_location() == [8, 8, 8]
+    text = describe_anchors(gen)
+    assert "level 0: sizes 32/64 px x ratios 0.5/1/2/3 = 8 anchors/location" in text
+
+
+def test_config_rebuilds_same_architecture() -> None:
+    model = build_model(backbone="mobilenet", num_classes=3, input_size=160, rpn_batch_size_per_image=64)
+    again = build_model(**model.config)
+    assert [k for k in model.state_dict()] == [k for k in again.state_dict()]
+    assert again.rpn.fg_bg_sampler.batch_size_per_image == 64 and again.transform.max_size == 160
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_model(backbone="vgg", num_classes=3)
+    with pytest.raises(ValueError, match="trainable_layers"):
+        build_model(backbone="resnet50", num_classes=3, trainable_layers=6)
+    with pytest.raises(WeightsError, match="not a file"):
+        build_model(backbone="mobilenet", num_classes=3, weights="no/such.pt")
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every download fail the way it does on a machine without internet."""
+    tried: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        tried.append(url)
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return tried
+
+
+def test_coco_weights_from_hub_cache_reinitialise_mismatched_layers(torch_home: Path, monkeypatch) -> None:
+    tried = _offline(monkeypatch)
+    # What torch hub would have cached after a real download: a 91-class COCO detector
+    # with torchvision's stock 15-anchor RPN head.
+    stock = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None)
+    cached = _cached_path(FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(stock.state_dict(), cached)
+
+    model = build_model(backbone="mobilenet", num_classes=5, input_size=128, weights="coco")
+    report = model.weights_report
+    assert tried == []  # the cache was used, nothing fetched
+    assert "coco" in report.source and report.loaded > 200
+    reinit = set(report.reinitialised)
+    assert {"roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight",
+            "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.weight"} <= reinit
+    assert "rpn.head.conv.0.0.weight" not in reinit  # same shape: loaded
+    # Loaded tensors carry the cached values; re-initialised ones do not.
+    state = stock.state_dict()
+    assert torch.equal(model.state_dict()["rpn.head.conv.0.0.weight"], state["rpn.head.conv.0.0.weight"])
+    assert torch.equal(model.state_dict()["backbone.fpn.inner_blocks.0.0.weight"], state["backbone.fpn.inner_blocks.0.0.weight"])
+    assert "re-initialised: roi_heads.box_predictor.bbox_pred, roi_heads.box_predictor.cls_score, rpn.head" in report.summary()
+    # Pretrained weights mean frozen batch norm and 3 trainable stages by default.
+    assert model.config["frozen_bn"] is True and model.config["trainable_layers"] == 3
+
+    # auto takes the cached file too.
+    assert "coco" in build_model(backbone="mobilenet", num_classes=5, weights="auto").weights_report.source
+
+
+def test_auto_falls_back_to_scratch_offline_and_none_never_fetches(torch_home: Path, monkeypatch, caplog) -> None:
+    tried = _offline(monkeypatch)
+    model = build_model(backbone="mobilenet", num_classes=3, weights="none")
+    assert tried == [] and model.weights_report.source == "none"
+    model = build_model(backbone="mobilenet", num_classes=3, weights="auto")
+    assert len(tried) == 1 and model.weights_report.source == "none"
+    assert "training from scratch" in model.weights_report.warning
+    with pytest.raises(WeightsError, match="could not load"):
+        build_model(backbone="mobilenet", num_classes=3, weights="coco")
+
+
+def test_imagenet_backbone_from_cache(torch_home: Path, monkeypatch) -> None:
+    _offline(monkeypatch)
+    from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+
+    classifier = mobilenet_v3_large(weights=None)
+    cached = _cached_path(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(classifier.state_dict(), cached)
+    model = build_model(backbone="mobilenet", num_classes=3, weights="imagenet", trainable_layers=0)
+    assert "imagenet" in model.weights_report.source
+    first_conv = classifier.state_dict()["features.0.0.weight"]
+    assert torch.equal(model.state_dict()["backbone.body.0.0.weight"], first_conv)
+    # trainable_layers=0: a frozen feature extractor.
+    assert not any(p.requires_grad for p in model.backbone.body.parameters())
+
+
+def test_weights_from_a_file(tmp_path: Path) -> None:
+    donor = build_model(backbone="mobilenet", num_classes=3, input_size=128)
+    torch.save(donor.state_dict(), tmp_path / "w.pt")
+    model = build_model(backbone="mobilenet", num_classes=5, input_size=128, weights=str(tmp_path / "w.pt"))
+    assert model.weights_report.reinitialised == [
+        "roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
+        "roi_heads.box_predictor.cls_score.bias", "roi_heads.box_predictor.cls_score.weight",
+    ]
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="not a loadable weights file"):
+        build_model(backbone="mobilenet", num_classes=3, weights=str(tmp_path / "junk.pt"))
