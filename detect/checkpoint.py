@@ -35,7 +35,8 @@ class CheckpointError(Exception):
 
 
 def versions() -> dict[str, str]:
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion, which weights_only loading refuses.
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": platform.python_version()}
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -1,0 +1,155 @@
+"""The training CLI end to end on tiny real data: outputs, checkpoints, resume, NaN guard, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from detect import data as D
+from detect import train as T
+from detect.checkpoint import load_checkpoint, model_from_checkpoint
+
+from conftest import make_devkit
+
+TINY = ["--epochs", "1", "--batch-size", "2", "--input-size", "96", "--weights", "none", "--workers", "0",
+        "--rpn-pre-nms", "100", "--rpn-post-nms", "50", "--roi-batch", "32"]
+
+
+def run(data: Path, out: Path, *extra: str) -> int:
+    return T.main(["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(out), *TINY, *extra])
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    return make_devkit(tmp_path / "data", n=6)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet", "resnet50"])
+def test_one_epoch_writes_a_rebuildable_checkpoint(small: Path, tmp_path: Path, backbone: str, capsys) -> None:
+    out = tmp_path / "weights"
+    assert run(small, out, "--backbone", backbone) == 0
+    printed = capsys.readouterr().out
+    assert "9 anchors/location" in printed and "val mAP@0.5" in printed
+    run_dir = out / backbone
+    for name in ("best.pt", "last.pt", "results.csv", "args.json", "split.json"):
+        assert (run_dir / name).is_file(), name
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["loss"]) > 0 and rows[0]["val_map50"] != ""
+    log = list(csv.DictReader((out / "runs.csv").open()))
+    assert log[0]["run"] == backbone and log[0]["backbone"] == backbone and log[0]["status"] == "finished"
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["source"] == "ImageSets/Main" and len(split["val"]) == 1
+
+    # weights_only=True loads it (no pickled code), and it rebuilds its own model.
+    raw = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert raw["classes"] == ["Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa"]
+    assert raw["model_config"]["backbone"] == backbone and raw["data"]["splits"]["val"] == split["val"]
+    model, ckpt = model_from_checkpoint(run_dir / "best.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    with torch.inference_mode():
+        out1 = model([torch.rand(3, 80, 96)])
+    assert set(out1[0]) == {"boxes", "scores", "labels"}
+    assert "train_state" not in raw and "train_state" in load_checkpoint(run_dir / "last.pt")
+
+
+def test_runs_are_never_overwritten(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "weights"
+    assert run(small, out, "--name", "exp") == 0
+    assert run(small, out, "--name", "exp") == 0
+    assert (out / "exp" / "best.pt").is_file() and (out / "exp2" / "best.pt").is_file()
+    assert [r["run"] for r in csv.DictReader((out / "runs.csv").open())] == ["exp", "exp2"]
+
+
+def test_hash_split_written_to_run_folder(tmp_path: Path) -> None:
+    data = make_devkit(tmp_path / "data", n=10, splits=False)
+    out = tmp_path / "w"
+    assert run(data, out, "--val-fraction", "0.3") == 0
+    split = json.loads((out / "mobilenet" / "split.json").read_text())
+    assert split["source"].startswith("hash") and len(split["val"]) == 3 and len(split["train"]) == 7
+
+
+def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    args = ["--epochs", "2", "--seed", "3"]
+    straight = tmp_path / "straight"
+    assert run(small, straight, *args) == 0
+
+    # The same run, interrupted (Ctrl-C) when epoch 2 asks for its first batch.
+    calls = {"n": 0}
+    collate = D.collate
+
+    def interrupting(batch):
+        calls["n"] += 1
+        # 6 images: 5 train (2 full batches of 2) and 1 val (1 batch) in epoch 1; then
+        # the first batch of epoch 2.
+        if calls["n"] == 2 + 1 + 1:
+            raise KeyboardInterrupt
+        return collate(batch)
+
+    monkeypatch.setattr(D, "collate", interrupting)
+    cut = tmp_path / "cut"
+    assert run(small, cut, *args) == 130
+    err = capsys.readouterr().err
+    assert f"python -m detect.train --resume {cut / 'mobilenet' / 'last.pt'}" in err
+    last = load_checkpoint(cut / "mobilenet" / "last.pt")
+    assert last["epoch"] == 0 and last["metrics"]["interrupted"]
+    monkeypatch.setattr(D, "collate", collate)
+
+    assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
+    assert "Resuming" in capsys.readouterr().out
+    a = load_checkpoint(straight / "mobilenet" / "last.pt")
+    b = load_checkpoint(cut / "mobilenet" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    opt_a, opt_b = a["train_state"]["optimizer"], b["train_state"]["optimizer"]
+    assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"]
+    for i, st in opt_a["state"].items():
+        assert torch.allclose(st["momentum_buffer"], opt_b["state"][i]["momentum_buffer"], atol=1e-6)
+    assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
+    rows = list(csv.DictReader((cut / "mobilenet" / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_nan_loss_stops_with_epoch_iteration_and_files(small: Path, tmp_path: Path, capsys) -> None:
+    code = run(small, tmp_path / "w", "--lr", "1e12", "--clip-grad", "0", "--warmup-iters", "0", "--epochs", "2")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "loss became" in err and "epoch" in err and "iteration" in err
+    assert ".jpg" in err and str(small / "JPEGImages") in err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--data", "/no/such/folder"], "no such folder"),
+        (["--data", "{empty}"], "no .xml annotation files"),
+        (["--data", "{data}", "--weights", "missing.pt"], "--weights missing.pt: not one of auto"),
+        (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--data", "{data}", "--classes", "{data}/nope.txt"], "cannot read class list"),
+        (["--resume", "/no/such/last.pt"], "no such checkpoint"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, needle, small: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{data}", str(small)).replace("{empty}", str(tmp_path / "empty")) for a in argv]
+    assert T.main(["--out", str(tmp_path / "w"), "--weights", "none", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_unknown_backbone_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        T.main(["--backbone", "vgg16"])
+    assert exc.value.code == 2 and "invalid choice: 'vgg16'" in capsys.readouterr().err
+
+
+def test_unknown_class_refused(small: Path, tmp_path: Path, capsys) -> None:
+    (small / "two.txt").write_text("Lata\nBotella\n")
+    assert T.main(["--data", str(small), "--classes", str(small / "two.txt"), "--out", str(tmp_path / "w"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "not in" in err and "Lata_defectuosa" in err and "Botella_defectuosa" in err
