@@ -108,8 +108,10 @@ def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_pat
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
     opt_a, opt_b = a["train_state"]["optimizer"], b["train_state"]["optimizer"]
     assert opt_a["param_groups"][0]["lr"] == opt_b["param_groups"][0]["lr"]
+    assert opt_a["state"] and opt_a["state"].keys() == opt_b["state"].keys()
     for i, st in opt_a["state"].items():
-        assert torch.allclose(st["momentum_buffer"], opt_b["state"][i]["momentum_buffer"], atol=1e-6)
+        for name, value in st.items():  # AdamW moments (from scratch) or SGD momentum
+            assert torch.allclose(value.float(), opt_b["state"][i][name].float(), atol=1e-6), (i, name)
     assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
     rows = list(csv.DictReader((cut / "mobilenet" / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -153,3 +155,15 @@ def test_unknown_class_refused(small: Path, tmp_path: Path, capsys) -> None:
     assert T.main(["--data", str(small), "--classes", str(small / "two.txt"), "--out", str(tmp_path / "w"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "not in" in err and "Lata_defectuosa" in err and "Botella_defectuosa" in err
+
+
+def test_default_optimizer_follows_the_starting_weights(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    assert run(small, out, "--name", "scratch") == 0
+    scratch = json.loads((out / "scratch" / "args.json").read_text())
+    assert (scratch["optimizer"], scratch["lr"]) == ("adamw", 0.001)
+    # Fine-tuning from a checkpoint: SGD at torchvision's lr scaled to the batch (0.02 x 2/16).
+    assert run(small, out, "--name", "tuned", "--weights", str(out / "scratch" / "best.pt")) == 0
+    tuned = json.loads((out / "tuned" / "args.json").read_text())
+    assert (tuned["optimizer"], tuned["lr"]) == ("sgd", 0.0025)
+    assert tuned["weights"] == str(out / "scratch" / "best.pt")

@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rpn-post-nms", type=int, default=300, help="proposals kept in training")
+    p.add_argument("--rpn-post-nms", type=int, default=300, help="proposals kept after NMS (training and inference)")
     p.add_argument("--roi-batch", type=int, default=128, help="proposals sampled per image for the box head")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     kwargs = dict(rpn_pre_nms_top_n_train=2 * args.rpn_post_nms, rpn_post_nms_top_n_train=args.rpn_post_nms,
+                  rpn_pre_nms_top_n_test=2 * args.rpn_post_nms, rpn_post_nms_top_n_test=args.rpn_post_nms,
                   box_batch_size_per_image=args.roi_batch)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.iters} iterations each")
