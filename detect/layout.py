@@ -50,6 +50,8 @@ class DatasetFiles:
         image_files: every image file found, sorted.
         split_lists: ``ImageSets/Main`` lists by split name (devkit only; else empty).
         stray_files: macOS/Windows debris (``._x.xml``, ``.DS_Store``, ``Thumbs.db``).
+        split_lines: for each split, the 1-based line in its list file of each id, in the
+            order of ``split_lists`` (lists may hold blank lines), for messages.
     """
 
     root: Path
@@ -61,33 +63,53 @@ class DatasetFiles:
     stray_files: tuple[Path, ...] = ()
     images_override: Path | None = None
     _by_name: dict[str, tuple[Path, ...]] = field(default_factory=dict, repr=False, compare=False)
+    split_lines: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def sample_id(self, xml: Path) -> str:
         """The id of the sample annotated by ``xml`` (relative path without ``.xml``)."""
-        rel = Path(os.path.relpath(xml, self.annotation_dir))
-        return rel.with_suffix("").as_posix()
+        path = os.fspath(xml)
+        prefix = os.path.join(os.fspath(self.annotation_dir), "")
+        # Files from discover() lie under annotation_dir as spelled there: a prefix cut is
+        # exact and far cheaper than relpath (which resolves both against the cwd).
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.annotation_dir)
+        return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+    def split_path(self, split: str) -> Path:
+        """The list file of a split: ``ImageSets/Main/<split>.txt``."""
+        return self.root / "ImageSets" / "Main" / f"{split}.txt"
 
     def find_image(self, xml: Path, filename: str | None) -> Path | None:
         """The image ``xml`` annotates, from its ``<filename>`` or else its stem."""
-        names: list[str] = []
         if filename:
-            # <filename> (and <path>) may be a full path from the annotator's machine.
-            base = PureWindowsPath(filename).name if "\\" in filename else PurePosixPath(filename).name
-            names.append(base)
-        names.extend(xml.stem + ext for ext in IMAGE_EXTENSIONS)
-        names.extend(xml.stem + ext.upper() for ext in IMAGE_EXTENSIONS)
-        preferred = [d for d in (self.images_override, xml.parent, self.root / "JPEGImages") if d]
-        for name in names:
-            candidates = self._by_name.get(name.lower(), ())
-            if not candidates:
-                continue
-            for folder in preferred:
-                for cand in candidates:
-                    if cand.parent == folder:
-                        return cand
-            if self.images_override is None and len(candidates) == 1:
-                return candidates[0]
+            found = self._lookup(file_name(filename), xml)
+            if found is not None:
+                return found
+        stem = xml.stem
+        for ext in IMAGE_EXTENSIONS:  # names are matched case-insensitively: .JPG too
+            found = self._lookup(stem + ext, xml)
+            if found is not None:
+                return found
         return None
+
+    def _lookup(self, name: str, xml: Path) -> Path | None:
+        candidates = self._by_name.get(name.lower(), ())
+        if not candidates:
+            return None
+        for folder in (self.images_override, xml.parent, self.root / "JPEGImages"):
+            if folder is None:
+                continue
+            for cand in candidates:
+                if cand.parent == folder:
+                    return cand
+        if self.images_override is None and len(candidates) == 1:
+            return candidates[0]
+        return None
+
+
+def file_name(filename: str) -> str:
+    """The last component of a ``<filename>``/``<path>``, which may be a full path from the
+    annotator's machine, Windows or POSIX (``C:\\Users\\ana\\img1.jpg`` -> ``img1.jpg``)."""
+    return PureWindowsPath(filename).name if "\\" in filename else PurePosixPath(filename).name
 
 
 def _is_stray(name: str) -> bool:
@@ -164,18 +186,26 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
         layout = "beside" if xml_dirs & img_dirs else "folders"
 
     split_lists: dict[str, tuple[str, ...]] = {}
+    split_lines: dict[str, tuple[int, ...]] = {}
     main = root / "ImageSets" / "Main"
     if devkit and main.is_dir():
         for name in SPLIT_NAMES:
-            f = main / f"{name}.txt"
+            f = main / f"{name}.txt"  # = DatasetFiles.split_path(name)
             if f.is_file():
                 ids = []
-                for line in f.read_text(encoding="utf-8-sig").splitlines():
+                numbers = []
+                try:
+                    text = f.read_text(encoding="utf-8-sig", errors="replace")
+                except OSError as exc:
+                    raise DatasetError(f"{f}: cannot read split list: {exc.strerror or exc}") from None
+                for number, line in enumerate(text.splitlines(), start=1):
                     parts = line.split()
                     # Per-class lists ("id  1") also exist in VOC; only plain lists name splits.
                     if parts:
                         ids.append(parts[0])
+                        numbers.append(number)
                 split_lists[name] = tuple(ids)
+                split_lines[name] = tuple(numbers)
 
     files = DatasetFiles(
         root=root,
@@ -187,6 +217,7 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
         stray_files=tuple(sorted(stray)),
         images_override=override,
         _by_name={k: tuple(v) for k, v in by_name.items()},
+        split_lines=split_lines,
     )
     ordered = tuple(sorted(xmls, key=files.sample_id))
     object.__setattr__(files, "xml_files", ordered)

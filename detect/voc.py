@@ -19,7 +19,11 @@ arrive and no annotation tool writes one.
 Errors: every problem is a :class:`VocError` carrying the file path and the XML line.
 ``parse_voc(path)`` raises on the first problem. ``parse_voc(path, problems=[])`` is the
 lenient mode the checker uses: problems are appended to the list, broken objects are left
-out of the record, and parsing goes on as far as the document allows.
+out of the record, and parsing goes on as far as the document allows. Each error has a
+``kind`` and the ``element`` it is about, and the records keep what a checker needs to
+report and repair a file (raw coordinate text, lines, encoding, BOM) in fields that take no
+part in equality. :func:`parse_xml_tree` is the safe parse itself, for tools that edit a
+file in place.
 
 This module imports nothing from the rest of the project.
 """
@@ -28,10 +32,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import re
+import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 from lxml import etree
 
@@ -41,8 +47,12 @@ __all__ = [
     "VocError",
     "VocObject",
     "annotation_to_xml",
+    "detect_encoding",
+    "format_number",
     "parse_voc",
     "parse_voc_bytes",
+    "parse_xml_tree",
+    "write_atomic",
     "write_voc",
 ]
 
@@ -54,9 +64,11 @@ class VocError(Exception):
         path: the XML file (or ``"<bytes>"`` when parsed from memory).
         line: 1-based XML line of the offending element, or None when not known.
         column: 1-based column where the XML parser reports one (well-formedness errors).
-        kind: a short stable tag for the kind of problem (``"malformed"``, ``"doctype"``,
-            ``"missing"``, ``"bad-number"``, ``"several-bndbox"``, ...), for tools that
-            group problems; the message is for people.
+        kind: a short stable tag for the kind of problem (``"unreadable"``, ``"malformed"``,
+            ``"doctype"``, ``"structure"``, ``"missing"``, ``"bad-number"``,
+            ``"several-bndbox"``), for tools that group problems; the message is for people.
+        element: the element the problem is about (``"filename"``, ``"size"``, ``"width"``,
+            ``"name"``, ``"bndbox"``, ``"xmin"``, ...), or None for the whole document.
     """
 
     def __init__(
@@ -67,12 +79,14 @@ class VocError(Exception):
         *,
         kind: str = "invalid",
         column: int | None = None,
+        element: str | None = None,
     ) -> None:
         self.path = str(path)
         self.line = line
         self.column = column
         self.kind = kind
         self.message = message
+        self.element = element
         where = self.path if line is None else f"{self.path}:{line}"
         super().__init__(f"{where}: {message}")
 
@@ -96,7 +110,14 @@ class Box(NamedTuple):
 
 @dataclass(frozen=True)
 class VocObject:
-    """One ``<object>``: a class name and a box. ``line`` is where it stands in the XML."""
+    """One ``<object>``: a class name and a box. ``line`` is where it stands in the XML.
+
+    The fields after ``line`` describe how the object was written and take no part in
+    equality: ``index`` is its 0-based position among the file's ``<object>`` elements
+    (broken ones included, so it names the element even when others were left out),
+    ``raw_box`` the coordinate texts as written (``"45.5"``, ``"1e3"``) and ``box_line``
+    the line of ``<bndbox>``.
+    """
 
     name: str
     box: Box
@@ -104,6 +125,9 @@ class VocObject:
     truncated: bool = False
     pose: str = "Unspecified"
     line: int | None = field(default=None, compare=False)
+    index: int | None = field(default=None, compare=False)
+    raw_box: tuple[str, str, str, str] | None = field(default=None, compare=False)
+    box_line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -112,7 +136,11 @@ class Annotation:
 
     ``width``/``height``/``depth`` are what ``<size>`` says (0 where the file says 0; the
     checker compares them with the real image). ``source`` is the XML file the record came
-    from and does not take part in equality.
+    from and does not take part in equality, nor do the fields after it, which describe
+    how the file was written: ``encoding`` (``"UTF-8"``, ``"ISO-8859-1"``, ``"UTF-16"``...),
+    ``has_bom`` (a byte-order mark precedes the XML), ``lines`` (1-based line of
+    ``"annotation"`` and of ``"filename"``, ``"path"``, ``"size"`` where present) and ``object_elements`` (how many ``<object>`` elements the file has, broken
+    ones included).
     """
 
     filename: str
@@ -123,6 +151,10 @@ class Annotation:
     folder: str = ""
     path: str = ""
     source: Path | None = field(default=None, compare=False)
+    encoding: str = field(default="UTF-8", compare=False)
+    has_bom: bool = field(default=False, compare=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+    object_elements: int = field(default=0, compare=False)
 
 
 _PARSER_OPTIONS = dict(
@@ -131,14 +163,95 @@ _PARSER_OPTIONS = dict(
     no_network=True,
     dtd_validation=False,
     huge_tree=False,
-    remove_comments=True,
     remove_pis=True,
 )
 
+_BOMS = (
+    (b"\xef\xbb\xbf", "UTF-8"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
-def _parser() -> etree.XMLParser:
+# lxml's message ends with "line N, column M"; that position is carried separately.
+_POSITION_SUFFIX = re.compile(r",? line \d+, column \d+\s*$")
+
+
+def _parser(*, keep_comments: bool = False) -> etree.XMLParser:
     # A fresh parser per document: lxml parsers keep error logs and are not thread-safe.
-    return etree.XMLParser(**_PARSER_OPTIONS)
+    return etree.XMLParser(remove_comments=not keep_comments, **_PARSER_OPTIONS)
+
+
+def detect_encoding(data: bytes, declared: str | None = None) -> tuple[str, bool]:
+    """``(encoding, has_bom)`` of an XML document: the byte-order mark wins, then the
+    declaration (``declared``, as lxml reports it), then XML's default, UTF-8."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name, True
+    return (declared or "UTF-8").upper(), False
+
+
+def parse_xml_tree(
+    data: bytes, *, source: str | os.PathLike[str] | None = None, keep_comments: bool = False
+) -> etree._Element:
+    """Parse bytes into an lxml root element with the safe parser, refusing a DOCTYPE.
+
+    This is the single place XML is parsed; :func:`parse_voc_bytes` builds on it, and tools
+    that edit a file in place (the checker's fixes) use it with ``keep_comments=True`` so
+    a rewrite keeps the comments.
+
+    Raises:
+        VocError: empty input (kind ``"malformed"``), not well-formed XML (``"malformed"``,
+            with line and column), or a DOCTYPE (``"doctype"``).
+    """
+    label = str(source) if source is not None else "<bytes>"
+    if not data.strip():
+        raise VocError(label, None, "file is empty; re-save it from the annotation tool", kind="malformed")
+    doctype = _find_doctype(data)
+    if doctype is not None:
+        # Refused before parsing: libxml2 is never asked to read an internal subset.
+        raise VocError(label, doctype, _DOCTYPE_MESSAGE, kind="doctype", element="DOCTYPE")
+    try:
+        root = etree.fromstring(data, parser=_parser(keep_comments=keep_comments))
+    except etree.XMLSyntaxError as exc:
+        line, col = (exc.position if exc.position else (None, None))
+        msg = _POSITION_SUFFIX.sub("", exc.msg or str(exc)).strip() or "syntax error"
+        raise VocError(
+            label,
+            line or None,
+            f"not well-formed XML: {msg}; open the file in a text editor and repair it there, "
+            "or re-save it from the annotation tool",
+            kind="malformed",
+            column=col or None,
+        ) from None
+    except ValueError as exc:  # e.g. unicode strings with encoding declarations
+        raise VocError(label, None, f"not well-formed XML: {exc}", kind="malformed") from None
+    if root is None:
+        raise VocError(label, None, "file holds no XML element; re-save it from the annotation tool", kind="malformed")
+
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:  # spelled in a way the scan missed
+        raise VocError(label, 1, _DOCTYPE_MESSAGE, kind="doctype", element="DOCTYPE")
+    return root
+
+
+_DOCTYPE_MESSAGE = (
+    "DOCTYPE declarations are refused (they carry entities, a way to read local files or "
+    "exhaust memory); remove the <!DOCTYPE ...> line"
+)
+_DOCTYPE_SPELLINGS = tuple(
+    ("<!DOCTYPE".encode(codec), codec, "\n".encode(codec)) for codec in ("utf-8", "utf-16-le", "utf-16-be")
+)
+
+
+def _find_doctype(data: bytes) -> int | None:
+    """The 1-based line of a ``<!DOCTYPE`` in the document, or None."""
+    for needle, _, newline in _DOCTYPE_SPELLINGS:
+        at = data.find(needle)
+        if at >= 0:
+            return data.count(newline, 0, at) + 1
+    return None
 
 
 def parse_voc(
@@ -174,58 +287,54 @@ def parse_voc_bytes(
     where = Path(source) if source is not None else None
     label = str(where) if where is not None else "<bytes>"
 
-    def problem(line: int | None, message: str, kind: str) -> None:
-        err = VocError(label, line, message, kind=kind)
+    def problem(line: int | None, message: str, kind: str, element: str | None = None) -> None:
+        err = VocError(label, line, message, kind=kind, element=element)
         if problems is None:
             raise err
         problems.append(err)
 
-    if not data.strip():
-        raise VocError(label, None, "file is empty; re-save it from the annotation tool", kind="malformed")
-    try:
-        root = etree.fromstring(data, parser=_parser())
-    except etree.XMLSyntaxError as exc:
-        line, col = (exc.position if exc.position else (None, None))
-        msg = exc.msg or str(exc)
-        # lxml's own text ends with "(line N, column M)"; we carry those separately.
-        msg = msg.split(", line ")[0]
-        raise VocError(
-            label, line, f"not well-formed XML: {msg}", kind="malformed", column=col
-        ) from None
-    except ValueError as exc:  # e.g. unicode strings with encoding declarations
-        raise VocError(label, None, f"not well-formed XML: {exc}", kind="malformed") from None
+    root = parse_xml_tree(data, source=label)
+    encoding, has_bom = detect_encoding(data, root.getroottree().docinfo.encoding)
+    first, object_elements = _children(root, "object")
+    lines: dict[str, int] = {"annotation": root.sourceline or 1}
+    for key in ("filename", "path", "size"):
+        el = first.get(key)
+        if el is not None and el.sourceline:
+            lines[key] = el.sourceline
 
-    docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None:
-        raise VocError(
-            label,
-            1,
-            "DOCTYPE declarations are refused (they carry entities, a way to read local "
-            "files or exhaust memory); remove the <!DOCTYPE ...> line",
-            kind="doctype",
-        )
     if root.tag != "annotation":
-        problem(root.sourceline, f"root element is <{root.tag}>, expected <annotation>", "structure")
+        problem(root.sourceline, f"root element is <{root.tag}>, expected <annotation>", "structure", "annotation")
 
-    filename = _text(root, "filename")
+    filename = _stripped(first.get("filename"))
     if not filename:
-        problem(_line(root, "filename"), "missing <filename>; set it to the image file name", "missing")
+        problem(
+            lines.get("filename", root.sourceline),
+            "missing <filename>; set it to the image file name (e.g. <filename>img_001.jpg</filename>)",
+            "missing",
+            "filename",
+        )
         filename = ""
 
     width = height = 0
     depth = 3
-    size = root.find("size")
+    size = first.get("size")
     if size is None:
-        problem(root.sourceline, "missing <size>; add <size><width>, <height>, <depth> of the image", "missing")
+        problem(
+            root.sourceline,
+            "missing <size>; add <size><width>, <height>, <depth> of the image (check_xml --fix fills it in from the image)",
+            "missing",
+            "size",
+        )
     else:
-        width = _int_field(size, "width", problem)
-        height = _int_field(size, "height", problem)
-        if size.find("depth") is not None and _text(size, "depth"):
-            depth = _int_field(size, "depth", problem)
+        dims, _ = _children(size)
+        width = _int_field(size, dims, "width", problem)
+        height = _int_field(size, dims, "height", problem)
+        if _stripped(dims.get("depth")):
+            depth = _int_field(size, dims, "depth", problem)
 
     objects: list[VocObject] = []
-    for obj in root.iterfind("object"):
-        parsed = _parse_object(obj, problem)
+    for index, obj in enumerate(object_elements):
+        parsed = _parse_object(obj, index, problem)
         if parsed is not None:
             objects.append(parsed)
 
@@ -235,93 +344,143 @@ def parse_voc_bytes(
         height=height,
         depth=depth,
         objects=tuple(objects),
-        folder=_text(root, "folder") or "",
-        path=_text(root, "path") or "",
+        folder=_stripped(first.get("folder")) or "",
+        path=_stripped(first.get("path")) or "",
         source=where,
+        encoding=encoding,
+        has_bom=has_bom,
+        lines=lines,
+        object_elements=len(object_elements),
     )
 
 
-def _parse_object(obj: etree._Element, problem) -> VocObject | None:
-    name = _text(obj, "name")
+def _children(el: etree._Element, repeated: str | None = None) -> tuple[dict[str, etree._Element], list]:
+    """The first child element of each tag, and every child tagged ``repeated``.
+
+    One pass over the children instead of a ``find`` per field: this parser reads
+    thousands of files before every training run.
+    """
+    first: dict[str, etree._Element] = {}
+    every: list[etree._Element] = []
+    for child in el:
+        tag = child.tag
+        if not isinstance(tag, str):  # comments and processing instructions
+            continue
+        if tag == repeated:
+            every.append(child)
+        if tag not in first:
+            first[tag] = child
+    return first, every
+
+
+def _stripped(el: etree._Element | None) -> str | None:
+    """The element's stripped text: None without an element, ``""`` when it is empty."""
+    if el is None:
+        return None
+    text = el.text
+    return text.strip() if text is not None else ""
+
+
+def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
+    fields, boxes = _children(obj, "bndbox")
+    name = _stripped(fields.get("name"))
     if not name:
-        problem(obj.sourceline, "object without <name>; give it a class name", "missing")
+        problem(obj.sourceline, "object without <name>; give it a class name", "missing", "name")
         return None
     # Only direct <bndbox> children count: <part> sub-boxes (VOC person layout) are not objects.
-    boxes = obj.findall("bndbox")
     if not boxes:
-        problem(obj.sourceline, f"object '{name}' has no <bndbox>; draw its box again", "missing")
+        problem(obj.sourceline, f"object '{name}' has no <bndbox>; draw its box again", "missing", "bndbox")
         return None
     if len(boxes) > 1:
         problem(
             boxes[1].sourceline,
-            f"object '{name}' has {len(boxes)} <bndbox> elements; keep one per object",
+            f"object '{name}' has {len(boxes)} <bndbox> elements; keep one per object "
+            "(split it into several objects if each box is a separate thing)",
             "several-bndbox",
+            "bndbox",
         )
     bb = boxes[0]
+    corners, _ = _children(bb)
     coords = []
+    raw = []
     for key in ("xmin", "ymin", "xmax", "ymax"):
-        el = bb.find(key)
-        if el is None or el.text is None or not el.text.strip():
+        el = corners.get(key)
+        text = _stripped(el)
+        if not text:
             problem(
-                bb.sourceline,
+                (el if el is not None else bb).sourceline,
                 f"object '{name}': <bndbox> is missing <{key}>; draw its box again",
                 "missing",
+                key,
             )
             return None
         try:
-            value = float(el.text.strip())
+            value = float(text)
         except ValueError:
             problem(
                 el.sourceline,
-                f"object '{name}': <{key}> is '{el.text.strip()}', not a number",
+                f"object '{name}': <{key}> is '{_clip(text)}', not a number; write the pixel coordinate",
                 "bad-number",
+                key,
             )
             return None
         if not math.isfinite(value):
-            problem(el.sourceline, f"object '{name}': <{key}> is {el.text.strip()}, not a finite number", "bad-number")
+            problem(
+                el.sourceline,
+                f"object '{name}': <{key}> is {_clip(text)}, not a finite number; write the pixel coordinate",
+                "bad-number",
+                key,
+            )
             return None
         coords.append(value)
+        raw.append(text)
     return VocObject(
         name=name,
         box=Box(*coords),
-        difficult=_flag(obj, "difficult"),
-        truncated=_flag(obj, "truncated"),
-        pose=_text(obj, "pose") or "Unspecified",
+        difficult=_flag(_stripped(fields.get("difficult"))),
+        truncated=_flag(_stripped(fields.get("truncated"))),
+        pose=_stripped(fields.get("pose")) or "Unspecified",
         line=obj.sourceline,
+        index=index,
+        raw_box=tuple(raw),
+        box_line=bb.sourceline,
     )
 
 
-def _text(parent: etree._Element, tag: str) -> str | None:
-    el = parent.find(tag)
-    if el is None or el.text is None:
-        return None
-    return el.text.strip()
+def _clip(text: str, limit: int = 40) -> str:
+    # Fuzzed or damaged files can hold megabytes in one element; messages stay one line.
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _line(parent: etree._Element, tag: str) -> int | None:
-    el = parent.find(tag)
-    return (el if el is not None else parent).sourceline
-
-
-def _int_field(parent: etree._Element, tag: str, problem) -> int:
-    el = parent.find(tag)
-    text = _text(parent, tag)
+def _int_field(parent: etree._Element, fields: dict[str, etree._Element], tag: str, problem) -> int:
+    el = fields.get(tag)
+    text = _stripped(el)
     if not text:
-        problem((el if el is not None else parent).sourceline, f"<size> is missing <{tag}>", "missing")
+        problem(
+            (el if el is not None else parent).sourceline,
+            f"<size> is missing <{tag}>; write the image's {tag} in pixels (check_xml --fix fills it in from the image)",
+            "missing",
+            tag,
+        )
         return 0
     try:
         value = float(text)
     except ValueError:
-        problem(el.sourceline, f"<{tag}> is '{text}', not a number", "bad-number")
+        problem(el.sourceline, f"<{tag}> is '{_clip(text)}', not a number; write the image's {tag} in pixels", "bad-number", tag)
         return 0
     if not math.isfinite(value) or value < 0 or value != int(value):
-        problem(el.sourceline, f"<{tag}> is '{text}', not a whole number of pixels", "bad-number")
+        problem(
+            el.sourceline,
+            f"<{tag}> is '{_clip(text)}', not a whole number of pixels; write the image's {tag} in pixels",
+            "bad-number",
+            tag,
+        )
         return 0
     return int(value)
 
 
-def _flag(obj: etree._Element, tag: str) -> bool:
-    text = _text(obj, tag)
+def _flag(text: str | None) -> bool:
     if not text:
         return False
     try:
@@ -330,10 +489,13 @@ def _flag(obj: etree._Element, tag: str) -> bool:
         return text.lower() in ("true", "yes")
 
 
-def _format_number(value: float) -> str:
-    # Integers stay integers ("45"), so LabelImg and every VOC reader take the file;
-    # other values keep full precision so a round trip is exact.
+def format_number(value: float) -> str:
+    """A coordinate as VOC text: integers stay integers (``"45"``), so LabelImg and every
+    VOC reader take the file; other values keep full precision, so a round trip is exact."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+_format_number = format_number  # the name this module used before it was public
 
 
 def annotation_to_xml(ann: Annotation) -> bytes:
@@ -341,7 +503,8 @@ def annotation_to_xml(ann: Annotation) -> bytes:
     root = etree.Element("annotation")
     etree.SubElement(root, "folder").text = ann.folder
     etree.SubElement(root, "filename").text = ann.filename
-    etree.SubElement(root, "path").text = ann.path or ann.filename
+    # Written as given (empty when unknown), so that parse(write(x)) == x holds.
+    etree.SubElement(root, "path").text = ann.path
     source = etree.SubElement(root, "source")
     etree.SubElement(source, "database").text = "Unknown"
     size = etree.SubElement(root, "size")
@@ -362,14 +525,29 @@ def annotation_to_xml(ann: Annotation) -> bytes:
 
 
 def write_voc(ann: Annotation, path: str | os.PathLike[str]) -> None:
-    """Write ``ann`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``ann`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, annotation_to_xml(ann))
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
+    so a reader never sees half a file. An existing file keeps its permissions; a new one
+    gets the usual ones (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open applies the umask to 0o666, as creating the file directly would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(annotation_to_xml(ann))
+            fh.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
