@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 from lxml import etree
 from PIL import Image
 
-from detect.layout import DatasetFiles, file_name
+from detect.layout import ClassesError, DatasetFiles, file_name, read_classes
 from detect.voc import (
     Annotation,
     VocError,
@@ -386,36 +386,7 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'es' if word.endswith(('s', 'x')) else 's'}"
 
 
-class ClassesError(Exception):
-    """The classes file cannot be used (a usage error)."""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def read_classes(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a text file: one per line; blank lines and lines starting with
-    ``#`` skipped (as ``detect.data.read_classes`` reads it for training).
-
-    Raises:
-        ClassesError: unreadable, empty, or a name listed twice.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ClassesError(f"{path}: cannot read the classes file: {getattr(exc, 'strerror', None) or exc}") from None
-    names: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        if name in names:
-            raise ClassesError(f"{path}:{number}: class '{name}' is listed twice; keep one line per class")
-        names.append(name)
-    if not names:
-        raise ClassesError(f"{path}: no class names in it; write one class name per line")
-    return names
 
 
 def read_image_info(path: Path, *, deep: bool = False) -> ImageInfo:

@@ -58,22 +58,6 @@ class Record:
     annotation: Annotation
 
 
-def read_classes(path: str | os.PathLike[str]) -> list[str]:
-    """Class names from a text file, one per line (blank lines and ``#`` comments skipped)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read class list: {exc.strerror or exc}") from None
-    names = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DataError(f"{path}: class listed twice: {', '.join(dupes)}; keep one line per class")
-    if not names:
-        raise DataError(f"{path}: no class names in it; write one class name per line")
-    return names
-
-
 def load_records(
     files: DatasetFiles,
     ids: Sequence[str] | None = None,

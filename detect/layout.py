@@ -273,3 +273,32 @@ def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2) -> tuple[d
             splits[name] = [i for i in ids if i in known]
         return splits, "ImageSets/Main"
     return split_by_name(sorted(known), val_fraction=val_fraction), f"hash of file name, val_fraction={val_fraction}"
+
+
+class ClassesError(Exception):
+    """The classes file cannot be used (a usage error)."""
+
+
+def read_classes(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a text file (``--classes``): one per line; blank lines and lines
+    starting with ``#`` skipped. Training, evaluation and the checker all read it here.
+
+    Raises:
+        ClassesError: unreadable, empty, or a name listed twice.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClassesError(f"{path}: cannot read the classes file: {getattr(exc, 'strerror', None) or exc}") from None
+    names: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in names:
+            raise ClassesError(f"{path}:{number}: class '{name}' is listed twice; keep one line per class")
+        names.append(name)
+    if not names:
+        raise ClassesError(f"{path}: no class names in it; write one class name per line")
+    return names

@@ -32,7 +32,9 @@ from tqdm import tqdm
 
 from detect import data as D
 from detect.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detect.layout import DatasetError, discover, resolve_splits
+from detect.checks import check_dataset, format_finding
+from detect.demo import is_complete, make_demo_dataset
+from detect.layout import ClassesError, DatasetError, discover, read_classes, resolve_splits
 from detect.metrics import Detections, GroundTruth, voc_evaluate
 from detect.model import (
     BACKBONES,
@@ -54,7 +56,7 @@ DEMO_RECIPE = dict(
     input_size=256,
     rpn_pre_nms=600,
     rpn_post_nms=300,
-    rpn_batch=256,
+    rpn_batch=128,
     roi_batch=128,
     demo_images=480,
     augment="light",
@@ -76,6 +78,10 @@ DEMO_SEED = 0
 
 class UsageError(Exception):
     """A bad command line or unusable input: exit code 2, one line, no traceback."""
+
+
+class AnnotationErrors(Exception):
+    """The checker found errors in the dataset: exit code 1, like tools/check_xml.py."""
 
 
 class NonFiniteLoss(Exception):
@@ -212,8 +218,6 @@ class Data:
 
 def prepare_data(args: argparse.Namespace) -> Data:
     if args.data is None:
-        from detect.demo import is_complete, make_demo_dataset
-
         root = Path(os.environ.get("DETECT_CACHE", ".cache")) / f"demo-{args.demo_images}"
         if not is_complete(root, num_images=args.demo_images, seed=DEMO_SEED, image_size=(320, 240)):
             print(f"Generating the demo dataset ({args.demo_images} images) into {root} ...", flush=True)
@@ -222,14 +226,15 @@ def prepare_data(args: argparse.Namespace) -> Data:
         if args.classes is None:
             args.classes = root / "classes.txt"
     files = discover(args.data, images=args.images)
+    listed = read_classes(args.classes) if args.classes is not None else None
     skip: set[Path] = set()
     if not args.no_check:
-        skip = run_checker(files, args)
+        skip = run_checker(files, listed, args)
     splits, source = resolve_splits(files, val_fraction=args.val_fraction)
     train = D.load_records(files, splits["train"], skip=skip)
     val = D.load_records(files, splits["val"], skip=skip)
-    if args.classes is not None:
-        classes = D.read_classes(args.classes)
+    if listed is not None:
+        classes = listed
         D.check_classes(train + val, classes, classes_file=str(args.classes))
     else:
         classes = D.class_names_from(train + val)
@@ -241,13 +246,8 @@ def prepare_data(args: argparse.Namespace) -> Data:
     return Data(classes, train, val, split_info, Path(args.data), files.layout)
 
 
-def run_checker(files, args: argparse.Namespace) -> set[Path]:
+def run_checker(files, classes: list[str] | None, args: argparse.Namespace) -> set[Path]:
     """Run the annotation checker; refuse a dataset with errors unless --skip-invalid."""
-    try:
-        from detect.checks import check_dataset, format_finding
-    except ImportError:  # the checker is optional for the training loop itself
-        return set()
-    classes = D.read_classes(args.classes) if args.classes else None
     report = check_dataset(
         files,
         classes=classes,
@@ -269,7 +269,7 @@ def run_checker(files, args: argparse.Namespace) -> set[Path]:
         return set(report.files_with_errors)
     shown = "\n  ".join(format_finding(f) for f in report.errors[:5])
     more = f"\n  ... and {len(report.errors) - 5} more" if len(report.errors) > 5 else ""
-    raise UsageError(
+    raise AnnotationErrors(
         f"the dataset has {len(report.errors)} annotation error(s):\n  {shown}{more}\n"
         f"See all with: python tools/check_xml.py {files.root}\n"
         "Fix them, or train anyway without those files: --skip-invalid"
@@ -428,8 +428,6 @@ def train(args: argparse.Namespace) -> int:
         args.lr = 0.02 * args.batch_size / 16 if args.optimizer == "sgd" else 0.001
     weights_info = model.weights_report.summary()
     weights_source = "resumed" if resume_ckpt else model.weights_report.source
-    if model.weights_report.warning:
-        print(f"warning: {model.weights_report.warning}", file=sys.stderr)
 
     train_set = D.DetectionDataset(data.train, data.classes, D.build_transforms(args.augment, input_size=args.input_size))
     val_set = D.DetectionDataset(data.val, data.classes, None)
@@ -473,7 +471,8 @@ def train(args: argparse.Namespace) -> int:
     print("  " + describe_anchors(model.rpn.anchor_generator).replace("\n", "\n  "))
     print(f"  matched by IoU: foreground >= {args.rpn_fg_iou}, background < {args.rpn_bg_iou}")
     print(f"  {weights_info}")
-    print(f"Optimizer {args.optimizer}, lr {args.lr:g} ({args.schedule}, {args.warmup_iters} warm-up iterations), "
+    print(f"Optimizer {args.optimizer}, lr {args.lr:g} ({args.schedule}, "
+          f"{min(args.warmup_iters, len(train_loader))} warm-up iterations), "
           f"batch {args.batch_size}, {args.epochs} epochs, augment {args.augment}")
 
     payload_base = {
@@ -616,10 +615,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return train(args)
-    except (UsageError, DatasetError, D.DataError, CheckpointError, WeightsError) as exc:
+    except (UsageError, DatasetError, ClassesError, D.DataError, CheckpointError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteLoss as exc:
+    except (AnnotationErrors, NonFiniteLoss) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

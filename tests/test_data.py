@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from detect import data as D
-from detect.layout import discover
+from detect.layout import ClassesError, discover, read_classes
 from detect.voc import Box, VocObject
 
 from conftest import CLASSES, COLOURS, write_sample
@@ -19,7 +19,7 @@ def test_records_and_class_map(devkit: Path) -> None:
     files = discover(devkit)
     records = D.load_records(files)
     assert len(records) == 8 and all(r.image.exists() for r in records)
-    assert D.read_classes(devkit / "classes.txt") == list(CLASSES)
+    assert read_classes(devkit / "classes.txt") == list(CLASSES)
     found = D.class_names_from(records)
     assert found == sorted(found) and set(found) <= set(CLASSES)
 
@@ -35,10 +35,10 @@ def test_unknown_class_names_the_files(devkit: Path, tmp_path: Path) -> None:
 
 def test_class_file_errors(tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_text("Lata\nLata\n")
-    with pytest.raises(D.DataError, match="listed twice"):
-        D.read_classes(tmp_path / "c.txt")
-    with pytest.raises(D.DataError, match="cannot read"):
-        D.read_classes(tmp_path / "missing.txt")
+    with pytest.raises(ClassesError, match=r"c.txt:2: class 'Lata' is listed twice"):
+        read_classes(tmp_path / "c.txt")
+    with pytest.raises(ClassesError, match="cannot read"):
+        read_classes(tmp_path / "missing.txt")
 
 
 def test_missing_image_is_named(devkit: Path) -> None:

@@ -132,7 +132,7 @@ def test_nan_loss_stops_with_epoch_iteration_and_files(small: Path, tmp_path: Pa
         (["--data", "{empty}"], "no .xml annotation files"),
         (["--data", "{data}", "--weights", "missing.pt"], "--weights missing.pt: not one of auto"),
         (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
-        (["--data", "{data}", "--classes", "{data}/nope.txt"], "cannot read class list"),
+        (["--data", "{data}", "--classes", "{data}/nope.txt"], "cannot read the classes file"),
         (["--resume", "/no/such/last.pt"], "no such checkpoint"),
     ],
 )
@@ -152,9 +152,15 @@ def test_unknown_backbone_is_a_usage_error(capsys) -> None:
 
 def test_unknown_class_refused(small: Path, tmp_path: Path, capsys) -> None:
     (small / "two.txt").write_text("Lata\nBotella\n")
-    assert T.main(["--data", str(small), "--classes", str(small / "two.txt"), "--out", str(tmp_path / "w"), *TINY]) == 2
+    argv = ["--data", str(small), "--classes", str(small / "two.txt"), "--out", str(tmp_path / "w"), *TINY]
+    # The checker pass finds them first (exit 1, like tools/check_xml.py) ...
+    assert T.main(argv) == 1
     err = capsys.readouterr().err
-    assert "not in" in err and "Lata_defectuosa" in err and "Botella_defectuosa" in err
+    assert "VOC301 error unknown class 'Lata_defectuosa'" in err
+    # ... and without it the class map itself refuses them, naming the files.
+    assert T.main([*argv, "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert "class(es) not in" in err and "'Lata_defectuosa' in" in err and ".xml:" in err
 
 
 def test_default_optimizer_follows_the_starting_weights(small: Path, tmp_path: Path) -> None:
@@ -167,3 +173,20 @@ def test_default_optimizer_follows_the_starting_weights(small: Path, tmp_path: P
     tuned = json.loads((out / "tuned" / "args.json").read_text())
     assert (tuned["optimizer"], tuned["lr"]) == ("sgd", 0.0025)
     assert tuned["weights"] == str(out / "scratch" / "best.pt")
+
+
+def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, tmp_path: Path, capsys) -> None:
+    # A box with xmin > xmax: an annotation error the checker reports with file and line.
+    bad = small / "Annotations" / "img_004.xml"
+    text = bad.read_text()
+    start = text.index("<xmin>") + len("<xmin>")
+    bad.write_text(text[:start] + "95" + text[text.index("</xmin>"):])
+    assert run(small, tmp_path / "w") == 1
+    err = capsys.readouterr().err
+    assert "annotation error(s)" in err and "img_004.xml:" in err
+    assert f"python tools/check_xml.py {small}" in err and "--skip-invalid" in err
+
+    assert run(small, tmp_path / "w", "--skip-invalid") == 0
+    captured = capsys.readouterr()
+    assert "--skip-invalid: leaving out 1 annotation file(s)" in captured.err
+    assert "4 train / 1 val images" in captured.out
