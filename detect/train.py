@@ -400,26 +400,28 @@ def train(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     args.name = run_dir.name
 
-    model = build_model(
-        backbone=args.backbone,
-        num_classes=len(data.classes) + 1,
-        anchor_scales=args.anchor_scales,
-        anchor_ratios=args.anchor_ratios,
-        input_size=args.input_size,
-        weights="none" if resume_ckpt else args.weights,
-        trainable_layers=args.trainable_layers if resume_ckpt is None else resume_ckpt["model_config"]["trainable_layers"],
-        rpn_fg_iou=args.rpn_fg_iou,
-        rpn_bg_iou=args.rpn_bg_iou,
-        frozen_bn=None if resume_ckpt is None else resume_ckpt["model_config"]["frozen_bn"],
-        # The same proposal budget at test time: inference cost is mostly the box head
-        # running on every proposal.
-        rpn_pre_nms_top_n_train=args.rpn_pre_nms,
-        rpn_post_nms_top_n_train=args.rpn_post_nms,
-        rpn_pre_nms_top_n_test=args.rpn_pre_nms,
-        rpn_post_nms_top_n_test=args.rpn_post_nms,
-        rpn_batch_size_per_image=args.rpn_batch,
-        box_batch_size_per_image=args.roi_batch,
-    ).to(device)
+    if resume_ckpt is not None:
+        model = build_model(**resume_ckpt["model_config"]).to(device)  # the file rebuilds its model
+    else:
+        model = build_model(
+            backbone=args.backbone,
+            num_classes=len(data.classes) + 1,
+            anchor_scales=args.anchor_scales,
+            anchor_ratios=args.anchor_ratios,
+            input_size=args.input_size,
+            weights=args.weights,
+            trainable_layers=args.trainable_layers,
+            rpn_fg_iou=args.rpn_fg_iou,
+            rpn_bg_iou=args.rpn_bg_iou,
+            # The same proposal budget at test time: inference cost is mostly the box head
+            # running on every proposal.
+            rpn_pre_nms_top_n_train=args.rpn_pre_nms,
+            rpn_post_nms_top_n_train=args.rpn_post_nms,
+            rpn_pre_nms_top_n_test=args.rpn_pre_nms,
+            rpn_post_nms_top_n_test=args.rpn_post_nms,
+            rpn_batch_size_per_image=args.rpn_batch,
+            box_batch_size_per_image=args.roi_batch,
+        ).to(device)
     if args.optimizer is None:
         # Measured here: from scratch, AdamW reaches in 8 epochs what SGD needs far longer
         # for; fine-tuning pretrained weights, SGD with momentum is the torchvision recipe.
