@@ -581,8 +581,11 @@ def train(args: argparse.Namespace) -> int:
                          "train_state": train_state()}, run_dir / "last.pt")
         print(f"\nInterrupted in epoch {last_done + 2}; saved {run_dir / 'last.pt'}. Resume with:\n"
               f"  python -m detect.train --resume {run_dir / 'last.pt'}", file=sys.stderr)
+    except NonFiniteLoss:
+        status = "stopped: non-finite loss"
+        raise
     finally:
-        if last_done >= start_epoch or status == "interrupted":
+        if last_done >= start_epoch or status != "finished":
             log_run(args, data, run_dir, best_map, train_time, status, weights_source)
 
     if status != "interrupted":
@@ -623,6 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AnnotationErrors, NonFiniteLoss) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the first epoch: nothing to save yet
+        print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ def test_nan_loss_stops_with_epoch_iteration_and_files(small: Path, tmp_path: Pa
     assert code == 1
     assert "loss became" in err and "epoch" in err and "iteration" in err
     assert ".jpg" in err and str(small / "JPEGImages") in err
+    log = list(csv.DictReader((tmp_path / "w" / "runs.csv").open()))
+    assert log[-1]["status"] == "stopped: non-finite loss"
 
 
 @pytest.mark.parametrize(
