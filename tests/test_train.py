@@ -192,3 +192,10 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
     captured = capsys.readouterr()
     assert "--skip-invalid: leaving out 1 annotation file(s)" in captured.err
     assert "4 train / 1 val images" in captured.out
+
+
+def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
+    demo = T.resolve_args(T.build_parser().parse_args([]))
+    assert (demo.input_size, demo.epochs, demo.anchor_ratios) == (256, 8, [0.5, 1.5, 3.0])
+    data = T.resolve_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"]))
+    assert (data.input_size, data.anchor_ratios) == (640, [1.0, 2.0])
