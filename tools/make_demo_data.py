@@ -39,24 +39,19 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole_at_least(minimum: int):
+    """An argparse type: a whole number no smaller than ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -76,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"(classes: {', '.join(DEMO_CLASSES)}).",
     )
     parser.add_argument("out", metavar="OUT", help="output folder (a VOC devkit: Annotations/, JPEGImages/, ImageSets/)")
-    parser.add_argument("--images", type=_positive, default=400, metavar="N", help="number of images (default 400)")
-    parser.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default 0); same seed, same files")
+    parser.add_argument("--images", type=_whole_at_least(1), default=400, metavar="N", help="number of images (default 400)")
+    parser.add_argument("--seed", type=_whole_at_least(0), default=0, metavar="S", help="random seed (default 0); same seed, same files")
     parser.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="image size (default 320x240)")
     parser.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                         help="share of images listed in ImageSets/Main/val.txt (default 0.2)")
