@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
+from detect.errors import UsageError
+from detect.fsutil import atomic_open
+
 FORMAT = "detect-checkpoint/1"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be used (missing, corrupt, or not ours)."""
 
 
@@ -40,22 +42,12 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder is
-    fully written and flushed, then renamed over ``path``, so a crash or Ctrl-C mid-write
-    never leaves a truncated checkpoint behind."""
+    """Write ``payload`` to ``path`` atomically (:func:`detect.fsutil.atomic_open`): a crash
+    or Ctrl-C mid-write never leaves a truncated checkpoint behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "versions": versions(), **payload}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

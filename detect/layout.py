@@ -28,13 +28,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from detect.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_NAMES = ("train", "val", "trainval", "test")
 
 
-class DatasetError(Exception):
+class DatasetError(UsageError):
     """The dataset folder cannot be used at all (missing, empty, no XML): a usage error."""
 
 
@@ -275,7 +277,7 @@ def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2) -> tuple[d
     return split_by_name(sorted(known), val_fraction=val_fraction), f"hash of file name, val_fraction={val_fraction}"
 
 
-class ClassesError(Exception):
+class ClassesError(UsageError):
     """The classes file cannot be used (a usage error)."""
 
 

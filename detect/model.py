@@ -27,51 +27,40 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torchvision.models
+import torchvision.models.detection
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, mobilenet_v3_large, resnet50
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import (
-    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
-    FasterRCNN_ResNet50_FPN_Weights,
-)
 from torchvision.ops import misc as misc_ops
+
+from detect.backbones import BACKBONES as BACKBONE_TABLE
+from detect.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
+from detect.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("mobilenet", "resnet50")
+BACKBONES = tuple(BACKBONE_TABLE)
 WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")
 
-DEFAULT_ANCHOR_RATIOS: tuple[float, ...] = (0.5, 1.0, 2.0)
-"""Height/width ratios of the anchors (torchvision's ``aspect_ratios``: h/w)."""
-
-# Base anchor size of each feature level, in pixels of the resized input. ResNet-50-FPN has
-# five levels at strides 4..64; torchvision's MobileNetV3-FPN has three (strides 32, 32, 64),
-# so its bases are smaller per level and its default scales wider.
-BASE_SIZES: dict[str, tuple[int, ...]] = {
-    "resnet50": (32, 64, 128, 256, 512),
-    "mobilenet": (32, 64, 128),
-}
-DEFAULT_ANCHOR_SCALES: dict[str, tuple[float, ...]] = {
-    # Octave thirds, as in RetinaNet: 32 .. 812 px over five levels.
-    "resnet50": (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
-    # Doublings: 32 .. 512 px over three levels, the range torchvision's own model covers.
-    "mobilenet": (1.0, 2.0, 4.0),
-}
-MAX_TRAINABLE_LAYERS = {"resnet50": 5, "mobilenet": 6}
-
-_COCO = {
-    "resnet50": FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
-    "mobilenet": FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
-}
-_IMAGENET = {
-    "resnet50": ResNet50_Weights.IMAGENET1K_V1,
-    "mobilenet": MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-}
+__all__ = [
+    "BACKBONES",
+    "DEFAULT_ANCHOR_RATIOS",
+    "WEIGHT_CHOICES",
+    "WeightsError",
+    "WeightsReport",
+    "anchor_sizes",
+    "anchors_per_location",
+    "build_model",
+    "count_parameters",
+    "describe_anchors",
+    "load_matching",
+    "make_anchor_generator",
+]
 
 
-class WeightsError(Exception):
+class WeightsError(UsageError):
     """Requested weights cannot be had (not cached and not downloadable, or a bad file)."""
 
 
@@ -104,9 +93,7 @@ def _group_keys(keys: Sequence[str]) -> list[str]:
 
 def anchor_sizes(backbone: str, scales: Sequence[float]) -> tuple[tuple[int, ...], ...]:
     """Anchor sizes per feature level: each level's base size times each scale."""
-    if backbone not in BASE_SIZES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    return tuple(tuple(int(round(base * s)) for s in scales) for base in BASE_SIZES[backbone])
+    return tuple(tuple(int(round(base * s)) for s in scales) for base in get_backbone(backbone).base_sizes)
 
 
 def make_anchor_generator(
@@ -114,7 +101,7 @@ def make_anchor_generator(
 ) -> AnchorGenerator:
     """torchvision's AnchorGenerator with ``len(scales) * len(ratios)`` anchors per location
     on each of the backbone's feature levels (9 by default)."""
-    scales = tuple(scales) if scales else DEFAULT_ANCHOR_SCALES[backbone]
+    scales = tuple(scales) if scales else get_backbone(backbone).default_scales
     sizes = anchor_sizes(backbone, scales)
     return AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(float(r) for r in ratios),) * len(sizes))
 
@@ -134,6 +121,15 @@ def describe_anchors(generator: AnchorGenerator) -> str:
 def _cached_path(url: str) -> Path:
     name = os.path.basename(urllib.parse.urlparse(url).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _weights_enum(name: str):
+    """``"FasterRCNN_ResNet50_FPN_Weights.COCO_V1"`` -> torchvision's enum member."""
+    cls, member = name.split(".")
+    for module in (torchvision.models.detection, torchvision.models):
+        if hasattr(module, cls):
+            return getattr(getattr(module, cls), member)
+    raise ValueError(f"torchvision has no weights {name}")
 
 
 def _fetch_state_dict(weights_enum) -> dict[str, torch.Tensor]:
@@ -187,7 +183,7 @@ def build_model(
             (torchvision's convention): a dataset with K classes needs ``K + 1``; the model
             predicts labels ``1..K``.
         anchor_scales: multipliers of each level's base anchor size; defaults per backbone
-            (:data:`DEFAULT_ANCHOR_SCALES`).
+            (``default_scales`` in :data:`detect.backbones.BACKBONES`).
         anchor_ratios: anchor height/width ratios. Anchors per location =
             ``len(anchor_scales) * len(anchor_ratios)``.
         input_size: the longest image side the model works at (the image is resized so
@@ -217,21 +213,21 @@ def build_model(
         ValueError: bad backbone, class count or layer count.
         WeightsError: ``coco``/``imagenet``/a path was asked for and cannot be loaded.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    spec = get_backbone(backbone)
     if num_classes < 2:
         raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes}")
     weights = str(weights)
-    scales = tuple(float(s) for s in anchor_scales) if anchor_scales else DEFAULT_ANCHOR_SCALES[backbone]
+    scales = tuple(float(s) for s in anchor_scales) if anchor_scales else spec.default_scales
     ratios = tuple(float(r) for r in anchor_ratios)
 
     report = WeightsReport()
     detector_state: dict[str, torch.Tensor] | None = None
     backbone_weights = None
+    coco = _weights_enum(spec.coco_weights)
     if weights == "auto":
         try:
-            detector_state = _fetch_state_dict(_COCO[backbone])
-            report.source = f"coco ({_COCO[backbone]})"
+            detector_state = _fetch_state_dict(coco)
+            report.source = f"coco ({coco})"
         except WeightsError as exc:
             report.warning = (
                 f"no pretrained weights could be had ({exc}); training from scratch, which "
@@ -240,10 +236,10 @@ def build_model(
             )
             log.warning(report.warning)
     elif weights == "coco":
-        detector_state = _fetch_state_dict(_COCO[backbone])
-        report.source = f"coco ({_COCO[backbone]})"
+        detector_state = _fetch_state_dict(coco)
+        report.source = f"coco ({coco})"
     elif weights == "imagenet":
-        backbone_weights = _IMAGENET[backbone]
+        backbone_weights = _weights_enum(spec.imagenet_weights)
         report.source = f"imagenet backbone ({backbone_weights})"
     elif weights != "none":
         path = Path(weights)
@@ -263,30 +259,24 @@ def build_model(
     pretrained = detector_state is not None or backbone_weights is not None
     if frozen_bn is None:
         frozen_bn = pretrained
-    max_layers = MAX_TRAINABLE_LAYERS[backbone]
+    max_layers = spec.max_trainable_layers
     if trainable_layers is None:
         trainable_layers = 3 if pretrained else max_layers
     if not 0 <= trainable_layers <= max_layers:
         raise ValueError(f"trainable_layers for {backbone} must be 0..{max_layers}, got {trainable_layers}")
     norm_layer = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
 
-    if backbone_weights is not None:
+    classifier = getattr(torchvision.models, spec.classifier)
+    try:
         # torchvision's classification builders fetch through the same hub cache.
-        try:
-            body = _classifier(backbone, backbone_weights, norm_layer)
-        except Exception as exc:
-            raise WeightsError(f"could not load {backbone_weights}: {exc}") from exc
-    else:
-        body = _classifier(backbone, None, norm_layer)
-    if backbone == "mobilenet":
-        features = _mobilenet_extractor(body, True, trainable_layers)
-    else:
-        features = _resnet_fpn_extractor(body, trainable_layers)
+        body = classifier(weights=backbone_weights, norm_layer=norm_layer)
+    except Exception as exc:
+        if backbone_weights is None:
+            raise
+        raise WeightsError(f"could not load {backbone_weights}: {exc}") from exc
+    features = _FEATURES[spec.family](body, trainable_layers)
 
-    kwargs = dict(detector_kwargs)
-    if backbone == "mobilenet":
-        # torchvision's setting for this backbone: drop near-empty proposals early.
-        kwargs.setdefault("rpn_score_thresh", 0.05)
+    kwargs = {**spec.detector_defaults, **detector_kwargs}
     generator = make_anchor_generator(backbone=backbone, scales=scales, ratios=ratios)
     model = FasterRCNN(
         features,
@@ -319,10 +309,11 @@ def build_model(
     return model
 
 
-def _classifier(backbone: str, weights, norm_layer) -> nn.Module:
-    if backbone == "mobilenet":
-        return mobilenet_v3_large(weights=weights, norm_layer=norm_layer)
-    return resnet50(weights=weights, norm_layer=norm_layer)
+# How each backbone family's classifier becomes FPN features (see detect.backbones).
+_FEATURES = {
+    "mobilenet": lambda body, trainable: _mobilenet_extractor(body, True, trainable),
+    "resnet": lambda body, trainable: _resnet_fpn_extractor(body, trainable),
+}
 
 
 def anchors_per_location(model: FasterRCNN) -> list[int]:

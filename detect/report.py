@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -36,10 +36,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
+from detect.evaluation import RunResult, class_rows  # noqa: E402
+from detect.fsutil import atomic_open, write_atomic  # noqa: E402
 from detect.metrics import ConfusionResult, Detections, GroundTruth, VocResult, match_image  # noqa: E402
-
-if TYPE_CHECKING:
-    from detect.eval import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def plot_gallery(
     return _save(fig, path, tight=False)
 
 
-def plot_comparison(results: Sequence["RunResult"], path: Path) -> Path:
+def plot_comparison(results: Sequence[RunResult], path: Path) -> Path:
     """Grouped bars: VOC AP per class (and the mean) for every run."""
     classes: dict[str, None] = {}
     for r in results:
@@ -236,11 +235,13 @@ def plot_comparison(results: Sequence["RunResult"], path: Path) -> Path:
 
 
 def _save(fig, path: Path, *, tight: bool = True) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    try:
+        if tight:
+            fig.tight_layout()
+        with atomic_open(path, "wb", fsync=False) as fh:
+            fig.savefig(fh, format="png", dpi=_DPI)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -250,11 +251,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, results: Sequence["RunResult"], *, settings: dict[str, Any],
+def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[str, Any],
                  table_markdown: str) -> Path:
     """Write every plot for every run and ``out_dir/report.md``; returns the report's path."""
-    from detect.eval import class_rows  # the same per-class table as printed
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     iou, conf = settings["iou"], settings["conf"]
@@ -310,6 +309,4 @@ def write_report(out_dir: Path, results: Sequence["RunResult"], *, settings: dic
             md += [f"![hardest images]({slug}/hardest.png)", ""]
         else:
             md += ["No image has a miss or a false alarm at this threshold.", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(md), encoding="utf-8")
-    return path
+    return write_atomic(out_dir / "report.md", "\n".join(md))

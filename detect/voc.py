@@ -25,7 +25,7 @@ report and repair a file (raw coordinate text, lines, encoding, BOM) in fields t
 part in equality. :func:`parse_xml_tree` is the safe parse itself, for tools that edit a
 file in place.
 
-This module imports nothing from the rest of the project.
+It imports only :mod:`detect.errors` and :mod:`detect.fsutil` from the rest of the project.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
 from lxml import etree
+
+from detect.errors import DetectError
+from detect.fsutil import write_atomic
 
 __all__ = [
     "Annotation",
@@ -52,12 +53,11 @@ __all__ = [
     "parse_voc",
     "parse_voc_bytes",
     "parse_xml_tree",
-    "write_atomic",
     "write_voc",
 ]
 
 
-class VocError(Exception):
+class VocError(DetectError):
     """A problem in one VOC file: ``path:line: message``.
 
     Attributes:
@@ -495,9 +495,6 @@ def format_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-_format_number = format_number  # the name this module used before it was public
-
-
 def annotation_to_xml(ann: Annotation) -> bytes:
     """Serialise an :class:`Annotation` as LabelImg-style VOC XML (UTF-8, no BOM)."""
     root = etree.Element("annotation")
@@ -520,34 +517,10 @@ def annotation_to_xml(ann: Annotation) -> bytes:
         etree.SubElement(el, "difficult").text = str(int(obj.difficult))
         bb = etree.SubElement(el, "bndbox")
         for key, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
-            etree.SubElement(bb, key).text = _format_number(value)
+            etree.SubElement(bb, key).text = format_number(value)
     return etree.tostring(root, pretty_print=True, encoding="utf-8")
 
 
 def write_voc(ann: Annotation, path: str | os.PathLike[str]) -> None:
-    """Write ``ann`` to ``path`` atomically (see :func:`write_atomic`)."""
+    """Write ``ann`` to ``path`` atomically (:func:`detect.fsutil.write_atomic`)."""
     write_atomic(path, annotation_to_xml(ann))
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
-    so a reader never sees half a file. An existing file keeps its permissions; a new one
-    gets the usual ones (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode: int | None = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = None
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open applies the umask to 0o666, as creating the file directly would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -23,7 +23,7 @@ from PIL import Image
 from detect.checks import apply_fixes, check_dataset, format_finding, plan_fixes
 from detect.layout import discover
 from detect.voc import Annotation, Box, VocError, VocObject, annotation_to_xml, parse_voc_bytes
-from tools import check_xml
+from detect import check_xml
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"
 CLASSES = ["Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa"]

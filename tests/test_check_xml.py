@@ -1,4 +1,4 @@
-"""The annotation checker (detect/checks.py, tools/check_xml.py): one test per check on a
+"""The annotation checker (detect/checks/, detect/anchor_fit.py, detect/check_xml.py): one test per check on a
 small crafted dataset written to tmp_path, plus fixes, output formats, exit codes and the
 real BCCD dataset when ../shared/data/bccd is present."""
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detect import checks
-from detect.checks import CODES, check_dataset, format_finding, plan_fixes, read_classes
+from detect import anchor_fit, check_xml, checks
+from detect.checks import CODES, check_dataset, format_finding, plan_fixes
+from detect.layout import read_classes
 from detect.layout import discover
 from detect.voc import Annotation, Box, VocObject, annotation_to_xml, parse_voc_bytes
-from tools import check_xml
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"
@@ -80,7 +80,7 @@ def pair(root: Path, stem: str, objects=(("Lata", (10, 10, 40, 30)),), *, size=(
 
 
 def check(root: Path, **kw):
-    return check_dataset(discover(root), **kw)
+    return check_dataset(discover(root), anchor_rule=lambda: anchor_fit.anchor_rule, **kw)
 
 
 def codes(report, path: Path | None = None) -> set[str]:
@@ -601,13 +601,13 @@ def test_candidate_anchor_search_equals_all_anchors(backbone: str):
     gen = make_anchor_generator(backbone=backbone)
     g = torch.Generator().manual_seed(0)
     for width, height, input_size in [(640, 480, 800), (100, 333, 500), (37, 1000, 400)]:
-        rh, rw = checks._resized_size(width, height, input_size)
-        anchors, layout = checks._anchors_for(gen, backbone, rh, rw)
+        rh, rw = anchor_fit._resized_size(width, height, input_size)
+        anchors, layout = anchor_fit._anchors_for(gen, backbone, rh, rw)
         xy = torch.rand(100, 2, generator=g) * torch.tensor([rw, rh])
         wh = torch.rand(100, 2, generator=g) ** 2 * torch.tensor([rw, rh]) + 1
         gt = torch.cat([xy, xy + wh], 1)
-        with checks._one_torch_thread():
-            fast = checks._best_iou_one_size(gt, anchors, layout)
+        with anchor_fit._one_torch_thread():
+            fast = anchor_fit._best_iou_one_size(gt, anchors, layout)
             full = box_iou(gt, anchors).max(dim=1).values
         assert torch.equal(fast, full)
 
@@ -616,7 +616,7 @@ def test_no_anchor_advice_from_a_handful_of_boxes(data: Path):
     for i in range(3):
         pair(data, f"wide{i}", (("Lata", (10, 40, 110, 60)),), size=(128, 128))
     report = check(data)
-    assert report.anchor.share_07 < checks.POOR_FIT_07 and "VOC603" not in codes(report)
+    assert report.anchor.share_07 < checks.findings.POOR_FIT_07 and "VOC603" not in codes(report)
 
 
 def test_anchor_fit_reported_and_unreachable_boxes(data: Path):
@@ -752,7 +752,7 @@ def test_parallel_workers_give_the_same_findings(data: Path, monkeypatch):
     pair(data, "bad", (("Lata", (40, 10, 10, 30)),))
     pair(data, "zero", xml_size=(0, 0))
     serial = check(data)
-    monkeypatch.setattr(checks, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(checks.check, "PARALLEL_MIN_FILES", 1)
     parallel = check(data, jobs=2)
     assert [format_finding(f) for f in parallel.findings] == [format_finding(f) for f in serial.findings]
 

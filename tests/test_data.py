@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detect import data as D
+from detect import dataset as D
+from detect import records as R
 from detect.layout import ClassesError, discover, read_classes
 from detect.voc import Box, VocObject
 
@@ -17,18 +18,18 @@ from conftest import CLASSES, COLOURS, write_sample
 
 def test_records_and_class_map(devkit: Path) -> None:
     files = discover(devkit)
-    records = D.load_records(files)
+    records = R.load_records(files)
     assert len(records) == 8 and all(r.image.exists() for r in records)
     assert read_classes(devkit / "classes.txt") == list(CLASSES)
-    found = D.class_names_from(records)
+    found = R.class_names_from(records)
     assert found == sorted(found) and set(found) <= set(CLASSES)
 
 
 def test_unknown_class_names_the_files(devkit: Path, tmp_path: Path) -> None:
     write_sample(devkit / "Annotations", devkit / "JPEGImages", "typo", [("Lata_defectousa", (5, 5, 40, 40))])
-    records = D.load_records(discover(devkit))
-    with pytest.raises(D.DataError) as err:
-        D.check_classes(records, CLASSES, classes_file="classes.txt")
+    records = R.load_records(discover(devkit))
+    with pytest.raises(R.DataError) as err:
+        R.check_classes(records, CLASSES, classes_file="classes.txt")
     msg = str(err.value)
     assert "'Lata_defectousa'" in msg and "typo.xml" in msg and "classes.txt" in msg
 
@@ -43,13 +44,13 @@ def test_class_file_errors(tmp_path: Path) -> None:
 
 def test_missing_image_is_named(devkit: Path) -> None:
     (devkit / "JPEGImages" / "img_003.jpg").unlink()
-    with pytest.raises(D.DataError, match=r"img_003.xml: image 'img_003.jpg' not found"):
-        D.load_records(discover(devkit))
+    with pytest.raises(R.DataError, match=r"img_003.xml: image 'img_003.jpg' not found"):
+        R.load_records(discover(devkit))
 
 
 def test_negatives_have_empty_boxes(tmp_path: Path) -> None:
     write_sample(tmp_path / "d", tmp_path / "d", "empty", [], size=(64, 48))
-    records = D.load_records(discover(tmp_path / "d"))
+    records = R.load_records(discover(tmp_path / "d"))
     image, target, meta = D.DetectionDataset(records, CLASSES)[0]
     assert image.shape == (3, 48, 64) and image.dtype.is_floating_point and float(image.max()) <= 1.0
     assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
@@ -59,8 +60,8 @@ def test_negatives_have_empty_boxes(tmp_path: Path) -> None:
 def test_degenerate_and_outside_boxes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     objs = [("Lata", (10, 10, 10, 30)), ("Lata", (20, 20, 21, 20.5)), ("Botella", (-5, 5, 30, 90)), ("Lata", (5, 5, 20, 20))]
     write_sample(tmp_path / "d", tmp_path / "d", "bad", objs, size=(64, 48))
-    with caplog.at_level(logging.WARNING, logger="detect.data"):
-        records = D.load_records(discover(tmp_path / "d"))
+    with caplog.at_level(logging.WARNING, logger="detect.records"):
+        records = R.load_records(discover(tmp_path / "d"))
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "bad.xml" in warnings[0]
     assert "dropped 2 box(es)" in warnings[0] and "clipped 1 box(es)" in warnings[0]
@@ -71,7 +72,7 @@ def test_degenerate_and_outside_boxes(tmp_path: Path, caplog: pytest.LogCaptureF
 
 def test_sanitize_reports_nothing_for_good_boxes() -> None:
     objs = [VocObject("Lata", Box(0, 0, 64, 48))]
-    kept, note = D.sanitize_objects(objs, width=64, height=48)
+    kept, note = R.sanitize_objects(objs, width=64, height=48)
     assert kept == objs and note is None
 
 
@@ -81,7 +82,7 @@ def test_augmentation_keeps_boxes_on_their_objects(tmp_path: Path, augment: str)
     still be mostly that object's colour, and no box appears that has no object."""
     objs = [("Lata", (8, 8, 40, 56)), ("Botella", (60, 20, 88, 76))]
     write_sample(tmp_path / "d", tmp_path / "d", "two", objs, size=(96, 80), ext=".png")
-    records = D.load_records(discover(tmp_path / "d"))
+    records = R.load_records(discover(tmp_path / "d"))
     ds = D.DetectionDataset(records, CLASSES, D.build_transforms(augment, input_size=96))
     ds.transform.set_random_seed(0)
     moved = 0
@@ -107,7 +108,7 @@ def test_augmentation_keeps_boxes_on_their_objects(tmp_path: Path, augment: str)
 def test_no_augmentation_is_identity(tmp_path: Path) -> None:
     objs = [("Lata", (8, 8, 40, 56))]
     write_sample(tmp_path / "d", tmp_path / "d", "one", objs, size=(96, 80), ext=".png")
-    records = D.load_records(discover(tmp_path / "d"))
+    records = R.load_records(discover(tmp_path / "d"))
     assert D.build_transforms("none") is None
     _, target, _ = D.DetectionDataset(records, CLASSES, D.build_transforms("none", input_size=96))[0]
     assert target["boxes"].tolist() == [[8.0, 8.0, 40.0, 56.0]]

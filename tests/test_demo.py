@@ -1,4 +1,4 @@
-"""The procedural demo dataset (detect.demo) and its CLI (tools/make_demo_data.py)."""
+"""The procedural demo dataset (detect.demo) and its CLI (detect/make_demo_data.py, tools/make_demo_data.py)."""
 
 from __future__ import annotations
 
@@ -208,13 +208,13 @@ def test_cli(tmp_path):
 
 
 def test_cli_as_module(tmp_path):
-    res = _cli("-m", "tools.make_demo_data", str(tmp_path / "m"), "--images", "2", "--size", "64x64", cwd=REPO)
+    res = _cli("-m", "detect.make_demo_data", str(tmp_path / "m"), "--images", "2", "--size", "64x64", cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert is_complete(tmp_path / "m", num_images=2, seed=0, image_size=(64, 64))
 
 
 def test_cli_main_refuses_foreign_folder(tmp_path, capsys):
-    from tools.make_demo_data import main
+    from detect.make_demo_data import main
 
     (tmp_path / "mine.txt").write_text("keep me")
     assert main([str(tmp_path), "--images", "2", "--size", "64x64"]) == 2

@@ -1,4 +1,4 @@
-"""detect.eval (the CLI), detect.predict (inference and the predictions format), detect.report.
+"""detect.eval (the CLI), detect.evaluation, detect.inference, detect.predictions (the format), detect.report.
 
 The checkpoints here hold an untrained model (weights="none"): it scores about 0, and the
 tests check the plumbing. Exact numbers come through predictions files, whose AP is known.
@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from detect.eval import load_eval_set, main, sanitize_box
+from detect.eval import main
+from detect.evaluation import load_eval_set
 from detect.layout import discover
 from detect.metrics import Detections, voc_evaluate
-from detect.predict import PredictionsError, read_predictions, write_predictions
+from detect.predictions import PredictionsError, read_predictions, write_predictions
+from detect.records import sanitize_box
 from detect.voc import Annotation, Box, VocObject, write_voc
 
 CLASSES = ["bottle", "can"]
@@ -348,7 +350,7 @@ def test_predictions_round_trip_exactly(tmp_path):
 
 def test_predict_batches_and_times(project):
     from detect.checkpoint import model_from_checkpoint
-    from detect.predict import predict
+    from detect.inference import predict
 
     model, ckpt = model_from_checkpoint(project / "weights" / "tiny" / "best.pt")
     paths = sorted((project / "data" / "JPEGImages").glob("*.jpg"))
@@ -380,7 +382,7 @@ def test_ground_truth_keys_aliases_and_clipping(project):
 
 
 def test_sanitize_box_is_the_training_rule():
-    from detect.data import sanitize_objects
+    from detect.records import sanitize_objects
 
     boxes = [(5, 5, 50, 40), (-3, 2, 10, 90), (10, 10, 10.5, 30), (90, 70, 200, 75), (0, 0, 100, 100), (99, 5, 120, 9)]
     objects = [VocObject("x", Box(*map(float, b))) for b in boxes]
@@ -404,8 +406,8 @@ def test_bccd_predictions_are_scored_like_the_metrics(capsys, tmp_path):
     assert classes == ["Platelets", "RBC", "WBC"] and len(es.keys) == 87
     rng = np.random.default_rng(7)
     records = []
-    for key, objs in zip(es.keys, es.objects):
-        for name, box, _ in objs:
+    for key, record in zip(es.keys, es.records):
+        for name, box in ((o.name, o.box) for o in record.annotation.objects):
             if rng.random() < 0.8:
                 jitter = rng.normal(0, 3, 4)
                 b = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[2], box[3] + jitter[3]]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from detect import data as D
+from detect import dataset as D
 from detect import train as T
+from detect import trainer
 from detect.checkpoint import load_checkpoint, model_from_checkpoint
 
 from conftest import make_devkit
@@ -90,14 +91,14 @@ def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_pat
             raise KeyboardInterrupt
         return collate(batch)
 
-    monkeypatch.setattr(D, "collate", interrupting)
+    monkeypatch.setattr(trainer, "collate", interrupting)
     cut = tmp_path / "cut"
     assert run(small, cut, *args) == 130
     err = capsys.readouterr().err
     assert f"python -m detect.train --resume {cut / 'mobilenet' / 'last.pt'}" in err
     last = load_checkpoint(cut / "mobilenet" / "last.pt")
     assert last["epoch"] == 0 and last["metrics"]["interrupted"]
-    monkeypatch.setattr(D, "collate", collate)
+    monkeypatch.setattr(trainer, "collate", collate)
 
     assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
     assert "Resuming" in capsys.readouterr().out
@@ -195,7 +196,7 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
 
 
 def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
-    demo = T.resolve_args(T.build_parser().parse_args([]))
+    demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
     assert (demo.input_size, demo.epochs, demo.anchor_ratios) == (256, 8, [0.5, 1.5, 3.0])
-    data = T.resolve_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"]))
+    data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
     assert (data.input_size, data.anchor_ratios) == (640, [1.0, 2.0])

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-try:
-    import detect  # noqa: F401
-except ImportError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _repo  # noqa: F401,E402  (makes `detect` importable from a clone)
 
 import torch
 
-from detect.model import build_model, count_parameters
+from detect.backbones import BACKBONES  # noqa: E402
+from detect.model import build_model, count_parameters  # noqa: E402
 
 
 def measure(backbone: str, size: int, *, device: torch.device, batch: int, iters: int, train_kwargs: dict) -> dict:
@@ -66,7 +63,7 @@ def measure(backbone: str, size: int, *, device: torch.device, batch: int, iters
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", nargs="+", default=["mobilenet", "resnet50"], choices=["mobilenet", "resnet50"])
+    p.add_argument("--backbone", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iters", type=int, default=3)

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _repo  # noqa: F401,E402  (makes `detect` importable from a clone)
 
 from detect.metrics import Detections, GroundTruth, coco_evaluate, detection_confusion, voc_evaluate  # noqa: E402
 

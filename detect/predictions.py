@@ -1,4 +1,4 @@
-"""Batched inference, and the predictions file format shared by evaluation and prediction.
+"""The predictions file format: what a detector found, as JSON, scored by ``detect.eval``.
 
 Predictions format
 ==================
@@ -28,15 +28,10 @@ in it is a miss). Keep every detection down to a low score (0.05, as the detecto
 AP measures the whole precision-recall curve, and cutting at 0.5 lowers it.
 
 ``python -m detect.eval --data DIR --predictions FILE.json`` scores such a file without
-loading any model; :func:`write_predictions` writes one from :func:`predict`'s output.
+loading any model; :func:`write_predictions` writes one from a detector's
+:class:`~detect.metrics.Detections`.
 
-Inference
-=========
-
-:func:`predict` runs a torchvision detector in eval mode on image files, a batch at a time,
-and returns one :class:`~detect.metrics.Detections` per image with the model's boxes in
-pixels of the image file (the model resizes internally and maps its boxes back). Images are
-decoded as :mod:`detect.data` decodes them for training (stored pixel orientation, RGB).
+Torch-free: a predictions file is scored on a machine without torch.
 """
 
 from __future__ import annotations
@@ -45,171 +40,21 @@ import json
 import logging
 import math
 import os
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from detect.errors import DetectError
+from detect.fsutil import write_atomic
 from detect.metrics import Detections
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DetectionList",
-    "PredictionsError",
-    "Timing",
-    "predict",
-    "read_predictions",
-    "write_predictions",
-]
+__all__ = ["PredictionsError", "read_predictions", "write_predictions"]
 
 
-@dataclass
-class Timing:
-    """How long inference took.
-
-    Attributes:
-        images: images predicted.
-        timed_images: images whose batches were timed. The first batch is left out of the
-            timing when there is more than one (it pays one-off costs: memory allocation,
-            kernel selection), so this is ``images - batch_size`` then.
-        model_seconds: time inside the model (forward pass and copying its outputs back)
-            for the timed images.
-        total_seconds: wall time of the whole call, image decoding included.
-        batch_size: images per forward pass.
-        device: where the model ran.
-    """
-
-    images: int
-    timed_images: int
-    model_seconds: float
-    total_seconds: float
-    batch_size: int
-    device: str
-
-    @property
-    def ms_per_image(self) -> float:
-        """Model time per image in milliseconds (NaN when nothing was timed)."""
-        return 1000.0 * self.model_seconds / self.timed_images if self.timed_images else math.nan
-
-    @property
-    def images_per_second(self) -> float:
-        """Model throughput (NaN when nothing was timed)."""
-        return self.timed_images / self.model_seconds if self.timed_images and self.model_seconds > 0 else math.nan
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "timed_images": self.timed_images,
-            "model_seconds": self.model_seconds,
-            "total_seconds": self.total_seconds,
-            "ms_per_image": self.ms_per_image,
-            "images_per_second": self.images_per_second,
-            "batch_size": self.batch_size,
-            "device": self.device,
-        }
-
-
-class DetectionList(list):
-    """A ``list[Detections]`` that also carries the :class:`Timing` of the run (``.timing``)."""
-
-    timing: Timing
-
-
-def predict(
-    model,
-    image_paths: Sequence[str | os.PathLike[str]],
-    *,
-    device,
-    batch_size: int = 4,
-    progress: bool = True,
-    keys: Sequence[str] | None = None,
-) -> DetectionList:
-    """Run ``model`` on image files, ``batch_size`` images per forward pass.
-
-    Args:
-        model: a torchvision detector (e.g. from :func:`detect.checkpoint.model_from_checkpoint`);
-            it is put in eval mode and moved to ``device``.
-        image_paths: the image files.
-        device: a ``torch.device`` or a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
-        batch_size: images per forward pass.
-        progress: show a tqdm progress bar on stderr.
-        keys: the :attr:`Detections.image` key of each image; default: the file name.
-
-    Returns:
-        A :class:`DetectionList` (a ``list[Detections]``, one per image in input order)
-        with ``boxes`` ``(M, 4)`` float64 xmin/ymin/xmax/ymax in pixels of the image file,
-        ``scores`` ``(M,)`` float64, ``labels`` ``(M,)`` int64 in ``1..K``; and ``.timing``.
-    """
-    # torch is imported here, not at the top: scoring a predictions file (read_predictions)
-    # must not pay for importing it.
-    import torch
-    from torchvision.transforms.functional import to_tensor
-    from tqdm import tqdm
-
-    from detect.data import read_image
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    paths = [Path(p) for p in image_paths]
-    if keys is None:
-        keys = [p.name for p in paths]
-    elif len(keys) != len(paths):
-        raise ValueError(f"{len(keys)} keys for {len(paths)} images")
-    device = torch.device(device)
-    model.eval().to(device)
-
-    out = DetectionList()
-    model_seconds = 0.0
-    timed = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
-    try:
-        with torch.inference_mode():
-            for b, first in enumerate(range(0, len(paths), batch_size)):
-                batch = paths[first:first + batch_size]
-                tensors = [to_tensor(read_image(p)).to(device) for p in batch]
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                outputs = model(tensors)
-                # .cpu() waits for the device, so the interval covers the real work.
-                outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]
-                dt = time.perf_counter() - t0
-                if b > 0 or len(paths) <= batch_size:
-                    model_seconds += dt
-                    timed += len(batch)
-                for key, o in zip(keys[first:first + batch_size], outputs):
-                    out.append(
-                        Detections(
-                            image=key,
-                            boxes=o["boxes"].double().numpy(),
-                            scores=o["scores"].double().numpy(),
-                            labels=o["labels"].numpy().astype(np.int64),
-                        )
-                    )
-                bar.update(len(batch))
-    finally:
-        bar.close()
-    out.timing = Timing(
-        images=len(paths), timed_images=timed, model_seconds=model_seconds,
-        total_seconds=time.perf_counter() - start, batch_size=batch_size, device=str(device),
-    )
-    log.info(
-        "predicted %d images on %s: %.1f ms/image (model), %.1f s in all",
-        len(paths), device, out.timing.ms_per_image, out.timing.total_seconds,
-    )
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# The predictions file
-
-
-class PredictionsError(Exception):
+class PredictionsError(DetectError):
     """A predictions file that cannot be scored: ``file: record N: what is wrong and what to do``.
 
     Attributes:
@@ -367,13 +212,4 @@ def write_predictions(
                 "bbox": [float(v) for v in d.boxes[j]],
             }))
     text = "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, text)

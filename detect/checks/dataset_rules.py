@@ -1,0 +1,347 @@
+"""The dataset-level checks: what no single file shows.
+
+Overlapping objects within a file (VOC207/208), boxes too small for the model (VOC205),
+images nobody annotated (VOC402), the same picture under two names (VOC501) or in two
+splits (VOC502), split lists naming missing files (VOC504), stray files (VOC503), class
+names against the class list and each other (VOC302/303) and class imbalance (VOC304).
+:func:`dataset_findings` runs them all on the per-file results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from detect.backbones import get_backbone
+from detect.checks.file_rules import Context, FileResult, class_key, describe
+from detect.checks.findings import Finding, box_text, finding, num
+from detect.layout import DatasetFiles
+from detect.metrics import box_iou
+
+__all__ = ["DUPLICATE_IOU", "IMBALANCE_RATIO", "DatasetResult", "dataset_findings"]
+
+DUPLICATE_IOU = 0.9
+IMBALANCE_RATIO = 10.0
+_STRAY_HINT = {
+    ".DS_Store": "macOS folder metadata",
+    "Thumbs.db": "Windows thumbnail cache",
+    "desktop.ini": "Windows folder settings",
+}
+
+
+def _overlapping_objects(results: Sequence[FileResult], block: int = 256) -> list[Finding]:
+    """VOC207/VOC208: pairs of boxes in one file with IoU above :data:`DUPLICATE_IOU`.
+
+    Files are packed into blocks of about ``block`` boxes and each block goes through
+    ``box_iou`` (in slices of ``block`` rows, so a file with thousands of boxes stays small
+    in memory); pairs across files in a block are masked out.
+    """
+    out: list[Finding] = []
+    pending: list[FileResult] = []
+    size = 0
+
+    def flush() -> None:
+        objects = [(r, o) for r in pending for o in r.valid]
+        owner = np.array([k for k, r in enumerate(pending) for _ in r.valid])
+        boxes = np.array([list(o.box) for _, o in objects], dtype=np.float64)
+        pairs = []
+        for start in range(0, len(objects), block):
+            iou = box_iou(boxes[start : start + block], boxes)
+            hit = (iou > DUPLICATE_IOU) & (owner[start : start + block, None] == owner[None, :])
+            pairs += [(start + i, j, float(iou[i, j])) for i, j in zip(*np.nonzero(hit)) if start + i < j]
+        for i, j, value in pairs:
+            (r, a), (_, b) = objects[i], objects[j]
+            if a.name == b.name:
+                message = (
+                    f"{describe(b)} overlaps the '{a.name}' at line {a.line} at IoU {value:.2f}; probably the "
+                    "same object drawn twice: delete one"
+                )
+                out.append(finding("VOC207", r.xml, b.line, message))
+            else:
+                message = (
+                    f"the box of {describe(b)} is also labelled '{a.name}' at line {a.line} (IoU {value:.2f}); "
+                    "one object has one class: delete the wrong one"
+                )
+                out.append(finding("VOC208", r.xml, b.line, message))
+
+    for r in results:
+        if len(r.valid) < 2:
+            continue
+        pending.append(r)
+        size += len(r.valid)
+        if size >= block:
+            flush()
+            pending, size = [], 0
+    if pending:
+        flush()
+    return out
+
+
+def _hash_file(path: Path) -> str | None:
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _duplicate_images(images: Iterable[Path]) -> list[list[Path]]:
+    """Groups of byte-identical images; only files of equal size are hashed."""
+    by_size: dict[int, list[Path]] = defaultdict(list)
+    for img in images:
+        try:
+            by_size[img.stat().st_size].append(img)
+        except OSError:
+            continue
+    groups = []
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        by_hash: dict[str, list[Path]] = defaultdict(list)
+        for img in same_size:
+            digest = _hash_file(img)
+            if digest is not None:
+                by_hash[digest].append(img)
+        groups.extend(sorted(g) for g in by_hash.values() if len(g) > 1)
+    return sorted(groups)
+
+
+def _check_splits(files: DatasetFiles, known_ids: set[str], image_of: dict[str, Path], dup_groups) -> list[Finding]:
+    out: list[Finding] = []
+    lists = files.split_lists
+    if not lists:
+        return out
+
+    def where(split: str, index: int) -> tuple[Path, int | None]:
+        src = files.split_path(split)
+        numbers = files.split_lines.get(split, ())
+        return src, numbers[index] if index < len(numbers) else None
+
+    for split, ids in lists.items():
+        for i, sample in enumerate(ids):
+            if sample not in known_ids:
+                path, line = where(split, i)
+                out.append(
+                    finding(
+                        "VOC504",
+                        path,
+                        line,
+                        f"'{sample}' is listed in {split}.txt but there is no Annotations/{sample}.xml; "
+                        "remove the line or add the annotation",
+                    )
+                )
+
+    # The sets a sample may be in only once: train (or trainval minus val, as training reads
+    # it), val and test; and trainval, which holds val by design, against test.
+    val = set(lists.get("val", ()))
+    groups: dict[str, list[str]] = {}
+    if "train" in lists:
+        groups["train"] = list(lists["train"])
+    elif "trainval" in lists:
+        groups["trainval"] = [i for i in lists["trainval"] if i not in val]
+    groups.update((name, list(lists[name])) for name in ("val", "test") if name in lists)
+    names = list(groups)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    if "train" in lists and "trainval" in lists and "test" in lists:
+        groups["trainval"] = list(lists["trainval"])
+        pairs.append(("trainval", "test"))
+    for a, b in pairs:
+        in_a = set(groups[a])
+        for i, sample in enumerate(lists[b]):
+            if sample in in_a:
+                path, line = where(b, i)
+                out.append(
+                    finding(
+                        "VOC502",
+                        path,
+                        line,
+                        f"'{sample}' is in both {a}.txt and {b}.txt: the model would be evaluated on an "
+                        f"image it trained on; remove it from one of the lists",
+                    )
+                )
+
+    # The same picture under two ids in two splits leaks just as well.
+    split_of: dict[Path, tuple[str, str]] = {}
+    for name in names:
+        for sample in groups[name]:
+            img = image_of.get(sample)
+            if img is not None:
+                split_of.setdefault(img, (name, sample))
+    for group in dup_groups:
+        placed = [split_of[img] for img in group if img in split_of]
+        if len(placed) < 2:
+            continue
+        split_a, id_a = placed[0]
+        for split_b, id_b in placed[1:]:
+            if split_b == split_a:
+                continue
+            path, line = where(split_b, lists[split_b].index(id_b))
+            out.append(
+                finding(
+                    "VOC502",
+                    path,
+                    line,
+                    f"'{id_b}' ({split_b}) is the same image as '{id_a}' ({split_a}); keep one copy "
+                    "and remove the other from its list",
+                )
+            )
+    return out
+
+
+def _small_boxes(boxes, box_paths, *, backbone: str, input_size: int, scales) -> list[Finding]:
+    """VOC205: boxes smaller than the model resolves at its input size.
+
+    The floor is a quarter of the smallest anchor or half the finest feature stride,
+    whichever is larger: below it a box covers too little of any anchor and of the
+    feature map to be found.
+    """
+    spec = get_backbone(backbone)
+    stride = spec.feature_strides[0]
+    floor = max(spec.base_sizes[0] * min(scales) / 4, stride / 2)
+    out = []
+    for (W, H, x0, y0, x1, y1, line, name), path in zip(boxes, box_paths):
+        scale = input_size / max(W, H)
+        sw, sh = (x1 - x0) * scale, (y1 - y0) * scale
+        if min(sw, sh) < floor:
+            out.append(
+                finding(
+                    "VOC205",
+                    path,
+                    line,
+                    f"object '{name}' ({box_text((x0, y0, x1, y1))}) is {num(round(x1 - x0, 1))}x"
+                    f"{num(round(y1 - y0, 1))} px, {sw:.0f}x{sh:.0f} px at the model's input size {input_size}; "
+                    f"the {backbone} model resolves objects from about {floor:.0f} px (feature stride {stride}): "
+                    "check the box, or train with a larger --input-size or the resnet50 backbone",
+                )
+            )
+    return out
+
+
+@dataclass
+class DatasetResult:
+    """The dataset-level findings, with what the report and the anchor-fit rule need.
+
+    ``boxes`` holds ``(image width, image height, xmin, ymin, xmax, ymax, line, class)`` of
+    every box inside its image, ``box_paths`` the XML file of each.
+    """
+
+    findings: list[Finding]
+    class_counts: Counter
+    images_used: int
+    boxes: list[tuple]
+    box_paths: list[Path]
+
+
+def dataset_findings(
+    files: DatasetFiles, results: Sequence[FileResult], ctx: Context, *, backbone: str, input_size: int,
+    scales: Sequence[float],
+) -> DatasetResult:
+    """Every per-file finding plus the dataset-level ones (all but the anchor fit)."""
+    findings: list[Finding] = []
+    counts: Counter = Counter()
+    boxes: list[tuple] = []
+    box_paths: list[Path] = []
+    used_images: set[Path] = set()
+    image_of: dict[str, Path] = {}
+    sample_ids = [files.sample_id(xml) for xml in files.xml_files]
+    for res, sample in zip(results, sample_ids):
+        findings.extend(res.findings)
+        counts.update(res.names)
+        if res.image is not None:
+            used_images.add(res.image)
+            image_of[sample] = res.image
+        boxes.extend(res.boxes)
+        box_paths.extend([res.xml] * len(res.boxes))
+    findings.extend(_overlapping_objects(results))
+    findings.extend(_small_boxes(boxes, box_paths, backbone=backbone, input_size=input_size, scales=scales))
+
+    # -- images nobody annotated
+    for img in files.image_files:
+        if img not in used_images:
+            findings.append(
+                finding(
+                    "VOC402",
+                    img,
+                    None,
+                    f"image '{img.name}' has no XML; annotate it in LabelImg (an image without objects "
+                    "still needs an XML to train as background) or move it out of the dataset",
+                )
+            )
+
+    # -- the same picture twice
+    dup_groups = _duplicate_images(files.image_files)
+    for group in dup_groups:
+        for img in group[1:]:
+            findings.append(
+                finding(
+                    "VOC501",
+                    img,
+                    None,
+                    f"image '{img.name}' has the same content as '{group[0]}'; the picture counts twice "
+                    "(and can leak between splits): delete one copy and its XML",
+                )
+            )
+    findings.extend(_check_splits(files, set(sample_ids), image_of, dup_groups))
+
+    for stray in files.stray_files:
+        what = _STRAY_HINT.get(stray.name, "a macOS resource-fork copy" if stray.name.startswith("._") else "system debris")
+        findings.append(
+            finding("VOC503", stray, None, f"stray file ({what}), not part of the dataset; delete it")
+        )
+
+    # -- classes
+    if ctx.classes is not None:
+        for name in ctx.classes:
+            if counts[name] == 0:
+                findings.append(
+                    finding(
+                        "VOC303",
+                        files.root,
+                        None,
+                        f"class '{name}' is in the classes list but no object uses it; the model cannot "
+                        "learn it: annotate some, or drop it from the list",
+                    )
+                )
+    else:
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for name in counts:
+            by_key[class_key(name)].append(name)
+        for variants in by_key.values():
+            if len(variants) > 1:
+                variants.sort(key=lambda v: -counts[v])
+                listed = ", ".join(f"'{v}' ({counts[v]})" for v in variants)
+                findings.append(
+                    finding(
+                        "VOC302",
+                        files.root,
+                        None,
+                        f"class names {listed} differ only in case, spaces or underscores and would be "
+                        f"trained as different classes; rename them all to one, e.g. '{variants[0]}' "
+                        "(with --classes FILE, --unsafe-fixes renames them)",
+                        severity="warning",
+                    )
+                )
+    used = [(n, c) for n, c in counts.most_common() if c > 0 and (ctx.classes is None or n in ctx.classes)]
+    if len(used) > 1:
+        (top, most), (low, least) = used[0], used[-1]
+        ratio = most / least
+        if ratio >= IMBALANCE_RATIO:
+            findings.append(
+                finding(
+                    "VOC304",
+                    files.root,
+                    None,
+                    f"class imbalance {ratio:.1f}:1 ('{top}' {most} objects, '{low}' {least}); the model "
+                    f"will favour '{top}': annotate more '{low}', or weight or resample the rare classes",
+                )
+            )
+
+    return DatasetResult(findings, counts, len(used_images), boxes, box_paths)

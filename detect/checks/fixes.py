@@ -1,0 +1,212 @@
+"""Fixes: turning fixable findings into new XML contents, and writing them safely.
+
+Some findings carry a :class:`~detect.checks.findings.Fix`. :func:`plan_fixes` turns the
+fixes of a report into new file contents (the XML is edited in place with lxml, so
+everything else in it, comments and unknown elements included, is kept) and
+:func:`apply_fixes` writes them, keeping a ``.bak`` copy of each original. Safe fixes
+re-encode as UTF-8 without BOM, fill a missing or 0x0 ``<size>`` from the real image and
+drop byte-identical duplicate objects; unsafe fixes add clamping boxes into the image,
+rounding decimal coordinates and renaming a class to its unambiguous closest match.
+Images are never touched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from lxml import etree
+
+from detect.checks.findings import CheckReport, Finding
+from detect.fsutil import write_atomic
+from detect.voc import VocError, detect_encoding, format_number, parse_xml_tree
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FilePlan", "apply_fixes", "plan_fixes"]
+
+
+@dataclass
+class FilePlan:
+    """New contents for one XML file and the findings they resolve."""
+
+    path: Path
+    before: bytes
+    after: bytes
+    findings: list[Finding]
+    encoding: str = "UTF-8"
+    had_bom: bool = False
+
+    def diff(self) -> str:
+        """A unified diff of the change (``--diff``)."""
+        old = _decode(self.before, self.encoding)
+        new = self.after.decode("utf-8")
+        lines = list(
+            difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                fromfile=f"a/{self.path}",
+                tofile=f"b/{self.path}",
+            )
+        )
+        text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        if any(f.fix and f.fix.action == "reencode" for f in self.findings):
+            was = f"{self.encoding} with a byte-order mark" if self.had_bom else self.encoding
+            text = f"# {self.path}: re-encoded from {was} to UTF-8 without BOM\n" + text
+        return text
+
+
+def _decode(data: bytes, encoding: str) -> str:
+    try:
+        # Python's "utf-16"/"utf-32" codecs read the byte-order mark themselves.
+        text = data.decode("utf-8-sig" if encoding.upper() in ("UTF-8", "UTF8") else encoding)
+    except (LookupError, UnicodeDecodeError):
+        text = data.decode("latin-1")
+    return text.lstrip("\ufeff")
+
+
+def _set_size(root: etree._Element, width: int, height: int, depth: int) -> None:
+    """Fill ``<size>`` (created where LabelImg puts it if missing), indented like the file."""
+    first = root.text if isinstance(root.text, str) and "\n" in root.text and not root.text.strip() else "\n\t"
+    unit = first.split("\n")[-1] or "\t"
+    level1, level2 = "\n" + unit, "\n" + unit * 2
+    size = root.find("size")
+    if size is None:
+        size = etree.Element("size")
+        anchor = root.find("segmented")
+        if anchor is None:
+            anchor = root.find("object")
+        if anchor is not None:
+            anchor.addprevious(size)
+            size.tail = level1
+        elif len(root):
+            last = root[-1]
+            size.tail, last.tail = last.tail, level1
+            root.append(size)
+        else:
+            root.text, size.tail = level1, "\n"
+            root.append(size)
+    values = {"width": width, "height": height, "depth": depth}
+    for key in ("width", "height", "depth"):
+        child = size.find(key)
+        if child is None:
+            child = etree.SubElement(size, key)
+            if len(size) == 1:
+                size.text, child.tail = level2, level1
+            else:
+                prev = size[-2]
+                child.tail, prev.tail = prev.tail or level1, level2
+            child.text = str(values[key])
+        elif key != "depth" or (child.text or "").strip() in ("", "0"):
+            child.text = str(values[key])
+
+
+def _edit_coordinates(obj: etree._Element, change) -> None:
+    bb = obj.find("bndbox")
+    if bb is None:
+        return
+    for key in ("xmin", "ymin", "xmax", "ymax"):
+        el = bb.find(key)
+        if el is None or not isinstance(el.text, str):
+            return
+        try:
+            value = float(el.text.strip())
+        except ValueError:
+            return
+        if not math.isfinite(value):
+            return
+        el.text = format_number(change(key, value))
+
+
+def _plan_file(path: Path, findings: list[Finding]) -> FilePlan | None:
+    try:
+        before = path.read_bytes()
+        root = parse_xml_tree(before, source=path, keep_comments=True)
+    except (OSError, VocError):
+        return None
+    declared = root.getroottree().docinfo.encoding
+    encoding, has_bom = detect_encoding(before, declared)
+    objects = list(root.iterfind("object"))
+    drops: set[int] = set()
+    done: list[Finding] = []
+    for f in findings:
+        action, args = f.fix.action, f.fix.args
+        # Object fixes name the object by its position; the file may have changed since.
+        obj = objects[args[0]] if action not in ("reencode", "fill-size") and args[0] < len(objects) else None
+        if action == "reencode":
+            done.append(f)
+        elif action == "fill-size":
+            _set_size(root, *args)
+            done.append(f)
+        elif obj is None:
+            continue
+        elif action == "rename" and obj.find("name") is not None:
+            obj.find("name").text = args[1]
+            done.append(f)
+        elif action == "round":
+            _edit_coordinates(obj, lambda _k, v: math.floor(v + 0.5))
+            done.append(f)
+        elif action == "clamp":
+            limits = {"xmin": args[1], "xmax": args[1], "ymin": args[2], "ymax": args[2]}
+            _edit_coordinates(obj, lambda k, v: min(max(v, 0.0), float(limits[k])))
+            done.append(f)
+        elif action == "drop-duplicate" and args[1] < len(objects):
+            # Only an exact copy goes, checked again on the file as it is now.
+            if etree.tostring(obj, with_tail=False) == etree.tostring(objects[args[1]], with_tail=False):
+                drops.add(args[0])
+                done.append(f)
+    for index in sorted(drops, reverse=True):
+        el = objects[index]
+        parent = el.getparent()
+        prev = el.getprevious()
+        # The element's tail is the indentation of what follows; keep that layout.
+        if prev is not None:
+            prev.tail = el.tail
+        else:
+            parent.text = el.tail
+        parent.remove(el)
+    after = etree.tostring(root.getroottree(), encoding="utf-8", xml_declaration=False)
+    old_text = _decode(before, encoding)
+    if old_text.lstrip().startswith("<?xml"):
+        after = b'<?xml version="1.0" encoding="UTF-8"?>\n' + after
+    if old_text.endswith("\n") and not after.endswith(b"\n"):
+        after += b"\n"
+    if after == before or not done:
+        return None
+    return FilePlan(path, before, after, done, encoding, has_bom)
+
+
+def plan_fixes(report: CheckReport, *, unsafe: bool = False) -> list[FilePlan]:
+    """New contents for every XML file with fixable findings (safe ones; with ``unsafe``
+    the unsafe ones too). Nothing is written; see :func:`apply_fixes`."""
+    by_file: dict[Path, list[Finding]] = defaultdict(list)
+    xmls = set(report.files.xml_files)
+    for f in report.fixable(unsafe=unsafe):
+        if f.path in xmls:
+            by_file[f.path].append(f)
+    plans = []
+    for path in sorted(by_file):
+        plan = _plan_file(path, by_file[path])
+        if plan is not None:
+            plans.append(plan)
+    return plans
+
+
+def apply_fixes(plans: Iterable[FilePlan], *, backup_suffix: str = ".bak") -> list[Path]:
+    """Write each plan: the original goes to ``<file>.xml.bak``, the new contents replace
+    the file atomically with its permissions kept. Returns the files written."""
+    written = []
+    for plan in plans:
+        path = plan.path
+        backup = path.with_name(path.name + backup_suffix)
+        shutil.copy2(path, backup)
+        write_atomic(path, plan.after)
+        log.info("fixed %s (%d findings; original kept as %s)", path, len(plan.findings), backup.name)
+        written.append(path)
+    return written

@@ -1,0 +1,130 @@
+"""Records -> a torch Dataset of images and targets, with albumentations augmentation.
+
+Data flows one way: :mod:`detect.layout` finds files, :mod:`detect.voc` parses them,
+:mod:`detect.records` pairs and sanitises them, and this module turns records into training
+samples:
+
+* :func:`build_transforms` is the augmentation (bbox-aware albumentations);
+* :class:`DetectionDataset` yields ``(image, target, meta)`` where ``image`` is a float
+  ``[3, H, W]`` tensor in ``[0, 1]``, ``target`` holds ``boxes`` (``FloatTensor[N, 4]``,
+  ``xmin, ymin, xmax, ymax`` pixels of *that* tensor) and ``labels`` (``Int64Tensor[N]``,
+  ``1..K``; 0 is background), and ``meta`` names the files.
+
+``difficult`` objects are trained on, like detectron2 does (they are real instances of
+the class; leaving them out teaches the model that they are background); evaluation
+ignores them, as VOC prescribes. Images without objects stay in as negatives with
+``boxes`` of shape ``(0, 4)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+# albumentations asks the network for a newer version at import; our users' line PCs
+# are often offline, and the check would stall start-up.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from detect.images import read_image  # noqa: E402
+from detect.inference import image_tensor  # noqa: E402
+from detect.records import Record, sanitize_objects  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+AUGMENT_CHOICES = ("none", "light", "strong")
+
+
+def build_transforms(augment: str, *, input_size: int | None = None) -> A.Compose | None:
+    """The albumentations pipeline for ``augment`` in ``("none", "light", "strong")``.
+
+    Boxes travel in ``pascal_voc`` format (pixels, xmin/ymin/xmax/ymax) with their labels;
+    a box pushed mostly out of the frame (less than 30 % visible) is dropped with its label.
+    Returns None when there is nothing to do (``"none"`` without ``input_size``).
+    ``input_size`` first shrinks the image so its longest side fits: the model would
+    resize to that anyway, and augmenting the small image is several times cheaper.
+    """
+    if augment not in AUGMENT_CHOICES:
+        raise ValueError(f"augment must be one of {AUGMENT_CHOICES}, got {augment!r}")
+    steps: list[A.BasicTransform] = []
+    if input_size:
+        steps.append(A.LongestMaxSize(max_size=input_size, p=1.0))
+    if augment in ("light", "strong"):
+        strong = augment == "strong"
+        steps += [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(
+                scale=(0.75, 1.25) if strong else (0.9, 1.1),
+                translate_percent=(-0.1, 0.1) if strong else (-0.05, 0.05),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=114,
+                p=0.7 if strong else 0.5,
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.6 if strong else 0.4),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=15, p=0.5 if strong else 0.3),
+        ]
+        if strong:
+            steps += [
+                A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.3),
+                A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
+            ]
+    if not steps:
+        return None
+    return A.Compose(
+        steps,
+        bbox_params=A.BboxParams(
+            format="pascal_voc", label_fields=["labels", "indices"], min_visibility=0.3, min_area=1.0, clip=True
+        ),
+    )
+
+
+class DetectionDataset(Dataset):
+    """Records as model inputs.
+
+    ``dataset[i]`` is ``(image, target, meta)``:
+
+    * ``image``: ``FloatTensor[3, H, W]`` in ``[0, 1]`` (after the transform);
+    * ``target``: ``{"boxes": FloatTensor[N, 4]`` (xmin, ymin, xmax, ymax in pixels of
+      ``image``), ``"labels": Int64Tensor[N]`` (1..K)``}``; N may be 0;
+    * ``meta``: ``{"id", "image", "xml", "orig_size": (H, W)}``.
+    """
+
+    def __init__(self, records: Sequence[Record], classes: Sequence[str], transform: A.Compose | None = None):
+        self.records = list(records)
+        self.classes = list(classes)
+        self.label_of = {name: i + 1 for i, name in enumerate(self.classes)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        rec = self.records[index]
+        image = read_image(rec.image)
+        h, w = image.shape[:2]
+        # Records were sanitised against the header size at load time; the decoded size
+        # is the same unless the file changed since, and then clipping again is the fix.
+        objects, _ = sanitize_objects(rec.annotation.objects, width=w, height=h)
+        boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4)
+        labels = np.array([self.label_of[o.name] for o in objects], dtype=np.int64)
+        if self.transform is not None:
+            out = self.transform(image=image, bboxes=boxes, labels=labels, indices=np.arange(len(labels)))
+            image = out["image"]
+            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+            labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        tensor = image_tensor(image)
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)}
+        meta = {"id": rec.sample_id, "image": str(rec.image), "xml": str(rec.xml), "orig_size": (h, w)}
+        return tensor, target, meta
+
+
+def collate(batch):
+    """Lists, not stacked tensors: detection images differ in size."""
+    images, targets, metas = zip(*batch)
+    return list(images), list(targets), list(metas)

@@ -1,0 +1,227 @@
+"""The package's layers: every module has one, nothing imports upward, no import cycles, and
+the core works on a machine without torch.
+
+The layers (README, "Layout"), bottom up:
+
+* ``core``: torch-free: VOC I/O, dataset discovery, records, metrics, the predictions format,
+  evaluation results and reports, the checker's rules, the backbone table;
+* ``torch``: dataset and augmentation, the model, checkpoints, inference, the training engine;
+* ``cli``: the commands, each ``main(argv) -> int``.
+
+A module may import modules of its own layer or below. Imports inside functions count too:
+a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "detect"
+
+CORE, TORCH, CLI = 0, 1, 2
+LAYERS: dict[str, int] = {
+    "detect": CORE,
+    "detect.errors": CORE,
+    "detect.fsutil": CORE,
+    "detect.options": CORE,
+    "detect.logs": CORE,
+    "detect.voc": CORE,
+    "detect.layout": CORE,
+    "detect.images": CORE,
+    "detect.records": CORE,
+    "detect.metrics": CORE,
+    "detect.predictions": CORE,
+    "detect.evaluation": CORE,
+    "detect.report": CORE,
+    "detect.demo": CORE,
+    "detect.backbones": CORE,
+    "detect.checks": CORE,
+    "detect.checks.findings": CORE,
+    "detect.checks.file_rules": CORE,
+    "detect.checks.dataset_rules": CORE,
+    "detect.checks.check": CORE,
+    "detect.checks.fixes": CORE,
+    "detect.device": TORCH,
+    "detect.model": TORCH,
+    "detect.checkpoint": TORCH,
+    "detect.dataset": TORCH,
+    "detect.inference": TORCH,
+    "detect.anchor_fit": TORCH,
+    "detect.engine": TORCH,
+    "detect.runs": TORCH,
+    "detect.trainer": TORCH,
+    "detect.train": CLI,
+    "detect.eval": CLI,
+    "detect.check_xml": CLI,
+    "detect.make_demo_data": CLI,
+}
+NAMES = {CORE: "core", TORCH: "torch", CLI: "cli"}
+TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in the file (functions included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # "from detect import checks" names the module detect.checks
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def project_imports(path: Path, known: set[str]) -> set[str]:
+    out = set()
+    for name in imports_of(path):
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != "detect":
+            out.add(name)
+    return out
+
+
+def test_every_module_has_a_layer() -> None:
+    unassigned = sorted(set(modules()) - set(LAYERS))
+    assert not unassigned, f"give these modules a layer in LAYERS (and the README's Layout): {unassigned}"
+    gone = sorted(set(LAYERS) - set(modules()))
+    assert not gone, f"LAYERS names modules that no longer exist: {gone}"
+
+
+def test_nothing_imports_upward() -> None:
+    mods = modules()
+    upward = []
+    for name, path in mods.items():
+        for dep in project_imports(path, set(mods)):
+            if LAYERS[dep] > LAYERS[name]:
+                upward.append(f"{name} ({NAMES[LAYERS[name]]}) imports {dep} ({NAMES[LAYERS[dep]]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_core_names_no_torch_package() -> None:
+    offenders = []
+    for name, path in modules().items():
+        if LAYERS[name] == CORE:
+            heavy = {m.split(".")[0] for m in imports_of(path)} & TORCH_PACKAGES
+            if heavy:
+                offenders.append(f"{name} imports {sorted(heavy)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_import_cycles() -> None:
+    mods = modules()
+    graph = {name: project_imports(path, set(mods)) - {name} for name, path in mods.items()}
+    # A package's __init__ re-exporting its own modules is not a cycle with them.
+    for name in graph:
+        if name in mods and mods[name].name == "__init__.py":
+            graph[name] = {d for d in graph[name] if not d.startswith(name + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_layer_check_sees_a_planted_upward_import(tmp_path: Path) -> None:
+    """The checks above are not vacuous: an upward import and a cycle are found."""
+    (tmp_path / "a.py").write_text("def f():\n    from detect.trainer import train\n")
+    assert "detect.trainer" in project_imports(tmp_path / "a.py", set(LAYERS))
+    (tmp_path / "b.py").write_text("from detect import checks\nimport torch.nn\n")
+    assert {"detect.checks"} == project_imports(tmp_path / "b.py", set(LAYERS))
+    assert "torch" in {m.split(".")[0] for m in imports_of(tmp_path / "b.py")}
+
+
+def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=300)
+
+
+def test_importing_the_core_does_not_import_torch() -> None:
+    core = sorted(m for m, layer in LAYERS.items() if layer == CORE)
+    done = _run(f"""
+        import importlib, json, sys
+        for name in {core!r}:
+            importlib.import_module(name)
+        print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(TORCH_PACKAGES)!r})))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
+# Imports of torch fail, as on a small box that installed only the core's dependencies.
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_scoring_predictions_and_checking_annotations_work_without_torch(tmp_path: Path) -> None:
+    from conftest import make_devkit
+
+    data = make_devkit(tmp_path / "data", n=6)
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"image": "img_000.jpg", "label": "Lata", "score": 0.9, "bbox": [1, 1, 20, 20]}]))
+    done = _run(NO_TORCH + f"""
+import detect.check_xml, detect.eval
+code_eval = detect.eval.main(["--data", {str(data)!r}, "--predictions", {str(preds)!r}, "--no-progress"])
+code_check = detect.check_xml.main([{str(data)!r}, "--classes", {str(data / 'classes.txt')!r}])
+assert 'torch' not in sys.modules
+print("exit", code_eval, code_check)
+""")
+    assert done.returncode == 0, done.stderr
+    assert "exit 0 0" in done.stdout, done.stdout + done.stderr
+    assert "VOC mAP50" in done.stdout and "checked" in done.stdout
+    assert "anchor-fit checks (VOC6xx) are left out" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("module", ["detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data"])
+def test_each_command_has_main_argv_returning_int(module: str) -> None:
+    import importlib
+    import inspect
+
+    main = importlib.import_module(module).main
+    assert list(inspect.signature(main).parameters) == ["argv"]
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
