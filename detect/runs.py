@@ -18,13 +18,14 @@ Checkpoints are written atomically (:func:`detect.checkpoint.save_checkpoint`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from detect.checkpoint import save_checkpoint
-from detect.fsutil import unique_folder, write_atomic
+from detect.fsutil import remove_stale_temps, unique_folder, write_atomic
 
 __all__ = ["RESULT_FIELDS", "RUN_FIELDS", "RunFolder"]
 
@@ -69,6 +70,23 @@ class RunFolder:
         """A new run: write ``args.json`` and ``split.json``."""
         write_atomic(self.path / "args.json", json.dumps(_jsonable(args), indent=2) + "\n")
         write_atomic(self.path / "split.json", json.dumps(dict(split), indent=1) + "\n")
+
+    def tidy_for_resume(self, *, epochs_done: int) -> None:
+        """Before a resume: remove temporary files a killed process left mid-write, and the
+        ``results.csv`` rows of epochs ``last.pt`` does not hold (written before a kill came
+        between the row and the checkpoint), so every epoch has one row."""
+        for name in ("last.pt", "best.pt", "results.csv", "args.json", "split.json"):
+            remove_stale_temps(self.path / name)
+        path = self.path / "results.csv"
+        if not path.exists():
+            return
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
+        if kept != rows:
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(kept)
+            write_atomic(path, buffer.getvalue())
 
     def add_epoch(self, row: Mapping[str, Any]) -> None:
         """Append one epoch to ``results.csv`` (the header is written first when new)."""

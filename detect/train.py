@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from detect.backbones import BACKBONES
 from detect.dataset import AUGMENT_CHOICES
-from detect.errors import DetectError
+from detect.errors import DetectError, printable
 from detect.logs import setup_logging
 from detect.model import WEIGHT_CHOICES
-from detect.options import CliParser, add_device_option, number_list
-from detect.trainer import TrainConfig, TrainResult, train
+from detect.options import CliParser, add_device_option, given_options, number_list
+from detect.trainer import TrainConfig, TrainResult, resume_config, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
 
@@ -82,13 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")
-    g.add_argument("--resume", type=Path, help="continue from a last.pt, with its arguments")
+    g.add_argument("--resume", type=Path, help="continue from a last.pt, with the run's own settings "
+                   "(only --epochs, --patience, --device, --workers may be given with it)")
     g.add_argument("--no-check", action="store_true", help="skip the annotation checker pass before training")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The parsed command line as a :class:`TrainConfig`."""
+    """The parsed command line as a :class:`TrainConfig` (whose ranges
+    :func:`detect.trainer.resolve_config` checks, for this CLI and for Python callers alike)."""
     return TrainConfig(**vars(args))
 
 
@@ -99,11 +101,17 @@ def _echo(text: str, *, err: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.INFO)
-    cfg = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.resume is not None:
+            given = given_options(parser, argv if argv is not None else sys.argv[1:])
+            cfg = resume_config(args.resume, {k: getattr(args, k) for k in given})
+        else:
+            cfg = config_from_args(args)
         result = train(cfg, echo=_echo, progress=sys.stderr.isatty())
     except DetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # before the first epoch: nothing to save yet
         print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
@@ -113,11 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(r: TrainResult) -> int:
     if r.status == "interrupted":
-        print(f"\nInterrupted in epoch {r.last_epoch}; saved {r.run.last}. Resume with:\n"
-              f"  python -m detect.train --resume {r.run.last}", file=sys.stderr)
+        where = (f"saved {r.run.last} where epoch {r.stopped_in} stopped" if r.resume_exact else
+                 f"{r.run.last} holds the end of epoch {r.stopped_in - 1}" if r.stopped_in > 1 else
+                 "no epoch had finished")
+        if r.resume_exact or r.stopped_in > 1:
+            print(f"\nInterrupted in epoch {r.stopped_in}; {where}. Resume with:\n"
+                  f"  python -m detect.train --resume {r.run.last}", file=sys.stderr)
+        else:
+            print(f"\nInterrupted in epoch 1; {where}, so nothing was saved.", file=sys.stderr)
         return 130
-    print(f"Done: best val mAP@0.5 {r.best_map50:.4f} (epoch {r.best_epoch}), "
-          f"train time {r.train_time / 60:.1f} min. Checkpoints: {r.run.best}, {r.run.last}")
+    saved = ", ".join(str(p) for p in (r.run.best, r.run.last) if p.exists())
+    best = ("no val split, so no val mAP (best.pt is the last epoch)" if r.best_map50 is None else
+            f"best val mAP@0.5 {r.best_map50:.4f} (epoch {r.best_epoch})")
+    print(f"Done: {best}, train time {r.train_time / 60:.1f} min. Checkpoints: {saved}")
     return 0
 
 

@@ -15,10 +15,12 @@ the ``echo`` callback, which ``python -m detect.train`` prints and which logs by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,9 @@ from detect.demo import is_complete, make_demo_dataset
 from detect.device import resolve_device
 from detect.engine import (
     LOSS_KEYS,
+    EpochState,
     NonFiniteLoss,
+    capture_rng,
     evaluate,
     lr_lambda,
     make_optimizer,
@@ -44,15 +48,19 @@ from detect.engine import (
     seed_worker,
     train_one_epoch,
 )
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, show
 from detect.layout import DatasetFiles, discover, read_classes, resolve_splits
+from detect.backbones import get_backbone
+from detect.fsutil import check_writable
 from detect.model import WEIGHT_CHOICES, anchors_per_location, build_model, describe_anchors
+from detect.options import Number
 from detect.records import Record, check_classes, class_names_from, ground_truths, load_records
 from detect.runs import RunFolder, join_numbers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_RECIPE", "DEMO_RECIPE", "AnnotationErrors", "TrainConfig", "TrainResult", "resolve_config", "train"]
+__all__ = ["DATA_RECIPE", "DEMO_RECIPE", "LIMITS", "RESUMABLE", "AnnotationErrors", "TrainConfig", "TrainResult",
+           "resolve_config", "resume_config", "train"]
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
 # weights offline), on a 2-core CPU in under 15 minutes. Chosen by measurement, see the
@@ -86,6 +94,31 @@ DATA_RECIPE = dict(
 )
 DEMO_SEED = 0
 DEMO_IMAGE_SIZE = (320, 240)
+
+# The allowed values of every numeric option: the CLI parses with these, and
+# resolve_config checks a config built in Python against the same ranges.
+LIMITS: dict[str, Number] = {
+    "val_fraction": Number(float, 0, 1, hi_open=True),
+    "demo_images": Number(int, 1, 100_000),
+    "trainable_layers": Number(int, 0),  # the backbone's own maximum is checked in resolve_config
+    "input_size": Number(int, 32, 8192),
+    "rpn_fg_iou": Number(float, 0, 1),
+    "rpn_bg_iou": Number(float, 0, 1),
+    "rpn_pre_nms": Number(int, 1),
+    "rpn_post_nms": Number(int, 1),
+    "rpn_batch": Number(int, 1),
+    "roi_batch": Number(int, 1),
+    "epochs": Number(int, 1),
+    "batch_size": Number(int, 1, 4096),
+    "lr": Number(float, 0, lo_open=True),
+    "momentum": Number(float, 0, 1, hi_open=True),
+    "weight_decay": Number(float, 0),
+    "warmup_iters": Number(int, 0),
+    "clip_grad": Number(float, 0),
+    "patience": Number(int, 0),
+    "workers": Number(int, 0, 256),
+    "seed": Number(int, 0, 2**31 - 1),
+}
 
 
 class AnnotationErrors(DetectError):
@@ -172,17 +205,15 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for key, value in recipe.items():
         if getattr(cfg, key, None) is None:
             setattr(cfg, key, value)
-    for key in ("epochs", "batch_size", "input_size", "demo_images"):
-        value = getattr(cfg, key, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
-    if not 0 <= cfg.val_fraction < 1:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise UsageError(f"--lr must be positive, got {cfg.lr}")
+    for key, limit in LIMITS.items():
+        setattr(cfg, key, limit.check(f"--{key.replace('_', '-')}", getattr(cfg, key)))
+    spec = get_backbone(cfg.backbone)
+    if cfg.trainable_layers is not None and cfg.trainable_layers > spec.max_trainable_layers:
+        raise UsageError(f"--trainable-layers for {cfg.backbone} must be from 0 to {spec.max_trainable_layers}, "
+                         f"got {cfg.trainable_layers}")
     if not 0 <= cfg.rpn_bg_iou <= cfg.rpn_fg_iou <= 1:
         raise UsageError("need 0 <= --rpn-bg-iou <= --rpn-fg-iou <= 1")
-    if cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():
+    if cfg.resume is None and cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():
         raise UsageError(f"--weights {cfg.weights}: not one of {', '.join(WEIGHT_CHOICES)} and no such file")
     if cfg.workers is None:
         cores = os.cpu_count() or 1
@@ -250,6 +281,12 @@ def prepare_data(cfg: TrainConfig, echo: Echo = _log_echo) -> tuple[TrainConfig,
         raise UsageError(f"{cfg.data}: no objects in any annotation; nothing to learn")
     if not train:
         raise UsageError(f"{cfg.data}: the train split is empty")
+    known = set(classes)
+    if not any(o.name in known for r in train for o in r.annotation.objects):
+        raise UsageError(
+            f"{cfg.data}: the train split has no objects of the classes {', '.join(map(show, classes))} "
+            f"({len(train)} images, all background); nothing to learn: annotate the objects, or check --classes"
+        )
     split_info = {"source": source, **{k: list(v) for k, v in splits.items()}}
     return cfg, Data(classes, train, val, split_info, Path(cfg.data), files.layout)
 
@@ -291,27 +328,99 @@ def run_checker(files: DatasetFiles, classes: list[str] | None, cfg: TrainConfig
 
 @dataclass
 class TrainResult:
-    """How a run ended: ``status`` is ``finished``, ``early-stopped`` or ``interrupted``."""
+    """How a run ended: ``status`` is ``finished``, ``early-stopped`` or ``interrupted``.
+
+    ``best_map50`` is None when the data has no val split; ``stopped_in`` is the 1-based
+    epoch a Ctrl-C stopped, with ``resume_exact`` saying whether ``last.pt`` holds that
+    point (a graceful stop) or the end of the epoch before (Ctrl-C pressed mid-step, where
+    the steady state is the last finished epoch).
+    """
 
     run: RunFolder
     status: str
-    best_map50: float
+    best_map50: float | None
     best_epoch: int  # 1-based; 0 when no epoch finished
-    last_epoch: int  # 1-based epoch being trained when it ended
     train_time: float
     config: TrainConfig = field(repr=False)
+    stopped_in: int = 0
+    resume_exact: bool = True
 
 
-def _resume(cfg: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
-    """The checkpoint to resume from and the run's own config (device and workers from ``cfg``)."""
-    ckpt = load_checkpoint(cfg.resume)
+# What may change when a run is resumed: the rest is the run's own (its optimizer state and
+# schedule were made for those settings). More epochs re-plan the schedule over the new length.
+RESUMABLE = frozenset({"resume", "epochs", "patience", "device", "workers"})
+
+
+def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of the run ``path`` (its ``last.pt``) belongs to, with ``changes`` applied.
+
+    Raises:
+        UsageError: not a ``last.pt``, a change that cannot be made to a running run
+            (anything but :data:`RESUMABLE`), or ``epochs`` not beyond what is trained.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
     if "train_state" not in ckpt:
-        raise UsageError(f"{cfg.resume}: has no training state to resume from; pass the run's last.pt")
-    stored = TrainConfig.from_dict(ckpt["args"])
-    stored.device, stored.workers, stored.resume = cfg.device, cfg.workers, cfg.resume
-    if stored.workers is None:
-        stored.workers = resolve_config(dataclasses.replace(stored, workers=None)).workers
-    return ckpt, stored
+        raise UsageError(f"{path}: has no training state to resume from; pass the run's last.pt")
+    changes = {k: v for k, v in (changes or {}).items() if k != "resume"}
+    refused = sorted(set(changes) - RESUMABLE)
+    if refused:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in refused)
+        raise UsageError(
+            f"--resume continues {path.parent.name} with its own settings, and {names} cannot change in a run "
+            f"(only --epochs, --patience, --device, --workers can); start a new run from its weights instead: "
+            f"python -m detect.train --weights {path} ..."
+        )
+    done = ckpt["epoch"] + 1
+    if "epochs" in changes and changes["epochs"] <= done:
+        raise UsageError(f"--epochs {changes['epochs']}: {path.parent.name} has already trained {done} epoch(s); "
+                         f"give more than {done} to train on")
+    return dataclasses.replace(TrainConfig.from_dict(ckpt["args"]), resume=path, **changes)
+
+
+class _GracefulStop:
+    """Ctrl-C as a request the loop honours at the next iteration boundary (and never in the
+    middle of a checkpoint write), instead of an exception that could land half-way through
+    an optimizer step. A third Ctrl-C, outside a save, stops at once."""
+
+    def __init__(self, echo: Echo) -> None:
+        self.echo = echo
+        self.requests = 0
+        self.saving = False
+        self.installed = False
+
+    def __enter__(self) -> "_GracefulStop":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+        except ValueError:  # not the main thread: Ctrl-C stays an exception
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self) -> bool:
+        return self.requests > 0
+
+    def _handle(self, signum, frame) -> None:
+        self.requests += 1
+        if self.requests == 1:
+            self.echo("\nCtrl-C: stopping after this step and saving last.pt (Ctrl-C twice more to stop at once)",
+                      err=True)
+        elif self.saving or self.requests == 2:
+            self.echo("Ctrl-C: still finishing; last.pt is being written whole", err=True)
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def save(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
 
 
 def _build_model(cfg: TrainConfig, num_classes: int):
@@ -337,16 +446,22 @@ def _build_model(cfg: TrainConfig, num_classes: int):
 
 
 def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -> TrainResult:
-    """Train a detector as ``cfg`` says; Ctrl-C saves ``last.pt`` and returns ``interrupted``.
+    """Train a detector as ``cfg`` says (to resume, ``cfg`` is :func:`resume_config`'s).
+
+    Ctrl-C stops at the next iteration boundary, saves ``last.pt`` and returns
+    ``interrupted``; resuming from it ends exactly as an uninterrupted run would.
 
     Raises:
-        DetectError: a usage error (exit 2), annotation errors or a non-finite loss (exit 1).
+        DetectError: a usage error (exit 2), annotation errors, a non-finite loss or a
+            checkpoint that cannot be written (exit 1).
     """
-    ckpt = None
-    if cfg.resume is not None:
-        ckpt, cfg = _resume(cfg)
-    else:
-        cfg = resolve_config(cfg)
+    ckpt = _resume_checkpoint(cfg)
+    cfg = resolve_config(cfg)
+    out = cfg.resume.parent if ckpt is not None else cfg.out
+    try:  # before any data is read: a run that cannot save is no run
+        check_writable(out)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc}); pass a folder you can write to") from None
     device = resolve_device(cfg.device)
     amp = device.type == "cuda" if cfg.amp is None else (cfg.amp and device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -389,7 +504,7 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         epochs=cfg.epochs, iters_per_epoch=len(train_loader), warmup_iters=cfg.warmup_iters, schedule=cfg.schedule))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    start_epoch, best_map, best_epoch, train_time = 0, -1.0, -1, 0.0
+    start_epoch, best_map, best_epoch, train_time, partial = 0, -1.0, -1, 0.0, None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         st = ckpt["train_state"]
@@ -398,7 +513,12 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
         scaler.load_state_dict(st["scaler"])
         start_epoch = ckpt["epoch"] + 1
         best_map, best_epoch, train_time = st["best_map50"], st["best_epoch"], st["train_time"]
-        echo(f"Resuming {run.path} at epoch {start_epoch + 1}/{cfg.epochs}")
+        partial = EpochState.from_dict(st["partial"]) if st.get("partial") else None
+        run.tidy_for_resume(epochs_done=start_epoch)
+        if not run.best.exists() and best_epoch >= 0:
+            best_map, best_epoch = _repair_best(run, ckpt, best_epoch, partial, echo)
+        where = f"epoch {start_epoch + 1}" + (f", iteration {partial.iteration + 1}" if partial else "")
+        echo(f"Resuming {run.path} at {where} of {cfg.epochs}")
     else:
         run.start(cfg.as_dict(), data.split_info)
     run.checkpoint_base = {
@@ -416,49 +536,70 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
     }
     _banner(echo, cfg, run, data, model, device, len(train_loader))
 
-    def train_state() -> dict[str, Any]:
+    def train_state(state: EpochState | None = None) -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_map50": best_map, "best_epoch": best_epoch,
-                "train_time": train_time}
+                "train_time": train_time, "partial": state.as_dict() if state is not None else None}
 
-    epoch = last_done = start_epoch - 1
-    status = "finished"
+    last_done = start_epoch - 1
+    status, stopped_in, exact = "finished", 0, True
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            seed_everything(cfg.seed * 10_000 + epoch, generator, train_set.transform)
-            losses = train_one_epoch(model, optimizer, train_loader, device, epoch=epoch, epochs=cfg.epochs,
-                                     scheduler=scheduler, scaler=scaler, amp=amp, clip_grad=cfg.clip_grad,
-                                     progress=progress)
-            val_map = evaluate(model, val_loader, truths, data.classes, device) if data.val else 0.0
-            epoch_time = time.perf_counter() - t0
-            train_time += epoch_time
-            lr = optimizer.param_groups[0]["lr"]
-            run.add_epoch({"epoch": epoch + 1, **{k: round(losses.get(k, 0.0), 5) for k in ("loss", *LOSS_KEYS)},
-                           "lr": f"{lr:.6g}", "val_map50": round(val_map, 5), "epoch_time_s": round(epoch_time, 1)})
-            improved = val_map > best_map
-            if improved:
-                best_map, best_epoch = val_map, epoch
-            metrics = {"map50": val_map, "best_map50": best_map, "best_epoch": best_epoch + 1}
-            state = model.state_dict()
-            run.save("last", model_state=state, epoch=epoch, metrics=metrics, train_state=train_state())
-            if improved:
-                run.save("best", model_state=state, epoch=epoch, metrics=metrics)
-            last_done = epoch
-            echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {losses.get('loss', 0):.4f}  lr {lr:.5f}  "
-                 f"val mAP@0.5 {val_map:.4f}{' *' if improved else ''}  {epoch_time:.0f}s")
-            if cfg.patience and epoch - best_epoch >= cfg.patience:
-                echo(f"Early stop: no better val mAP@0.5 for {cfg.patience} epochs "
-                     f"(best {best_map:.4f} at epoch {best_epoch + 1})")
-                status = "early-stopped"
-                break
+        with _GracefulStop(echo) as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                state = partial if partial is not None and partial.epoch == epoch else EpochState(epoch)
+                partial = None
+                # The epoch's data order, augmentations and samplers follow from (seed, epoch):
+                # a resumed epoch replays them (train_one_epoch then restores the streams).
+                seed_everything(cfg.seed * 10_000 + epoch, generator, train_set.transform)
+                complete = train_one_epoch(model, optimizer, train_loader, device, state=state, epochs=cfg.epochs,
+                                           scheduler=scheduler, scaler=scaler, amp=amp, clip_grad=cfg.clip_grad,
+                                           progress=progress, stop=stop)
+                t0 = time.perf_counter()
+                val_map = None
+                if complete and data.val and not stop():
+                    val_map = evaluate(model, val_loader, truths, data.classes, device, stop=stop)
+                if not complete or stop():
+                    if state.rng is None:  # stopped after the last batch: validation is what remains
+                        state.rng = capture_rng()
+                    with stop.save():
+                        run.save("last", model_state=model.state_dict(), epoch=last_done,
+                                 metrics={"map50": None, "best_map50": best_map, "best_epoch": best_epoch + 1,
+                                          "interrupted": True},
+                                 train_state=train_state(state))
+                    status, stopped_in = "interrupted", epoch + 1
+                    break
+                epoch_time = state.seconds + time.perf_counter() - t0
+                train_time += epoch_time
+                lr = optimizer.param_groups[0]["lr"]
+                losses = state.means()
+                run.add_epoch({"epoch": epoch + 1, **{k: round(losses.get(k, 0.0), 5) for k in ("loss", *LOSS_KEYS)},
+                               "lr": f"{lr:.6g}", "val_map50": "" if val_map is None else round(val_map, 5),
+                               "epoch_time_s": round(epoch_time, 1)})
+                # Without a val split the last epoch is the best one can say.
+                improved = val_map is None or val_map > best_map
+                if improved:
+                    best_map, best_epoch = (best_map if val_map is None else val_map), epoch
+                metrics = {"map50": val_map, "best_map50": best_map if data.val else None, "best_epoch": best_epoch + 1}
+                state_dict = model.state_dict()
+                with stop.save():
+                    # best.pt first: last.pt records the best epoch, so it must never be on
+                    # disk before the best.pt it describes.
+                    if improved:
+                        run.save("best", model_state=state_dict, epoch=epoch, metrics=metrics)
+                    run.save("last", model_state=state_dict, epoch=epoch, metrics=metrics, train_state=train_state())
+                last_done = epoch
+                shown = "-  (no val split)" if val_map is None else f"{val_map:.4f}{' *' if improved else ''}"
+                echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {losses.get('loss', 0):.4f}  lr {lr:.5f}  "
+                     f"val mAP@0.5 {shown}  {epoch_time:.0f}s")
+                if cfg.patience and data.val and epoch - best_epoch >= cfg.patience:
+                    echo(f"Early stop: no better val mAP@0.5 for {cfg.patience} epochs "
+                         f"(best {best_map:.4f} at epoch {best_epoch + 1})")
+                    status = "early-stopped"
+                    break
     except KeyboardInterrupt:
-        status = "interrupted"
-        # Keep what the cut-short epoch learned; --resume runs that epoch again from these
-        # weights (last.pt's epoch is the last finished one).
-        run.save("last", model_state=model.state_dict(), epoch=last_done,
-                 metrics={"map50": None, "best_map50": best_map, "best_epoch": best_epoch + 1, "interrupted": True},
-                 train_state=train_state())
+        # Ctrl-C three times, or outside the main thread: in the middle of a step, so the
+        # last epoch boundary (the last.pt on disk) is where a resume starts.
+        status, stopped_in, exact = "interrupted", last_done + 2, False
     except NonFiniteLoss:
         status = "stopped: non-finite loss"
         raise
@@ -468,21 +609,55 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
                 "backbone": cfg.backbone, "data": str(data.root), "epochs": cfg.epochs, "batch": cfg.batch_size,
                 "lr": cfg.lr, "input_size": cfg.input_size, "anchor_scales": join_numbers(cfg.anchor_scales),
                 "anchor_ratios": join_numbers(cfg.anchor_ratios), "weights": weights_source,
-                "best_val_map50": f"{max(best_map, 0):.4f}", "train_time_min": f"{train_time / 60:.2f}",
-                "status": status,
+                "best_val_map50": f"{max(best_map, 0):.4f}" if data.val else "-",
+                "train_time_min": f"{train_time / 60:.2f}", "status": status,
             })
-    return TrainResult(run=run, status=status, best_map50=max(best_map, 0.0), best_epoch=best_epoch + 1,
-                       last_epoch=last_done + 2 if status == "interrupted" else last_done + 1,
-                       train_time=train_time, config=cfg)
+    return TrainResult(run=run, status=status, best_map50=max(best_map, 0.0) if data.val else None,
+                       best_epoch=best_epoch + 1, train_time=train_time, config=cfg, stopped_in=stopped_in,
+                       resume_exact=exact)
+
+
+def _resume_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The ``last.pt`` a config resumes from (None for a new run), checked against the config:
+    only :data:`RESUMABLE` settings may differ from the run's own."""
+    if cfg.resume is None:
+        return None
+    ckpt = load_checkpoint(cfg.resume)
+    if "train_state" not in ckpt:
+        raise UsageError(f"{cfg.resume}: has no training state to resume from; pass the run's last.pt")
+    stored, given = TrainConfig.from_dict(ckpt["args"]).as_dict(), cfg.as_dict()
+    changed = sorted(k for k in given if k not in RESUMABLE and given[k] != stored.get(k))
+    if changed:
+        raise UsageError(f"{cfg.resume}: resuming with other settings ({', '.join(changed)}); build the config "
+                         "with detect.trainer.resume_config, which allows only --epochs, --patience, --device, "
+                         "--workers to change")
+    return ckpt
+
+
+def _repair_best(run: RunFolder, ckpt: dict[str, Any], best_epoch: int, partial: EpochState | None,
+                 echo: Echo) -> tuple[float, int]:
+    """``best.pt`` went missing (deleted, or a disk error): restore it from ``last.pt`` when
+    that holds the best epoch, else start the best over. Returns the best mAP and epoch."""
+    if best_epoch == ckpt["epoch"] and partial is None:
+        run.save("best", model_state=ckpt["model"], epoch=ckpt["epoch"],
+                 metrics={k: v for k, v in ckpt["metrics"].items() if k != "interrupted"})
+        echo(f"{run.best} was missing; restored it from last.pt (epoch {best_epoch + 1})", err=True)
+        return ckpt["train_state"]["best_map50"], best_epoch
+    echo(f"{run.best} is missing and its weights (epoch {best_epoch + 1}) are lost; the next finished epoch "
+         "writes a new best.pt", err=True)
+    return -1.0, -1
 
 
 def _banner(echo: Echo, cfg: TrainConfig, run: RunFolder, data: Data, model, device, iters_per_epoch: int) -> None:
-    echo(f"Run {run.path}: {cfg.backbone}, {len(data.classes)} classes ({', '.join(data.classes)}), "
+    echo(f"Run {run.path}: {cfg.backbone}, {len(data.classes)} classes ({', '.join(map(show, data.classes))}), "
          f"{len(data.train)} train / {len(data.val)} val images, input {cfg.input_size}px, device {device}")
     echo(f"RPN anchors ({'/'.join(str(n) for n in anchors_per_location(model))} per location):")
     echo("  " + describe_anchors(model.rpn.anchor_generator).replace("\n", "\n  "))
     echo(f"  matched by IoU: foreground >= {cfg.rpn_fg_iou}, background < {cfg.rpn_bg_iou}")
     echo(f"  {model.weights_report.summary()}")
+    if not data.val:
+        echo("No val split: val mAP is not measured, and best.pt is the last epoch (pass --val-fraction, or "
+             "ImageSets/Main/val.txt, to measure it)")
     echo(f"Optimizer {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}, "
          f"{min(cfg.warmup_iters, iters_per_epoch)} warm-up iterations), "
          f"batch {cfg.batch_size}, {cfg.epochs} epochs, augment {cfg.augment}")

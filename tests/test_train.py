@@ -12,7 +12,8 @@ import torch
 from detect import dataset as D
 from detect import train as T
 from detect import trainer
-from detect.checkpoint import load_checkpoint, model_from_checkpoint
+from detect.checkpoint import load_checkpoint
+from detect.model import model_from_checkpoint
 
 from conftest import make_devkit
 
