@@ -50,6 +50,7 @@ class EpochState:
     sums: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     rng: dict[str, Any] | None = None
+    data_seconds: float = 0.0  # of ``seconds``, the time spent waiting for the next batch
 
     def means(self) -> dict[str, float]:
         """The mean of each loss over the iterations done."""
@@ -57,11 +58,11 @@ class EpochState:
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "iteration": self.iteration, "sums": dict(self.sums),
-                "seconds": self.seconds, "rng": self.rng}
+                "seconds": self.seconds, "rng": self.rng, "data_seconds": self.data_seconds}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EpochState":
-        return cls(d["epoch"], d["iteration"], dict(d["sums"]), d["seconds"], d.get("rng"))
+        return cls(d["epoch"], d["iteration"], dict(d["sums"]), d["seconds"], d.get("rng"), d.get("data_seconds", 0.0))
 
 
 def capture_rng() -> dict[str, Any]:
@@ -98,10 +99,11 @@ def train_one_epoch(
     epochs: int,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     clip_grad: float = 0.0,
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
+    sync_every: int | None = None,
 ) -> bool:
     """Train ``model`` on the batches of ``loader`` from ``state.iteration`` on, stepping the
     schedule per iteration; ``state`` is updated as it goes.
@@ -114,6 +116,11 @@ def train_one_epoch(
     drawn again and skipped (the data order and augmentations replay from the epoch's
     seed), then the random streams are restored to where they stood.
 
+    ``amp_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the forward pass in mixed
+    precision. Losses are read back (and checked for NaN) every ``sync_every`` steps: every
+    step on a CPU, where reading is free; every 20 on a GPU, where each read waits for the
+    device.
+
     Returns:
         True when the epoch is complete; False when ``stop()`` asked to stop (checked at each
         iteration boundary) or Ctrl-C arrived while a batch was being loaded; then
@@ -125,6 +132,9 @@ def train_one_epoch(
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     total = len(loader)
+    if sync_every is None:
+        sync_every = 1 if device.type == "cpu" else 20
+    pending: list[tuple[dict[str, torch.Tensor], list]] = []  # losses not yet read back
     if state.iteration >= total:
         return True
     batches = iter(loader)
@@ -141,41 +151,70 @@ def train_one_epoch(
             try:  # an iteration boundary: Ctrl-C here leaves nothing half done
                 images, targets, metas = next(batches)
             except StopIteration:
+                _read_losses(pending, state)
                 return True
             except KeyboardInterrupt:
+                _read_losses(pending, state)
                 state.rng = capture_rng()
                 return False
+            waited = time.perf_counter() - started
             images = [im.to(device, non_blocking=True) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, enabled=amp):
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 losses = model(images, targets)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at epoch {state.epoch + 1}, iteration {state.iteration + 1}; "
-                    "the batch held: " + ", ".join(m["image"] for m in metas)
-                    + ". Check those annotations (tools/check_xml.py) or lower --lr."
-                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if clip_grad > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            if sync_every == 1 and not torch.isfinite(loss):  # before the step: the weights stay finite
+                _read_losses([({**losses, "loss": loss}, metas)], state, iteration=state.iteration)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             state.iteration += 1
-            for k, v in losses.items():
-                state.sums[k] = state.sums.get(k, 0.0) + v.item()
-            state.sums["loss"] = state.sums.get("loss", 0.0) + loss.item()
+            pending.append(({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()}, metas))
+            if len(pending) >= sync_every or state.iteration == total:
+                _read_losses(pending, state)
+                bar.set_postfix(loss=f"{state.sums['loss'] / state.iteration:.3f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.4f}")
             state.seconds += time.perf_counter() - started
+            state.data_seconds += waited
             bar.update(1)
-            bar.set_postfix(loss=f"{state.sums['loss'] / state.iteration:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
             if stop is not None and stop() and state.iteration < total:
+                _read_losses(pending, state)
                 state.rng = capture_rng()
                 return False
     finally:
         bar.close()
+
+
+def _read_losses(pending: list, state: EpochState, *, iteration: int | None = None) -> None:
+    """Add the losses of the steps in ``pending`` to ``state.sums`` (one read-back for all),
+    and empty it.
+
+    Raises:
+        NonFiniteLoss: a loss was NaN or infinite; names the step and the batch's images.
+    """
+    if not pending:
+        return
+    keys = list(pending[0][0])
+    values = torch.stack([torch.stack([d[k].float() for k in keys]) for d, _ in pending]).cpu()
+    first = iteration if iteration is not None else state.iteration - len(pending)
+    for n, (row, (_, metas)) in enumerate(zip(values.tolist(), pending)):
+        if not all(math.isfinite(v) for v in row):
+            bad = row[keys.index("loss")]
+            raise NonFiniteLoss(
+                f"loss became {bad} at epoch {state.epoch + 1}, iteration {first + n + 1}; the batch held: "
+                + ", ".join(m["image"] for m in metas)
+                + ". Check those annotations (tools/check_xml.py) or lower --lr."
+            )
+    if iteration is None:
+        for row in values.tolist():
+            for k, v in zip(keys, row):
+                state.sums[k] = state.sums.get(k, 0.0) + v
+    pending.clear()
 
 
 def evaluate(

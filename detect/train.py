@@ -23,7 +23,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from detect.backbones import BACKBONES
-from detect.dataset import AUGMENT_CHOICES
+from detect.dataset import AUGMENT_CHOICES, CACHE_CHOICES
 from detect.errors import DetectError, printable
 from detect.logs import setup_logging
 from detect.model import WEIGHT_CHOICES
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.backbone)
     g.add_argument("--weights", default=_DEFAULTS.weights, help=f"{', '.join(WEIGHT_CHOICES)} or a checkpoint path")
     g.add_argument("--trainable-layers", type=int, help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
-    g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256, data: 640)")
+    g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256; data: the "
+                   "images' median longest side, rounded up to 32, at most 640 on a CPU and 1024 with CUDA)")
     g.add_argument("--anchor-scales", type=number_list, help="anchor size multipliers per level, e.g. '1,1.26,1.59' (default per backbone)")
     g.add_argument("--anchor-ratios", type=number_list, help="anchor height/width ratios (demo: 0.5,1.5,3; data: 0.5,1,2)")
     g.add_argument("--rpn-fg-iou", type=float, default=_DEFAULTS.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
@@ -74,11 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-iters", type=int, default=_DEFAULTS.warmup_iters, help="linear warm-up iterations (capped at one epoch)")
     g.add_argument("--clip-grad", type=float, default=_DEFAULTS.clip_grad, help="max gradient norm; 0 disables")
     g.add_argument("--patience", type=int, default=_DEFAULTS.patience, help="stop after this many epochs without a better val mAP; 0 never")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision on CUDA: bfloat16 where the GPU has it, else float16 (default: on with CUDA)")
+    g.add_argument("--sync-bn", action="store_true", help="synchronise batch norm across processes (torchrun; "
+                   "from-scratch models, whose backbone has batch norm)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
+    g.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels per input shape")
 
     g = p.add_argument_group("run")
     add_device_option(g)
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 on a CPU with <= 2 cores, else up to 4)")
+    g.add_argument("--cache", choices=CACHE_CHOICES, default=_DEFAULTS.cache,
+                   help="keep decoded, resized images in RAM (per loader process) or on disk (.cache/decoded)")
+    g.add_argument("--aspect-grouping", action=argparse.BooleanOptionalAction, default=_DEFAULTS.aspect_grouping,
+                   help="batch landscape and portrait images apart (less padding)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")
