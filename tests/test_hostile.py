@@ -7,13 +7,11 @@ nothing lost, no traceback, one clear line with the right exit status.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from detect import check_xml
 from detect import eval as E
 from detect import train as T
 from detect import trainer
-from detect.checkpoint import load_checkpoint, save_checkpoint
+from detect.checkpoint import load_checkpoint
 from detect.dataset import collate
 from detect.layout import discover
 from detect.voc import Annotation, Box, VocObject, annotation_to_xml
