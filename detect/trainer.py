@@ -461,7 +461,8 @@ class _GracefulStop:
             self.saving = False
 
 
-def _build_model(cfg: TrainConfig, num_classes: int):
+def model_for_config(cfg: TrainConfig, num_classes: int):
+    """The detector a (resolved) config describes, with ``num_classes`` outputs (background included)."""
     return build_model(
         backbone=cfg.backbone,
         num_classes=num_classes,
@@ -533,7 +534,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
 
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
     # starts from the same seed, and DDP broadcasts rank 0's weights besides.
-    model = build_model(**ckpt["model_config"]) if ckpt else _build_model(cfg, len(data.classes) + 1)
+    model = build_model(**ckpt["model_config"]) if ckpt else model_for_config(cfg, len(data.classes) + 1)
     if cfg.optimizer is None:
         # Measured here: from scratch, AdamW reaches in 8 epochs what SGD needs far longer
         # for; fine-tuning pretrained weights, SGD with momentum is the torchvision recipe.
@@ -554,7 +555,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_set, train_loader, sampler, val_loader, generator = _loaders(cfg, data, dist, device)
+    train_set, train_loader, sampler, val_loader, generator = make_loaders(cfg, data, dist, device)
     truths = ground_truths(data.val, data.classes)
 
     # Optimizer, schedule, AMP scaler; restored when resuming.
@@ -697,7 +698,7 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _loaders(cfg: TrainConfig, data: Data, dist: Dist, device: torch.device):
+def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torch.device = torch.device("cpu")):
     """The train set and loader (this process's share of each epoch, in batches of like-shaped
     images), its sampler, the val loader (rank 0 validates) and the loader's generator."""
     cache_dir = Path(os.environ.get("DETECT_CACHE", ".cache")) / "decoded"
