@@ -201,6 +201,7 @@ class PredictionWriter:
         self._csv: list[list[Any]] = []
         self._videos: dict[str, _Video] = {}
         self._names: set[str] = set()
+        self._written: set[str] = set()
         self._closed = False
 
     # -- per result
@@ -235,14 +236,23 @@ class PredictionWriter:
             if video:
                 self._video_frame(drawn, result, source)
             else:
-                write_atomic(self._image_path(result.key), _encode(drawn, self._image_path(result.key).suffix.lower()),
-                             fsync=False)
+                path = self._image_path(result.key)
+                write_atomic(path, _encode(drawn, path.suffix.lower()), fsync=False)
         if self.save_xml:
             self._xml(result, video=video)
 
     def _image_path(self, key: str) -> Path:
+        """Where the annotated image of ``key`` goes; two sources with an image of the same
+        name (``a/x.jpg``, ``b/x.jpg``) get ``x.jpg`` and ``x_2.jpg``, never one over the other."""
         path = self.folder / key
-        return path if path.suffix.lower() in _IMAGE_WRITE_EXTENSIONS else path.with_name(path.name + ".jpg")
+        if path.suffix.lower() not in _IMAGE_WRITE_EXTENSIONS:
+            path = path.with_name(path.name + ".jpg")
+        candidate, n = path, 2
+        while str(candidate) in self._written:
+            candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+            n += 1
+        self._written.add(str(candidate))
+        return candidate
 
     def _video_frame(self, drawn: np.ndarray, result: Result, source: Source) -> None:
         video = self._videos.get(source.spec)

@@ -93,7 +93,7 @@ def test_metadata_carries_what_prediction_and_eval_need(tiny_export) -> None:
     assert meta["format"] == "detect-onnx/1"
     assert d.classes == ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
     assert meta["input_size"] == 128 and meta["backbone"] == "mobilenet" and meta["opset"] == 17
-    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30
+    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30 and meta["model_config"]["box_detections_per_img"] == 15
     assert meta["test_settings"]["box_score_thresh"] == 0.0
     assert meta["model_config"]["num_classes"] == 5
     assert meta["data"]["root"] == str(tiny_export["data"]) and meta["data"]["splits"]["val"]
@@ -159,17 +159,43 @@ def test_export_cli_writes_beside_refuses_to_overwrite_and_checks_options(tiny_e
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 
 
-def test_export_cli_with_other_settings_checks_against_pytorch(tiny_export, tmp_path, capsys) -> None:
-    from detect.export import main
+def test_export_cli_writes_beside_the_checkpoint_and_reports_the_check(tiny_export) -> None:
+    """conftest's ``tiny_export`` ran ``python -m detect.export --weights run/best.pt --detections 15``."""
     from detect.onnx_backend import OnnxDetector
 
-    out = tmp_path / "small.onnx"
-    assert main(["--weights", str(tiny_export["pt"]), "--out", str(out), "--input-size", "96", "--proposals", "10",
-                 "--detections", "5", "--verify-images", "2"]) == 0
-    text = capsys.readouterr().out
-    assert f"wrote {out}" in text and "input 96 px, proposals 100/10" in text
-    assert "checked against PyTorch on 4 images" in text
-    d = OnnxDetector(out)
-    assert d.meta["input_size"] == 96 and d.meta["test_settings"]["box_detections_per_img"] == 5
+    text = tiny_export["export_output"]
+    assert tiny_export["export_exit"] == 0, text
+    assert f"wrote {tiny_export['onnx']}" in text and "input 128 px, proposals 100/30" in text
+    assert "up to 15 detections" in text
+    assert "checked against PyTorch on 4 images" in text  # a random and a blank image, 2 val images
+    d = OnnxDetector(tiny_export["onnx"])
+    assert d.meta["test_settings"]["box_detections_per_img"] == 15
     [dets] = d.detect([crowded()], ["c"])
-    assert 0 < len(dets.scores) <= 5
+    assert 0 < len(dets.scores) <= 15
+
+
+def test_test_settings_change_what_the_model_does(tiny_export) -> None:
+    import torch
+
+    from detect.checkpoint import model_from_checkpoint
+    from detect.inference import image_tensor, set_test_settings, test_settings
+
+    model, _ = model_from_checkpoint(tiny_export["pt"])
+    assert test_settings(model)["input_size"] == 128
+    applied = set_test_settings(model, input_size=96, rpn_post_nms_top_n_test=5, box_detections_per_img=4)
+    assert applied["input_size"] == 96 and applied["rpn_post_nms_top_n_test"] == 5
+    seen = {}
+
+    def proposals(module, inputs, output) -> None:
+        seen["proposals"] = len(output[0][0])
+
+    def backbone_input(module, inputs, output) -> None:
+        seen["shape"] = inputs[0].shape[-2:]
+
+    model.rpn.register_forward_hook(proposals)
+    model.backbone.register_forward_hook(backbone_input)
+    with torch.inference_mode():
+        out = model([image_tensor(crowded())])[0]
+    assert seen["proposals"] <= 5 and max(seen["shape"]) <= 96 and len(out["scores"]) <= 4
+    with pytest.raises(ValueError, match="unknown test settings"):
+        set_test_settings(model, proposals=3)

@@ -255,14 +255,14 @@ def test_folder_with_every_output_and_no_overwrite_of_runs(tiny_export, tmp_path
     images = tiny_export["data"] / "JPEGImages"
     out = tmp_path / "predictions"
     code, stdout, err = run(["--weights", str(tiny_export["pt"]), str(images), "--out", str(out), "--conf", "0.2",
-                             "--save-json", "--save-csv", "--save-crops"], capsys)
+                             "--save-json", "--save-csv", "--save-crops", "--detections", "3"], capsys)
     assert code == 0, err
     run_dir = out / "tiny"
     assert sorted(p.name for p in run_dir.glob("*.jpg")) == sorted(p.name for p in images.glob("*.jpg"))
     names = [p.name for p in sorted(images.glob("*.jpg"))]
     dets = read_predictions(run_dir / "predictions.json", classes=CLASSES, images=names)
     total = sum(len(d.scores) for d in dets)
-    assert total > 0 and all((d.scores >= 0.2).all() for d in dets)
+    assert total > 0 and all((d.scores >= 0.2).all() and len(d.scores) <= 3 for d in dets)  # --detections 3
     rows = (run_dir / "predictions.csv").read_text().splitlines()
     assert rows[0] == "image,source,frame,label,score,xmin,ymin,xmax,ymax,defect" and len(rows) == total + 1
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -436,3 +436,24 @@ def test_ctrl_c_on_a_live_source_leaves_a_playable_video(tiny_export, camera_url
     n, _ = video_frames(video)
     assert n > 0
     assert not list((tmp_path / "tiny").glob(".*tmp*"))
+
+
+def test_two_sources_with_the_same_file_name_keep_both_outputs(tiny_export, tmp_path, capsys) -> None:
+    a, b = write_image(tmp_path / "a" / "x.jpg", 1), write_image(tmp_path / "b" / "x.jpg", 2)
+    code, stdout, err = run(["--weights", str(tiny_export["onnx"]), str(a), str(b), "--out", str(tmp_path / "p")],
+                            capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "p" / "tiny").glob("*.jpg")) == ["x.jpg", "x_2.jpg"]
+
+
+def test_the_readme_api_streams_results_from_a_folder(tiny_export) -> None:
+    from detect.backends import load_detector
+
+    predictor = Predictor(load_detector(tiny_export["onnx"]), conf=["0.2", "Lata_defectuosa=0.1"])
+    stream = predictor.stream(str(tiny_export["data"] / "JPEGImages"))
+    assert iter(stream) is stream  # a generator, not a list
+    results = list(stream)
+    assert len(results) == 6 and all(r.error is None for r in results)
+    r = results[0]
+    assert r.plot().shape == r.image.shape and r.detections.boxes.shape[1] == 4
+    assert all(s >= (0.1 if n == "Lata_defectuosa" else 0.2) for n, s in zip(r.names, r.detections.scores))
