@@ -99,8 +99,9 @@ class OnnxDetector:
         optimization: graph optimisation level, one of :data:`OPTIMIZATION_LEVELS`.
         device: ``"auto"``/``"cpu"``/``"cuda"``: CUDA only when asked for (or ``auto``) and
             onnxruntime has it.
-        spinning: let idle worker threads spin (onnxruntime's default): faster alone, worse
-            when decoding and drawing share the cores.
+        spinning: let idle worker threads spin-wait for work (onnxruntime's default). Off
+            here: on a small CPU the same cores decode, draw and write between runs, and
+            spinning threads take their time (measured: tools/benchmark_predict.py).
         profile: write an onnxruntime profile (JSON, for chrome://tracing) with this prefix.
 
     Raises:
@@ -117,7 +118,7 @@ class OnnxDetector:
         threads: int | None = None,
         optimization: str = "all",
         device: str = "auto",
-        spinning: bool = True,
+        spinning: bool = False,
         profile: str | None = None,
     ) -> None:
         ort = _ort()
