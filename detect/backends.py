@@ -64,9 +64,10 @@ def load_detector(
     # PyTorch: the only branch that imports torch.
     import torch
 
-    from detect.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from detect.checkpoint import CheckpointError, load_checkpoint
     from detect.device import resolve_device
     from detect.inference import TorchDetector, set_test_settings
+    from detect.model import model_from_checkpoint
 
     if threads:
         torch.set_num_threads(int(threads))

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, show
 from detect.fsutil import write_atomic
 from detect.layout import DatasetError, DatasetFiles, discover, file_name, resolve_splits
 from detect.metrics import (
@@ -469,7 +469,7 @@ def table_rows(results: Sequence[RunResult], *, iou: float) -> tuple[list[str], 
     classes = all_classes(results)
     pct = f"{iou * 100:g}"
     header = ["run", "backbone", "images", f"VOC mAP{pct}", "COCO mAP", "COCO AP50", "COCO AP75",
-              *[f"{c}" for c in classes], "img/s", "ms/img", "params", "size"]
+              *[show(c) for c in classes], "img/s", "ms/img", "params", "size"]
     rows = []
     for r in results:
         t = r.timing
@@ -506,7 +506,7 @@ def class_rows(r: RunResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one run's per-class table: objects, AP, P/R/F1 and counts at ``--conf``."""
     c = r.confusion
     header = ["class", "objects", f"AP{r.voc.iou_threshold * 100:g}", "COCO AP", "P", "R", "F1", "TP", "FP", "FN"]
-    rows = [[name, str(r.voc.n_positives[name]), _f(r.voc.ap[name]), _f(r.coco.per_class[name]),
+    rows = [[show(name), str(r.voc.n_positives[name]), _f(r.voc.ap[name]), _f(r.coco.per_class[name]),
              _f(c.precision[name]), _f(c.recall[name]), _f(c.f1[name]), str(c.tp[name]), str(c.fp[name]),
              str(c.fn[name])] for name in r.classes]
     return header, rows

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, printable
 from detect.logs import setup_logging
-from detect.options import CliParser
+from detect.options import CliParser, Number
 
 
 def build_parser() -> CliParser:
@@ -32,9 +32,9 @@ def build_parser() -> CliParser:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
     p.add_argument("--out", metavar="FILE", help="the .onnx file (default: beside the checkpoint, same name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--opset", type=Number(int, 11, 23), default=17, help="ONNX opset, 11 to 23 (default: 17)")
     add_inference_options(p, what="fixed in the graph")
-    p.add_argument("--verify-images", type=int, default=8, metavar="N",
+    p.add_argument("--verify-images", type=Number(int, 0), default=8, metavar="N",
                    help="val images of the checkpoint to compare PyTorch and onnxruntime on (default: 8)")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -43,22 +43,16 @@ def build_parser() -> CliParser:
 def add_inference_options(parser, *, what: str) -> None:
     """The inference-time settings (speed levers) ``detect.export`` and ``detect.predict`` share."""
     g = parser.add_argument_group(f"inference settings, {what} (default: the checkpoint's)")
-    g.add_argument("--input-size", type=int, metavar="PX", help="longest side the model resizes images to")
-    g.add_argument("--pre-nms", type=int, metavar="N", help="RPN proposals per level before NMS")
-    g.add_argument("--proposals", type=int, metavar="N", help="RPN proposals kept after NMS (box-head work)")
-    g.add_argument("--detections", type=int, metavar="N", help="most detections per image")
-    g.add_argument("--score-thresh", type=float, metavar="S",
+    g.add_argument("--input-size", type=Number(int, 32, 8192), metavar="PX", help="longest side the model resizes images to")
+    g.add_argument("--pre-nms", type=Number(int, 1), metavar="N", help="RPN proposals per level before NMS")
+    g.add_argument("--proposals", type=Number(int, 1), metavar="N", help="RPN proposals kept after NMS (box-head work)")
+    g.add_argument("--detections", type=Number(int, 1), metavar="N", help="most detections per image")
+    g.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), metavar="S",
                    help="lowest score the model outputs (keep it low; --conf of detect.predict filters further)")
 
 
 def settings_from(args) -> dict:
     """The inference settings given on the command line (None where not given)."""
-    for name in ("input_size", "pre_nms", "proposals", "detections"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {value}: must be >= 1")
-    if args.score_thresh is not None and not 0.0 <= args.score_thresh < 1.0:
-        raise UsageError(f"--score-thresh {args.score_thresh}: must be in [0, 1)")
     return {"input_size": args.input_size, "rpn_pre_nms_top_n_test": args.pre_nms,
             "rpn_post_nms_top_n_test": args.proposals, "box_detections_per_img": args.detections,
             "box_score_thresh": args.score_thresh}
@@ -82,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
     except DetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)

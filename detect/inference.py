@@ -98,7 +98,7 @@ def predict(
     """Run ``model`` on image files, ``batch_size`` images per forward pass.
 
     Args:
-        model: a torchvision detector (e.g. from :func:`detect.checkpoint.model_from_checkpoint`);
+        model: a torchvision detector (e.g. from :func:`detect.model.model_from_checkpoint`);
             it is put in eval mode and moved to ``device``.
         image_paths: the image files, decoded by :func:`detect.images.read_image`.
         device: a ``torch.device`` or a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
@@ -207,7 +207,7 @@ class TorchDetector:
     """A :class:`detect.predictor.Detector` on a PyTorch model (eager mode).
 
     Args:
-        model: a torchvision detector (e.g. from :func:`detect.checkpoint.model_from_checkpoint`).
+        model: a torchvision detector (e.g. from :func:`detect.model.model_from_checkpoint`).
         classes: class names; label ``i`` is ``classes[i - 1]``.
         device: where it runs.
         batch_size: images per forward pass the predictor should send.

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 from torchvision.models.detection._utils import BoxCoder
 
-from detect.checkpoint import load_checkpoint, model_from_checkpoint, versions
+from detect.checkpoint import load_checkpoint, versions
 from detect.errors import DetectError, UsageError
 from detect.fsutil import write_atomic
 from detect.inference import image_tensor, set_test_settings
+from detect.model import model_from_checkpoint
 from detect.onnx_backend import METADATA_FORMAT, METADATA_KEY, OnnxDetector
 
 log = logging.getLogger(__name__)

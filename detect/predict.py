@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, printable, show
 from detect.export import add_inference_options, settings_from
 from detect.fsutil import unique_folder
 from detect.logs import setup_logging
-from detect.options import CliParser, add_device_option
+from detect.options import CliParser, Number, add_device_option
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,14 @@ def build_parser() -> CliParser:
     p.add_argument("--save-crops", action="store_true", help="write each detection's crop into crops/<class>/")
     p.add_argument("--no-save-images", action="store_true", help="write no annotated images or videos")
     p.add_argument("--show", action="store_true", help="show the annotated frames in a window (needs a GUI OpenCV)")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop each video, camera or stream after N frames")
+    p.add_argument("--max-frames", type=Number(int, 1), metavar="N", help="stop each video, camera or stream after N frames")
     add_device_option(p)
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (PyTorch; default: 1)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for inference (default: the library's)")
+    p.add_argument("--batch-size", type=Number(int, 1, 1024), default=1, help="images per forward pass (PyTorch; default: 1)")
+    p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference (default: the library's)")
     p.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="onnxruntime graph optimisation level (default: all)")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
-    p.add_argument("--status-every", type=float, default=5.0, metavar="S",
+    p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -82,16 +82,8 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _check_args(args) -> None:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be >= 1")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise UsageError(f"--max-frames {args.max_frames}: must be >= 1")
     if args.overwrite and not args.save_xml:
         raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
-    if args.status_every <= 0:
-        raise UsageError(f"--status-every {args.status_every}: must be > 0")
 
 
 def _gui_available() -> bool:
@@ -120,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
                               defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
     except DetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     return _run(args, detector, predictor)
 
@@ -133,15 +125,15 @@ def _run(args, detector, predictor) -> int:
     from detect.predictor import RateMeter
     from detect.sources import open_sources
 
-    show = args.show
-    if show and not _gui_available():
+    window = args.show
+    if window and not _gui_available():
         print("warning: --show needs OpenCV with a GUI, and this one is opencv-python-headless (no windows); "
               "the annotated results are written to the output folder instead", file=sys.stderr)
-        show = False
+        window = False
 
     sources, errors = open_sources(args.sources, recursive=args.recursive)
     for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
     if not sources:
         print("error: no source could be opened; nothing was predicted", file=sys.stderr)
         return 1
@@ -154,9 +146,9 @@ def _run(args, detector, predictor) -> int:
         save_images=not args.no_save_images, save_json=args.save_json, save_csv=args.save_csv,
         save_xml=args.save_xml, save_crops=args.save_crops, overwrite=args.overwrite,
     )
-    print(f"model {args.weights} ({info.get('format')}, {info.get('backbone')}, input {info.get('input_size')} px); "
-          f"classes {', '.join(predictor.classes)}; defects {', '.join(predictor.defect_classes) or 'none'}; "
-          f"conf {predictor.conf.describe()}", file=sys.stderr)
+    print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
+          f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
+          f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
 
     finite = [s for s in sources if not s.live]
     total = sum(len(s) for s in finite)
@@ -169,23 +161,23 @@ def _run(args, detector, predictor) -> int:
         for source in sources:
             meter = RateMeter(args.status_every) if source.live else None
             if source.live:
-                bar.write(f"{source.kind} {source.spec}: reading the newest frame continuously; Ctrl-C to stop",
+                bar.write(f"{source.kind} {show(source.name)}: reading the newest frame continuously; Ctrl-C to stop",
                           file=sys.stderr)
             n = 0
             try:
                 for result in predictor.predict_frames(source, live=source.live):
                     if result.error:
-                        bar.write(f"error: {result.error}", file=sys.stderr)
+                        bar.write(f"error: {printable(result.error)}", file=sys.stderr)
                     writer.add(result, source)
                     n += 1
                     if meter is not None:
                         line = meter.add(result)
                         if line:
-                            print(f"{source.spec}: {line}, {getattr(source, 'dropped', 0)} frames dropped",
+                            print(f"{show(source.name)}: {line}, {getattr(source, 'dropped', 0)} frames dropped",
                                   file=sys.stderr, flush=True)
                     else:
                         bar.update(1)
-                    if show and result.image is not None:
+                    if window and result.image is not None:
                         cv2.imshow("detect.predict", cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
                         if cv2.waitKey(1) & 0xFF == ord("q"):
                             raise KeyboardInterrupt
@@ -197,7 +189,7 @@ def _run(args, detector, predictor) -> int:
                 stopped = None if reached else getattr(source, "ended", None)
                 writer.end_source(source, stopped=stopped)
             if stopped:
-                bar.write(f"error: {stopped}; the {n} frame(s) until then are kept", file=sys.stderr)
+                bar.write(f"error: {printable(stopped)}; the {n} frame(s) until then are kept", file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True
     except OSError as exc:  # the output folder is not writable, the disk is full...
@@ -206,7 +198,7 @@ def _run(args, detector, predictor) -> int:
         bar.close()
         for source in sources:
             source.close()
-        if show:
+        if window:
             cv2.destroyAllWindows()
     try:
         summary = writer.close(seconds=time.perf_counter() - start)
@@ -233,8 +225,8 @@ def _print_summary(summary, predictor, folder: Path) -> None:
     print(f"{' and '.join(seen) or 'nothing'} predicted{rate}")
     if summary.seen:
         per_class = ", ".join(f"{c} {summary.detections.get(c, 0)}" for c in predictor.keep)
-        print(f"detections: {per_class}")
-        defects = ", ".join(predictor.defect_classes) or "none defined"
+        print(f"detections: {show(per_class)}")
+        defects = show(", ".join(predictor.defect_classes)) or "none defined"
         print(f"with a defect ({defects}): {summary.with_defect} of {summary.seen}; "
               f"with any detection: {summary.with_detection}")
     if summary.dropped:
@@ -242,7 +234,7 @@ def _print_summary(summary, predictor, folder: Path) -> None:
     if summary.xml_written or summary.xml_skipped:
         print(f"pre-annotation: {summary.xml_written} XML file(s) written")
     if summary.xml_skipped:
-        shown = ", ".join(summary.xml_skipped[:5]) + (" ..." if len(summary.xml_skipped) > 5 else "")
+        shown = show(", ".join(summary.xml_skipped[:5])) + (" ..." if len(summary.xml_skipped) > 5 else "")
         print(f"skipped {len(summary.xml_skipped)} image(s) that already have an XML annotation "
               f"(--overwrite replaces them): {shown}")
     if summary.failed or summary.stopped:

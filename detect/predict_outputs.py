@@ -227,7 +227,7 @@ class PredictionWriter:
             if self.save_csv:
                 frame = result.frame.index if video else ""
                 for rec in result.records():
-                    self._csv.append([result.key, source.spec, frame, rec["label"], f"{rec['score']:.6f}",
+                    self._csv.append([result.key, source.name, frame, rec["label"], f"{rec['score']:.6f}",
                                       *(f"{v:.2f}" for v in rec["bbox"]), int(rec["defect"])])
             if self.save_crops:
                 self._crops(result)

@@ -38,6 +38,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ __all__ = [
     "VideoSource",
     "open_source",
     "open_sources",
+    "redact",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv", ".ts", ".mjpeg")
@@ -82,7 +84,7 @@ class Frame:
         image: ``H x W x 3`` uint8 RGB, or None when ``error`` is set.
         key: the name outputs use: an image's file name (its path relative to the folder
             given when two images share a name), or ``<video stem>_<frame index:06d>``.
-        source: the SOURCE argument it came from.
+        source: the SOURCE argument it came from (a stream's password replaced by ``***``).
         path: the image file, or None for video and camera frames.
         index: 0-based frame number within a video or live source (0 for an image file).
         captured: ``time.perf_counter()`` when the frame was read, for latency.
@@ -123,16 +125,34 @@ class Source:
         """Release what the source holds (a capture device, a thread); iterating again is not possible."""
 
     @property
+    def name(self) -> str:
+        """The SOURCE for messages and files: a stream's password replaced by ``***``."""
+        return redact(self.spec)
+
+    @property
     def stem(self) -> str:
         """A file-name-safe name for outputs about this source as a whole (an annotated video)."""
         return _safe_name(self.spec)
 
 
+# FFmpeg's own messages ("moov atom not found", "Stream ends prematurely") would come on
+# top of our one line per failed source. OpenCV reads this once, when FFmpeg is first used
+# in the process, so it is set on import (a user's own setting is kept).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", re.IGNORECASE)
+
+
+def redact(spec: str) -> str:
+    """``rtsp://user:secret@cam/stream`` -> ``rtsp://user:***@cam/stream``: messages, logs and
+    output files never show a camera's password."""
+    return _CREDENTIALS.sub(r"\1:***@", spec)
+
+
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's and FFmpeg's own console messages while opening a capture: a source
-    that fails gets one line from us naming it and saying what to do."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
+    """Silence OpenCV's own console messages while opening a capture: a source that fails
+    gets one line from us naming it and saying what to do."""
     logging_ = cv2.utils.logging
     old = logging_.getLogLevel()
     logging_.setLogLevel(logging_.LOG_LEVEL_SILENT)
@@ -182,9 +202,9 @@ class ImageSource(Source):
                 image = read_image(path)
             except (ImageError, OSError) as exc:
                 error = str(exc) if isinstance(exc, ImageError) else f"{path}: cannot be read ({exc.strerror or exc})"
-                yield Frame(None, key, self.spec, path=path, error=error)
+                yield Frame(None, key, self.name, path=path, error=error)
                 continue
-            yield Frame(image, key, self.spec, path=path, captured=time.perf_counter())
+            yield Frame(image, key, self.name, path=path, captured=time.perf_counter())
 
 
 class VideoSource(Source):
@@ -221,7 +241,7 @@ class VideoSource(Source):
                 ok, bgr = self.capture.read()
                 if not ok:
                     break
-                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.path.stem}_{index:06d}", self.spec,
+                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.path.stem}_{index:06d}", self.name,
                             index=index, captured=time.perf_counter())
                 index += 1
         finally:
@@ -257,7 +277,7 @@ class LiveSource(Source):
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        what = f"camera {target}" if kind == "camera" else f"stream {spec}"
+        what = f"camera {target}" if kind == "camera" else f"stream {redact(spec)}"
         self._what = what
         if kind == "stream":
             # FFmpeg gives up on a silent stream after this long (microseconds) instead of hanging.
@@ -272,7 +292,7 @@ class LiveSource(Source):
                     "not used by another program, and try another index (0, 1, ...)"
                 )
             raise SourceError(
-                f"stream {spec}: cannot be opened (wrong address, the camera is off, or the network "
+                f"stream {redact(spec)}: cannot be opened (wrong address, the camera is off, or the network "
                 "blocks it); check the URL in VLC or ffplay"
             )
         fps = self.capture.get(cv2.CAP_PROP_FPS)
@@ -312,7 +332,7 @@ class LiveSource(Source):
                     bgr, index, captured = self._latest
                     self._latest = None
                 self.taken += 1
-                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.stem}_{index:06d}", self.spec,
+                yield Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{self.stem}_{index:06d}", self.name,
                             index=index, captured=captured)
         finally:
             self.close()

@@ -130,7 +130,7 @@ def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny checkpoint (:func:`make_tiny_checkpoint`) on a 6-image devkit, and its ONNX export
-    by ``python -m detect.export`` (with ``--detections 15``, checked on 2 val images):
+    by ``python -m detect.export`` (checked against PyTorch on 2 val images):
     ``{"data", "pt", "onnx", "export_exit", "export_output"}``. Exporting takes 10-30 s on 2
     cores, so it is done once."""
     import contextlib
@@ -143,6 +143,6 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pt = make_tiny_checkpoint(root / "run" / "best.pt", data)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["--weights", str(pt), "--detections", "15", "--verify-images", "2"])
+        code = main(["--weights", str(pt), "--verify-images", "2"])
     return {"data": data, "pt": pt, "onnx": root / "run" / "best.onnx", "export_exit": code,
             "export_output": out.getvalue()}

@@ -37,13 +37,15 @@ def crowded() -> np.ndarray:
     return image
 
 
-def torch_outputs(pt: Path, images: list[np.ndarray]) -> list[dict]:
+def torch_outputs(pt: Path, images: list[np.ndarray], settings: dict) -> list[dict]:
+    """PyTorch's outputs with the inference settings an export fixed (``test_settings``)."""
     import torch
 
-    from detect.checkpoint import model_from_checkpoint
-    from detect.inference import image_tensor
+    from detect.inference import image_tensor, set_test_settings
+    from detect.model import model_from_checkpoint
 
     model, _ = model_from_checkpoint(pt)
+    set_test_settings(model, **settings)
     with torch.inference_mode():
         return [{k: v.numpy() for k, v in model([image_tensor(im)])[0].items()} for im in images]
 
@@ -54,8 +56,8 @@ def test_onnx_matches_pytorch_on_blank_one_object_and_crowded_images(tiny_export
 
     rng = np.random.default_rng(0)
     images = [BLANK, one_object(), crowded(), rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)]
-    refs = torch_outputs(tiny_export["pt"], images)
     detector = OnnxDetector(tiny_export["onnx"])
+    refs = torch_outputs(tiny_export["pt"], images, detector.meta["test_settings"])
     for name, ref, got in zip(["blank", "one object", "crowded", "noise"], refs,
                               detector.detect(images, ["a", "b", "c", "d"])):
         assert len(ref["labels"]) > 0, f"{name}: the test model must detect something"
@@ -93,7 +95,7 @@ def test_metadata_carries_what_prediction_and_eval_need(tiny_export) -> None:
     assert meta["format"] == "detect-onnx/1"
     assert d.classes == ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
     assert meta["input_size"] == 128 and meta["backbone"] == "mobilenet" and meta["opset"] == 17
-    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30 and meta["model_config"]["box_detections_per_img"] == 15
+    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30 and meta["model_config"]["box_detections_per_img"] == 20
     assert meta["test_settings"]["box_score_thresh"] == 0.0
     assert meta["model_config"]["num_classes"] == 5
     assert meta["data"]["root"] == str(tiny_export["data"]) and meta["data"]["splits"]["val"]
@@ -151,33 +153,41 @@ def test_export_cli_writes_beside_refuses_to_overwrite_and_checks_options(tiny_e
 
     assert main(["--weights", str(tiny_export["pt"]), "--out", str(tiny_export["onnx"])]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert main(["--weights", str(tiny_export["pt"]), "--opset", "9", "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "opsets 11 to 23" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--weights", str(tiny_export["pt"]), "--opset", "9", "--out", str(tmp_path / "x.onnx")])
+    assert exc.value.code == 2
+    assert "--opset must be from 11 to 23, got 9" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "missing.pt")]) == 2
     assert main(["--weights", str(tiny_export["pt"]), "--out", str(tmp_path / "x.txt")]) == 2
-    assert main(["--weights", str(tiny_export["pt"]), "--proposals", "0", "--out", str(tmp_path / "y.onnx")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--weights", str(tiny_export["pt"]), "--proposals", "0", "--out", str(tmp_path / "y.onnx")])
+    assert exc.value.code == 2 and "--proposals must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 
 
 def test_export_cli_writes_beside_the_checkpoint_and_reports_the_check(tiny_export) -> None:
-    """conftest's ``tiny_export`` ran ``python -m detect.export --weights run/best.pt --detections 15``."""
-    from detect.onnx_backend import OnnxDetector
-
+    """conftest's ``tiny_export`` ran ``python -m detect.export --weights run/best.pt --verify-images 2``."""
     text = tiny_export["export_output"]
     assert tiny_export["export_exit"] == 0, text
     assert f"wrote {tiny_export['onnx']}" in text and "input 128 px, proposals 100/30" in text
-    assert "up to 15 detections" in text
+    assert "up to 20 detections" in text
     assert "checked against PyTorch on 4 images" in text  # a random and a blank image, 2 val images
-    d = OnnxDetector(tiny_export["onnx"])
-    assert d.meta["test_settings"]["box_detections_per_img"] == 15
-    [dets] = d.detect([crowded()], ["c"])
-    assert 0 < len(dets.scores) <= 15
+
+
+def test_export_options_become_the_settings_fixed_in_the_graph() -> None:
+    from detect.export import build_parser, settings_from
+
+    args = build_parser().parse_args(["--weights", "x.pt", "--input-size", "320", "--pre-nms", "300",
+                                      "--proposals", "100", "--detections", "50", "--score-thresh", "0.1"])
+    assert settings_from(args) == {"input_size": 320, "rpn_pre_nms_top_n_test": 300, "rpn_post_nms_top_n_test": 100,
+                                   "box_detections_per_img": 50, "box_score_thresh": 0.1}
+    assert set(settings_from(build_parser().parse_args(["--weights", "x.pt"])).values()) == {None}
 
 
 def test_test_settings_change_what_the_model_does(tiny_export) -> None:
     import torch
 
-    from detect.checkpoint import model_from_checkpoint
+    from detect.model import model_from_checkpoint
     from detect.inference import image_tensor, set_test_settings, test_settings
 
     model, _ = model_from_checkpoint(tiny_export["pt"])

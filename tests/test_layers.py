@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "detect.onnx_backend": CORE,
     "detect.predict_outputs": CORE,
     "detect.device": TORCH,
+    "detect.distributed": TORCH,
     "detect.model": TORCH,
     "detect.checkpoint": TORCH,
     "detect.dataset": TORCH,

@@ -44,11 +44,11 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 import numpy as np
 import torch
 
-from detect.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from detect.checkpoint import load_checkpoint, save_checkpoint
 from detect.evaluation import EvalSettings, Evaluator
 from detect.images import read_image
 from detect.inference import TorchDetector, set_test_settings
-from detect.model import build_model
+from detect.model import build_model, model_from_checkpoint
 from detect.onnx_backend import OnnxDetector
 from detect.onnx_export import export_onnx
 
