@@ -415,8 +415,11 @@ def test_show_without_a_gui_says_so_and_goes_on(tiny_export, tmp_path, capsys) -
 
 def test_ctrl_c_on_a_live_source_leaves_a_playable_video(tiny_export, camera_url, tmp_path) -> None:
     """SIGINT while a stream is being recorded: exit 130, the MP4 closed and renamed into place."""
+    # As from a terminal: a test run in the background (nohup, CI) starts with SIGINT ignored,
+    # which the child would inherit.
     code = textwrap.dedent(f"""
-        import sys, detect.predict
+        import signal, sys, detect.predict
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.exit(detect.predict.main(["--weights", {str(tiny_export['onnx'])!r}, "{camera_url}/cam?frames=100000",
                                       "--out", {str(tmp_path)!r}, "--status-every", "0.5"]))
     """)
