@@ -19,11 +19,13 @@ frame, an empty belt: the RPN's score threshold removes them all) onnxruntime fa
 ``Reshape ... Input shape:{0,20}, requested shape:{0,-1}`` in ``roi_heads`` (torchvision
 issues #4623 and #8534 report the same family of failures). The export swaps the box
 coder of the ROI heads for :class:`ZeroSafeBoxCoder`, which computes the same numbers with
-the class count spelt out (``reshape(n, 4 * C)``, ``reshape(n, C, 4)``), so zero
-proposals flow through every node and the graph returns empty outputs. This is done in
-the exported copy only; the PyTorch model is unchanged. (Catching the error in the
-backend instead would hide any other Reshape failure, and every other onnxruntime user of
-the file would still meet it.)
+the class count spelt out (``reshape(n, 4 * C)``, ``reshape(n, C, 4)``), and, while
+tracing, torchvision's ``clip_boxes_to_image`` for :func:`clip_boxes_without_reshape`
+(its ``reshape(boxes.shape)`` is folded by onnxruntime's optimiser into ``{0, C, -1}``,
+which fails the same way once the graph is quantised). So zero proposals flow through
+every node and the graph returns empty outputs. This is done in the exported copy only;
+the PyTorch model is unchanged. (Catching the error in the backend instead would hide any
+other Reshape failure, and every other onnxruntime user of the file would still meet it.)
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from unittest import mock
+
 import numpy as np
 import torch
+import torchvision.ops.boxes
 from torchvision.models.detection._utils import BoxCoder
 
 from detect.checkpoint import load_checkpoint, versions
@@ -57,6 +62,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "ZeroSafeBoxCoder",
+    "clip_boxes_without_reshape",
     "compare_detections",
     "export_onnx",
     "onnx_metadata",
@@ -85,6 +91,22 @@ class ZeroSafeBoxCoder(BoxCoder):
         codes = rel_codes.shape[-1]
         pred = self.decode_single(rel_codes.reshape(n, codes), concat)
         return pred.reshape(n, codes // 4, 4)
+
+
+def clip_boxes_without_reshape(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's ``clip_boxes_to_image`` (its traced branch, the same arithmetic) that
+    builds ``[..., 4]`` by stacking the four coordinates instead of reshaping ``[..., 2, 2]``.
+
+    ``boxes``: ``[..., 4]`` xmin, ymin, xmax, ymax; ``size``: (height, width). The reshape
+    takes its target from ``Shape`` nodes, which onnxruntime's graph optimiser folds into
+    ``{0, C, -1}``; with zero proposals that fails as the box coder's ``-1`` did (seen after
+    dynamic int8 quantisation). A stack has no ``-1`` to infer.
+    """
+    height, width = size
+    zero = torch.tensor(0, dtype=boxes.dtype, device=boxes.device)
+    x = torch.min(torch.max(boxes[..., 0::2], zero), torch.tensor(width, dtype=boxes.dtype, device=boxes.device))
+    y = torch.min(torch.max(boxes[..., 1::2], zero), torch.tensor(height, dtype=boxes.dtype, device=boxes.device))
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
 @dataclass
@@ -212,7 +234,8 @@ def export_onnx(
     buffer = io.BytesIO()
     log.info("exporting %s (opset %d, input %d px) ...", source, opset, size)
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
+                mock.patch.object(torchvision.ops.boxes, "clip_boxes_to_image", clip_boxes_without_reshape):
             warnings.simplefilter("ignore")  # the tracer's warnings are about code paths it handles
             torch.onnx.export(
                 exported, ([sample],), buffer, dynamo=False, opset_version=opset,

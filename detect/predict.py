@@ -153,7 +153,7 @@ def _run(args, detector, predictor) -> int:
     finite = [s for s in sources if not s.live]
     total = sum(len(s) for s in finite)
     start = time.perf_counter()
-    interrupted = False
+    interrupted = quit_requested = False
     write_error: OSError | None = None
     bar = tqdm(total=total or None, unit="img", desc="predict", disable=args.no_progress or not finite,
                dynamic_ncols=True, leave=False)
@@ -179,17 +179,20 @@ def _run(args, detector, predictor) -> int:
                         bar.update(1)
                     if window and result.image is not None:
                         cv2.imshow("detect.predict", cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
-                        if cv2.waitKey(1) & 0xFF == ord("q"):
-                            raise KeyboardInterrupt
+                        if cv2.waitKey(1) & 0xFF == ord("q"):  # the viewer asked to stop: not an error
+                            quit_requested = True
+                            break
                     if args.max_frames and source.kind != "images" and n >= args.max_frames:
                         break
             finally:
                 source.close()
-                reached = bool(args.max_frames) and n >= args.max_frames
+                reached = quit_requested or (bool(args.max_frames) and n >= args.max_frames)
                 stopped = None if reached else getattr(source, "ended", None)
                 writer.end_source(source, stopped=stopped)
             if stopped:
                 bar.write(f"error: {printable(stopped)}; the {n} frame(s) until then are kept", file=sys.stderr)
+            if quit_requested:
+                break
     except KeyboardInterrupt:
         interrupted = True
     except OSError as exc:  # the output folder is not writable, the disk is full...

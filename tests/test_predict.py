@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CLASSES, REPO, write_sample
+from conftest import CLASSES, REPO
 from detect.metrics import Detections
 from detect.predict import main
 from detect.predictor import ConfThresholds, Predictor, parse_conf
@@ -107,7 +107,8 @@ def camera_url():
 
 def test_each_source_kind_yields_its_frames(tmp_path) -> None:
     folder = tmp_path / "imgs"
-    a, b = write_image(folder / "a.jpg", 1), write_image(folder / "b.png", 2)
+    a = write_image(folder / "a.jpg", 1)
+    write_image(folder / "b.png", 2)
     write_image(folder / "sub" / "a.jpg", 3)  # same name, one level down
     (folder / "notes.txt.bak").write_text("not an image")
 
@@ -276,7 +277,7 @@ def test_folder_with_every_output_and_no_overwrite_of_runs(tiny_export, tmp_path
     assert summary["defect_classes"] == ["Lata_defectuosa", "Botella_defectuosa"]
     crops = list((run_dir / "crops").glob("*/*.jpg"))
     assert len(crops) == total and {c.parent.name for c in crops} <= set(CLASSES)
-    assert f"6 image(s) predicted" in stdout and "with a defect" in stdout
+    assert "6 image(s) predicted" in stdout and "with a defect" in stdout
 
     # The annotated image differs from the original where boxes are drawn.
     drawn = cv2.imread(str(run_dir / names[0]))
