@@ -61,7 +61,7 @@ def build_parser() -> CliParser:
         epilog="Predictions file format: see `python -c 'import detect.predictions as p; print(p.__doc__)'`.",
     )
     p.add_argument("--weights", nargs="+", metavar="PT",
-                   help="checkpoints (or run folders holding best.pt); default: every weights/*/best.pt")
+                   help="checkpoints or .onnx exports (or run folders holding best.pt); default: every weights/*/best.pt")
     p.add_argument("--weights-dir", default="weights", metavar="DIR",
                    help="where runs are looked for when --weights is not given (default: weights)")
     p.add_argument("--predictions", nargs="+", metavar="JSON",
@@ -130,6 +130,47 @@ def _check_args(args) -> None:
         raise UsageError(f"--data {args.data}: no such folder")
 
 
+def onnx_run(evaluator: Evaluator, path: Path, *, device: str, progress: bool) -> RunResult:
+    """Score an ``.onnx`` export (``detect.export``) on onnxruntime, without torch: its
+    metadata records the classes, data and split as a checkpoint does."""
+    import time
+
+    from tqdm import tqdm
+
+    from detect.evaluation import Timing
+    from detect.images import ImageError, read_image
+    from detect.onnx_backend import OnnxDetector
+
+    try:
+        detector = OnnxDetector(path, device=device)
+    except DetectError as exc:  # corrupt, or not ours: this run fails, not the command
+        raise EvalError(str(exc)) from None
+    meta = detector.meta
+    eval_set, classes = evaluator.checkpoint_eval_set(meta, path)
+    dets, model_seconds, start = [], 0.0, time.perf_counter()
+    try:
+        for i, (image_path, key) in enumerate(tqdm(list(zip(eval_set.image_paths, eval_set.keys)), desc="predict",
+                                                   unit="img", disable=not progress, leave=False)):
+            image = read_image(image_path)
+            t0 = time.perf_counter()
+            dets.extend(detector.detect([image], [key]))
+            if i > 0 or len(eval_set.keys) == 1:  # the first run pays one-off costs
+                model_seconds += time.perf_counter() - t0
+    except ImageError as exc:
+        raise EvalError(str(exc)) from None
+    n = len(dets)
+    timing = Timing(images=n, timed_images=n - 1 if n > 1 else n, model_seconds=model_seconds,
+                    total_seconds=time.perf_counter() - start, batch_size=1,
+                    device=f"onnxruntime {detector.providers[0].replace('ExecutionProvider', '').lower()}")
+    run = str(meta.get("run") or path.parent.name)
+    info = {"epoch": meta.get("epoch"), "metrics": meta.get("metrics"), "run": run}
+    return evaluator.score(
+        name=f"{run}/{path.name}", backbone=str(meta.get("backbone") or "?"), kind="checkpoint", source=path,
+        eval_set=eval_set, classes=classes, detections=dets, timing=timing, params=None,
+        checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
+    )
+
+
 def checkpoint_run(evaluator: Evaluator, path: Path, device, *, batch_size: int, progress: bool) -> RunResult:
     """Load a checkpoint, predict on the images it is evaluated on, and score it."""
     from detect.checkpoint import CheckpointError, load_checkpoint
@@ -175,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_args(args)
         checkpoints = _find_checkpoints(args)
         device = None
-        if checkpoints:
+        if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
             from detect.device import resolve_device
 
             device = resolve_device(args.device)
@@ -188,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [(p, "checkpoint") for p in checkpoints] + [(Path(p), "predictions") for p in args.predictions or ()]
         for path, kind in runs:
             try:
-                if kind == "checkpoint":
+                if kind == "checkpoint" and path.suffix.lower() == ".onnx":
+                    results.append(onnx_run(evaluator, path, device=args.device, progress=not args.no_progress))
+                elif kind == "checkpoint":
                     results.append(checkpoint_run(evaluator, path, device, batch_size=args.batch_size,
                                                   progress=not args.no_progress))
                 else:

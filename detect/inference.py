@@ -28,7 +28,17 @@ from detect.metrics import Detections
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectionList", "image_tensor", "infer_batches", "predict", "to_detections"]
+__all__ = [
+    "TEST_SETTINGS",
+    "DetectionList",
+    "TorchDetector",
+    "image_tensor",
+    "infer_batches",
+    "predict",
+    "set_test_settings",
+    "test_settings",
+    "to_detections",
+]
 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
@@ -141,3 +151,79 @@ def predict(
         len(paths), device, out.timing.ms_per_image, out.timing.total_seconds,
     )
     return out
+
+
+# What a trained model lets change at inference time (the speed levers), with the
+# torchvision attribute each lives in.
+TEST_SETTINGS = ("input_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_score_thresh",
+                 "box_score_thresh", "box_nms_thresh", "box_detections_per_img")
+
+
+def test_settings(model) -> dict[str, float | int]:
+    """The inference-time settings of a torchvision Faster R-CNN (names as :data:`TEST_SETTINGS`)."""
+    return {
+        "input_size": int(model.transform.max_size),
+        "rpn_pre_nms_top_n_test": int(model.rpn._pre_nms_top_n["testing"]),
+        "rpn_post_nms_top_n_test": int(model.rpn._post_nms_top_n["testing"]),
+        "rpn_score_thresh": float(model.rpn.score_thresh),
+        "box_score_thresh": float(model.roi_heads.score_thresh),
+        "box_nms_thresh": float(model.roi_heads.nms_thresh),
+        "box_detections_per_img": int(model.roi_heads.detections_per_img),
+    }
+
+
+def set_test_settings(model, **settings: float | int | None) -> dict[str, float | int]:
+    """Change inference-time settings in place (None leaves one as it is); returns them all.
+
+    ``input_size`` is the longest side the model resizes to (``min_size = max_size``, as
+    :func:`detect.model.build_model` sets it); the proposal counts are per image.
+
+    Raises:
+        ValueError: an unknown setting.
+    """
+    unknown = set(settings) - set(TEST_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown test settings {sorted(unknown)}; known: {', '.join(TEST_SETTINGS)}")
+    s = {k: v for k, v in settings.items() if v is not None}
+    if "input_size" in s:
+        model.transform.min_size = (int(s["input_size"]),)
+        model.transform.max_size = int(s["input_size"])
+    if "rpn_pre_nms_top_n_test" in s:
+        model.rpn._pre_nms_top_n["testing"] = int(s["rpn_pre_nms_top_n_test"])
+    if "rpn_post_nms_top_n_test" in s:
+        model.rpn._post_nms_top_n["testing"] = int(s["rpn_post_nms_top_n_test"])
+    if "rpn_score_thresh" in s:
+        model.rpn.score_thresh = float(s["rpn_score_thresh"])
+    if "box_score_thresh" in s:
+        model.roi_heads.score_thresh = float(s["box_score_thresh"])
+    if "box_nms_thresh" in s:
+        model.roi_heads.nms_thresh = float(s["box_nms_thresh"])
+    if "box_detections_per_img" in s:
+        model.roi_heads.detections_per_img = int(s["box_detections_per_img"])
+    return test_settings(model)
+
+
+class TorchDetector:
+    """A :class:`detect.predictor.Detector` on a PyTorch model (eager mode).
+
+    Args:
+        model: a torchvision detector (e.g. from :func:`detect.model.model_from_checkpoint`).
+        classes: class names; label ``i`` is ``classes[i - 1]``.
+        device: where it runs.
+        batch_size: images per forward pass the predictor should send.
+        info: facts for summaries (run, backbone, ...); the test settings are added.
+    """
+
+    def __init__(self, model, *, classes: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 1,
+                 info: Mapping[str, object] | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.classes = tuple(classes)
+        self.batch_size = batch_size
+        self.info = {"format": "pytorch", "device": str(self.device), **(info or {}), **test_settings(model)}
+
+    def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
+        """Detections for ``H x W x 3`` uint8 RGB images, one forward pass for all of them."""
+        batch = (list(keys), [image_tensor(im) for im in images])
+        dets, _ = next(infer_batches(self.model, [batch], device=self.device))
+        return dets

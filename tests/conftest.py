@@ -89,3 +89,60 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     return home
+
+
+def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed: int = 0) -> Path:
+    """An untrained MobileNet detector whose outputs depend on the image, saved as a checkpoint
+    that records ``data`` (val split: the first two images).
+
+    Untrained, torchvision's MobileNetV3 feeds the heads activations near 1e-8, so every box
+    gets the same score and ties decide what is kept. Its batch-norm statistics are
+    therefore set from a few random images (as if measured on data): then scores differ
+    from box to box and image to image. The score threshold is 0, so it always detects.
+    """
+    import torch
+
+    from detect.checkpoint import save_checkpoint
+    from detect.model import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(backbone="mobilenet", num_classes=len(CLASSES) + 1, input_size=input_size, weights="none",
+                        rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30, box_detections_per_img=20,
+                        box_score_thresh=0.0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the calibration images
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model.backbone(model.transform.normalize(torch.rand(3, input_size * 3 // 4, input_size))[None])
+    model.eval()
+    ids = sorted(p.stem for p in (data / "Annotations").glob("*.xml"))
+    return save_checkpoint({
+        "model": model.state_dict(), "model_config": model.config, "classes": list(CLASSES), "epoch": 0,
+        "metrics": {"map50": 0.0}, "args": {"val_fraction": 0.2}, "run": "tiny", "backbone": "mobilenet",
+        "data": {"root": str(data), "images": None, "layout": "devkit",
+                 "splits": {"train": ids[2:], "val": ids[:2]}},
+    }, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny checkpoint (:func:`make_tiny_checkpoint`) on a 6-image devkit, and its ONNX export
+    by ``python -m detect.export`` (checked against PyTorch on 2 val images):
+    ``{"data", "pt", "onnx", "export_exit", "export_output"}``. Exporting takes 10-30 s on 2
+    cores, so it is done once."""
+    import contextlib
+    import io
+
+    from detect.export import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_devkit(root / "data", n=6)
+    pt = make_tiny_checkpoint(root / "run" / "best.pt", data)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--weights", str(pt), "--verify-images", "2"])
+    return {"data": data, "pt": pt, "onnx": root / "run" / "best.onnx", "export_exit": code,
+            "export_output": out.getvalue()}

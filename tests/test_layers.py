@@ -49,6 +49,11 @@ LAYERS: dict[str, int] = {
     "detect.checks.dataset_rules": CORE,
     "detect.checks.check": CORE,
     "detect.checks.fixes": CORE,
+    "detect.sources": CORE,
+    "detect.drawing": CORE,
+    "detect.predictor": CORE,
+    "detect.onnx_backend": CORE,
+    "detect.predict_outputs": CORE,
     "detect.device": TORCH,
     "detect.distributed": TORCH,
     "detect.model": TORCH,
@@ -59,10 +64,14 @@ LAYERS: dict[str, int] = {
     "detect.engine": TORCH,
     "detect.runs": TORCH,
     "detect.trainer": TORCH,
+    "detect.backends": TORCH,
+    "detect.onnx_export": TORCH,
     "detect.train": CLI,
     "detect.eval": CLI,
     "detect.check_xml": CLI,
     "detect.make_demo_data": CLI,
+    "detect.predict": CLI,
+    "detect.export": CLI,
 }
 NAMES = {CORE: "core", TORCH: "torch", CLI: "cli"}
 TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
@@ -216,7 +225,8 @@ print("exit", code_eval, code_check)
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("module", ["detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data"])
+@pytest.mark.parametrize("module", ["detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data",
+                                    "detect.predict", "detect.export"])
 def test_each_command_has_main_argv_returning_int(module: str) -> None:
     import importlib
     import inspect

@@ -1,0 +1,100 @@
+"""Export a trained checkpoint for deployment: ``python -m detect.export`` (``detect-export``).
+
+    python -m detect.export --weights weights/mobilenet/best.pt                 # -> weights/mobilenet/best.onnx
+    python -m detect.export --weights best.pt --input-size 320 --proposals 100 --out best-320.onnx
+
+Writes one ``.onnx`` file (beside the checkpoint unless ``--out``; an existing file is
+replaced only with ``--overwrite``) that runs on onnxruntime alone and carries its
+classes, input size, thresholds, model config and training data in its metadata; then
+runs onnxruntime and PyTorch on a few images and prints how far they differ. Tensors and
+metadata: :mod:`detect.onnx_backend`; the export itself: :mod:`detect.onnx_export`.
+
+Exit status: 0 written and agreeing; 1 export failed, or onnxruntime disagrees with
+PyTorch beyond tolerance; 2 usage error (bad option, missing or unusable checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from detect.errors import DetectError, UsageError, printable
+from detect.logs import setup_logging
+from detect.options import CliParser, Number
+
+
+def build_parser() -> CliParser:
+    p = CliParser(prog="python -m detect.export",
+                  description="Export a detect.train checkpoint to ONNX (onnxruntime, no torch needed to run it).")
+    p.add_argument("--weights", required=True, metavar="PT", help="the checkpoint (weights/RUN/best.pt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="the .onnx file (default: beside the checkpoint, same name)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--opset", type=Number(int, 11, 23), default=17, help="ONNX opset, 11 to 23 (default: 17)")
+    add_inference_options(p, what="fixed in the graph")
+    p.add_argument("--verify-images", type=Number(int, 0), default=8, metavar="N",
+                   help="val images of the checkpoint to compare PyTorch and onnxruntime on (default: 8)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return p
+
+
+def add_inference_options(parser, *, what: str) -> None:
+    """The inference-time settings (speed levers) ``detect.export`` and ``detect.predict`` share."""
+    g = parser.add_argument_group(f"inference settings, {what} (default: the checkpoint's)")
+    g.add_argument("--input-size", type=Number(int, 32, 8192), metavar="PX", help="longest side the model resizes images to")
+    g.add_argument("--pre-nms", type=Number(int, 1), metavar="N", help="RPN proposals per level before NMS")
+    g.add_argument("--proposals", type=Number(int, 1), metavar="N", help="RPN proposals kept after NMS (box-head work)")
+    g.add_argument("--detections", type=Number(int, 1), metavar="N", help="most detections per image")
+    g.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), metavar="S",
+                   help="lowest score the model outputs (keep it low; --conf of detect.predict filters further)")
+
+
+def settings_from(args) -> dict:
+    """The inference settings given on the command line (None where not given)."""
+    return {"input_size": args.input_size, "rpn_pre_nms_top_n_test": args.pre_nms,
+            "rpn_post_nms_top_n_test": args.proposals, "box_detections_per_img": args.detections,
+            "box_score_thresh": args.score_thresh}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m detect.export``; returns the exit status (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        settings = settings_from(args)
+        source = Path(args.weights)
+        if not source.is_file():
+            raise UsageError(f"--weights {source}: no such checkpoint file")
+        target = Path(args.out) if args.out else source.with_suffix(".onnx")
+        if target.suffix.lower() != ".onnx":
+            raise UsageError(f"--out {target}: the file name must end in .onnx")
+        if target.exists() and not args.overwrite:
+            raise UsageError(f"{target} exists; pass --overwrite to replace it, or --out another file")
+        from detect.onnx_export import export_onnx  # torch is imported here, after the usage checks
+
+        result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
+    except DetectError as exc:
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    meta = result.metadata
+    s = meta["test_settings"]
+    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {meta['opset']}): {meta['backbone']}, "
+          f"classes {', '.join(meta['classes'])}; input {s['input_size']} px, proposals {s['rpn_pre_nms_top_n_test']}/"
+          f"{s['rpn_post_nms_top_n_test']}, score >= {s['box_score_thresh']:g}, up to {s['box_detections_per_img']} "
+          "detections")
+    print(f"checked against PyTorch on {result.checked} images ({result.detections} detections): "
+          f"max box difference {result.max_box_diff:.2g} px, max score difference {result.max_score_diff:.2g}")
+    if result.mismatches:
+        print(f"error: onnxruntime and PyTorch disagree on {len(result.mismatches)} image(s): "
+              f"{'; '.join(result.mismatches[:3])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

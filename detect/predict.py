@@ -1,0 +1,250 @@
+"""Run a trained detector on images, videos, cameras and streams: ``python -m detect.predict``.
+
+    python -m detect.predict --weights weights/mobilenet/best.pt photos/            # a folder
+    python -m detect.predict --weights best.onnx conveyor.mp4 --save-json --save-csv
+    python -m detect.predict --weights best.onnx 0                                  # camera 0
+    python -m detect.predict --weights best.pt lote2/ --save-xml --conf 0.3          # pre-annotation
+    python -m detect.predict --weights best.pt lote2/ --conf 0.5 --conf Lata_defectuosa=0.3
+
+SOURCE: image files, folders (``--recursive``), globs, ``.txt`` lists, video files, camera
+indexes, ``rtsp://``/``http://`` streams (:mod:`detect.sources`). ``--weights``: a ``.pt``
+checkpoint (PyTorch) or an ``.onnx`` export (onnxruntime; torch is not imported).
+
+Outputs go to ``predictions/<name>/`` (``--out``, ``--name``; default name: the model's
+run), never over an earlier run: a number is added. What is written:
+:mod:`detect.predict_outputs`. The predictor itself (usable from scripts):
+:mod:`detect.predictor`.
+
+A bad input (an image that does not decode, an empty folder, a video that does not open,
+a camera that is not there, a stream that drops) gets one line naming it and what to do;
+the other inputs are still processed. Exit status: 0 all inputs processed; 1 some input
+failed or the model file is unusable; 2 usage error; 130 Ctrl-C (outputs so far are kept,
+videos closed properly).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from detect.errors import DetectError, UsageError, printable, show
+from detect.export import add_inference_options, settings_from
+from detect.fsutil import unique_folder
+from detect.logs import setup_logging
+from detect.options import CliParser, Number, add_device_option
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> CliParser:
+    p = CliParser(prog="python -m detect.predict",
+                  description="Detect cans and bottles (and their defects) in images, videos, cameras and streams.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image, folder, glob, .txt list of paths, video file, camera index (0), or stream URL")
+    p.add_argument("--weights", required=True, metavar="FILE", help="a .pt checkpoint or an .onnx export")
+    p.add_argument("--out", default="predictions", metavar="DIR", help="parent folder of the outputs (default: predictions)")
+    p.add_argument("--name", metavar="NAME", help="output folder name (default: the model's run name)")
+    p.add_argument("--conf", action="append", metavar="S|CLASS=S",
+                   help="score threshold (default 0.5); repeat with CLASS=S for per-class thresholds, "
+                        "e.g. --conf 0.5 --conf Lata_defectuosa=0.3")
+    p.add_argument("--classes", metavar="A,B", help="keep only these classes")
+    p.add_argument("--defect-classes", metavar="A,B",
+                   help="classes drawn in the warning colour and counted as defects "
+                        "(default: names containing defect, damage, broken or crack)")
+    p.add_argument("--recursive", action="store_true", help="search folders' sub-folders for images too")
+    p.add_argument("--save-json", action="store_true", help="write predictions.json (the detect.eval format)")
+    p.add_argument("--save-csv", action="store_true", help="write predictions.csv, one row per detection")
+    p.add_argument("--save-xml", action="store_true",
+                   help="pre-annotation: a Pascal VOC XML beside each image, for LabelImg")
+    p.add_argument("--overwrite", action="store_true", help="with --save-xml: replace existing XML annotations")
+    p.add_argument("--save-crops", action="store_true", help="write each detection's crop into crops/<class>/")
+    p.add_argument("--no-save-images", action="store_true", help="write no annotated images or videos")
+    p.add_argument("--show", action="store_true", help="show the annotated frames in a window (needs a GUI OpenCV)")
+    p.add_argument("--max-frames", type=Number(int, 1), metavar="N", help="stop each video, camera or stream after N frames")
+    add_device_option(p)
+    p.add_argument("--batch-size", type=Number(int, 1, 1024), default=1, help="images per forward pass (PyTorch; default: 1)")
+    p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference (default: the library's)")
+    p.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="onnxruntime graph optimisation level (default: all)")
+    add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
+    p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
+                   help="seconds between FPS/latency lines on live sources (default: 5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return p
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.replace(" ", ",").split(",") if c.strip()] if text else None
+
+
+def _check_args(args) -> None:
+    if args.overwrite and not args.save_xml:
+        raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
+
+
+def _gui_available() -> bool:
+    import cv2
+
+    try:
+        cv2.namedWindow("detect.predict")
+        return True
+    except cv2.error:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m detect.predict``; returns the exit status (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        _check_args(args)
+        settings = settings_from(args)
+        from detect.backends import load_detector  # torch only for a .pt file
+
+        detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
+                                 optimization=args.optimization, test_settings=settings)
+        from detect.predictor import Predictor
+
+        predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
+                              defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
+    except DetectError as exc:
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return exc.exit_code
+    return _run(args, detector, predictor)
+
+
+def _run(args, detector, predictor) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from detect.predict_outputs import PredictionWriter
+    from detect.predictor import RateMeter
+    from detect.sources import open_sources
+
+    window = args.show
+    if window and not _gui_available():
+        print("warning: --show needs OpenCV with a GUI, and this one is opencv-python-headless (no windows); "
+              "the annotated results are written to the output folder instead", file=sys.stderr)
+        window = False
+
+    sources, errors = open_sources(args.sources, recursive=args.recursive)
+    for e in errors:
+        print(f"error: {printable(e)}", file=sys.stderr)
+    if not sources:
+        print("error: no source could be opened; nothing was predicted", file=sys.stderr)
+        return 1
+
+    info = detector.info
+    run = str(info.get("run") or Path(args.weights).stem)
+    folder = unique_folder(Path(args.out), args.name or run)
+    writer = PredictionWriter(
+        folder, classes=predictor.classes, defect_classes=predictor.defect_classes,
+        save_images=not args.no_save_images, save_json=args.save_json, save_csv=args.save_csv,
+        save_xml=args.save_xml, save_crops=args.save_crops, overwrite=args.overwrite,
+    )
+    print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
+          f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
+          f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
+
+    finite = [s for s in sources if not s.live]
+    total = sum(len(s) for s in finite)
+    start = time.perf_counter()
+    interrupted = quit_requested = False
+    write_error: OSError | None = None
+    bar = tqdm(total=total or None, unit="img", desc="predict", disable=args.no_progress or not finite,
+               dynamic_ncols=True, leave=False)
+    try:
+        for source in sources:
+            meter = RateMeter(args.status_every) if source.live else None
+            if source.live:
+                bar.write(f"{source.kind} {show(source.name)}: reading the newest frame continuously; Ctrl-C to stop",
+                          file=sys.stderr)
+            n = 0
+            try:
+                for result in predictor.predict_frames(source, live=source.live):
+                    if result.error:
+                        bar.write(f"error: {printable(result.error)}", file=sys.stderr)
+                    writer.add(result, source)
+                    n += 1
+                    if meter is not None:
+                        line = meter.add(result)
+                        if line:
+                            print(f"{show(source.name)}: {line}, {getattr(source, 'dropped', 0)} frames dropped",
+                                  file=sys.stderr, flush=True)
+                    else:
+                        bar.update(1)
+                    if window and result.image is not None:
+                        cv2.imshow("detect.predict", cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
+                        if cv2.waitKey(1) & 0xFF == ord("q"):  # the viewer asked to stop: not an error
+                            quit_requested = True
+                            break
+                    if args.max_frames and source.kind != "images" and n >= args.max_frames:
+                        break
+            finally:
+                source.close()
+                reached = quit_requested or (bool(args.max_frames) and n >= args.max_frames)
+                stopped = None if reached else getattr(source, "ended", None)
+                writer.end_source(source, stopped=stopped)
+            if stopped:
+                bar.write(f"error: {printable(stopped)}; the {n} frame(s) until then are kept", file=sys.stderr)
+            if quit_requested:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    except OSError as exc:  # the output folder is not writable, the disk is full...
+        write_error = exc
+    finally:
+        bar.close()
+        for source in sources:
+            source.close()
+        if window:
+            cv2.destroyAllWindows()
+    try:
+        summary = writer.close(seconds=time.perf_counter() - start)
+    except OSError as exc:
+        write_error = write_error or exc
+    if write_error is not None:
+        print(f"error: cannot write the outputs to {folder}: {write_error.strerror or write_error}", file=sys.stderr)
+        return 1
+    _print_summary(summary, predictor, folder)
+    if interrupted:
+        print(f"interrupted: the outputs so far are in {folder} (videos closed, playable)", file=sys.stderr)
+        return 130
+    failed = len(errors) + len(summary.failed) + len(summary.stopped)
+    return 1 if failed else 0
+
+
+def _print_summary(summary, predictor, folder: Path) -> None:
+    seen = []
+    if summary.images:
+        seen.append(f"{summary.images} image(s)")
+    if summary.frames:
+        seen.append(f"{summary.frames} frame(s)")
+    rate = f" in {summary.seconds:.1f} s ({summary.seen / summary.seconds:.1f}/s)" if summary.seconds > 0 and summary.seen else ""
+    print(f"{' and '.join(seen) or 'nothing'} predicted{rate}")
+    if summary.seen:
+        per_class = ", ".join(f"{c} {summary.detections.get(c, 0)}" for c in predictor.keep)
+        print(f"detections: {show(per_class)}")
+        defects = show(", ".join(predictor.defect_classes)) or "none defined"
+        print(f"with a defect ({defects}): {summary.with_defect} of {summary.seen}; "
+              f"with any detection: {summary.with_detection}")
+    if summary.dropped:
+        print(f"live frames dropped to stay current: {summary.dropped}")
+    if summary.xml_written or summary.xml_skipped:
+        print(f"pre-annotation: {summary.xml_written} XML file(s) written")
+    if summary.xml_skipped:
+        shown = show(", ".join(summary.xml_skipped[:5])) + (" ..." if len(summary.xml_skipped) > 5 else "")
+        print(f"skipped {len(summary.xml_skipped)} image(s) that already have an XML annotation "
+              f"(--overwrite replaces them): {shown}")
+    if summary.failed or summary.stopped:
+        print(f"{len(summary.failed) + len(summary.stopped)} input(s) failed (see the error lines above)")
+    if folder.is_dir():
+        print(f"results in {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
