@@ -25,7 +25,7 @@ from detect.inference import infer_batches
 from detect.metrics import GroundTruth, voc_evaluate
 
 __all__ = ["NonFiniteLoss", "evaluate", "lr_lambda", "make_optimizer", "seed_everything", "seed_worker",
-           "train_one_epoch"]
+           "train_one_epoch", "validation_loss"]
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
@@ -158,3 +158,43 @@ def seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None and info.dataset.transform is not None:
         info.dataset.transform.set_random_seed(seed)
+
+
+def validation_loss(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, *, seed: int, amp: bool = False,
+) -> dict[str, float]:
+    """Mean losses (torchvision's four and their sum, ``"loss"``) on a labelled loader,
+    leaving the model and every random stream as they were.
+
+    torchvision's detector returns losses only in train mode, so the model runs in train
+    mode under ``no_grad`` with every BatchNorm layer in eval mode: it normalises with its
+    running statistics, as at inference, and does not update them. The train-mode forward
+    draws random numbers (the RPN and box-head samplers pick which anchors and proposals
+    the loss sees); they come from a forked generator seeded with ``seed``, so the training
+    streams are untouched and the value depends only on the weights and ``seed``.
+    Images with no object count as in training (background only).
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(seed)
+            for images, targets, _ in loader:
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                with torch.autocast(device.type, enabled=amp):
+                    losses = model(images, targets)
+                k = len(images)  # weighted by images: the last batch may be smaller
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value.item() * k
+                sums["loss"] = sums.get("loss", 0.0) + sum(v.item() for v in losses.values()) * k
+                n += k
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return {k: v / max(1, n) for k, v in sums.items()}

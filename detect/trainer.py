@@ -43,12 +43,13 @@ from detect.engine import (
     seed_everything,
     seed_worker,
     train_one_epoch,
+    validation_loss,
 )
 from detect.errors import DetectError, UsageError
 from detect.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.model import WEIGHT_CHOICES, anchors_per_location, build_model, describe_anchors
 from detect.records import Record, check_classes, class_names_from, ground_truths, load_records
-from detect.runs import RunFolder, join_numbers
+from detect.runs import RunFolder, join_numbers, training_mode, training_record
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,12 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
     if cfg.lr is None:
         cfg.lr = 0.02 * cfg.batch_size / 16 if cfg.optimizer == "sgd" else 0.001
     weights_source = "resumed" if ckpt else model.weights_report.source
+    # How the run started, for the comparison table; a resumed run keeps its record (one
+    # from before these records knows its weights only when they were not "auto").
+    earlier = (ckpt or {}).get("training")
+    mode = earlier or training_mode(
+        weights=model.weights_report.source if not ckpt else None if cfg.weights == "auto" else cfg.weights,
+        backbone=cfg.backbone, trainable_layers=model.config["trainable_layers"])
 
     # Data loaders.
     train_set = DetectionDataset(data.train, data.classes, build_transforms(cfg.augment, input_size=cfg.input_size))
@@ -422,6 +429,7 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
                 "train_time": train_time}
 
     epoch = last_done = start_epoch - 1
+    final_loss = (earlier or {}).get("final_loss")
     status = "finished"
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -431,19 +439,26 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
                                      scheduler=scheduler, scaler=scaler, amp=amp, clip_grad=cfg.clip_grad,
                                      progress=progress)
             val_map = evaluate(model, val_loader, truths, data.classes, device) if data.val else 0.0
+            val_loss = (validation_loss(model, val_loader, device, seed=cfg.seed * 10_000 + epoch, amp=amp)["loss"]
+                        if data.val else None)
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
             lr = optimizer.param_groups[0]["lr"]
             run.add_epoch({"epoch": epoch + 1, **{k: round(losses.get(k, 0.0), 5) for k in ("loss", *LOSS_KEYS)},
-                           "lr": f"{lr:.6g}", "val_map50": round(val_map, 5), "epoch_time_s": round(epoch_time, 1)})
+                           "lr": f"{lr:.6g}", "val_loss": "" if val_loss is None else round(val_loss, 5),
+                           "val_map50": round(val_map, 5), "epoch_time_s": round(epoch_time, 1)})
             improved = val_map > best_map
             if improved:
                 best_map, best_epoch = val_map, epoch
             metrics = {"map50": val_map, "best_map50": best_map, "best_epoch": best_epoch + 1}
             state = model.state_dict()
-            run.save("last", model_state=state, epoch=epoch, metrics=metrics, train_state=train_state())
+            final_loss = losses.get("loss")
+            cost = training_record(mode, epochs=epoch + 1, train_time=train_time, final_loss=final_loss,
+                                   device=device, earlier=earlier)
+            run.save("last", model_state=state, epoch=epoch, metrics=metrics, train_state=train_state(),
+                     training=cost)
             if improved:
-                run.save("best", model_state=state, epoch=epoch, metrics=metrics)
+                run.save("best", model_state=state, epoch=epoch, metrics=metrics, training=cost)
             last_done = epoch
             echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {losses.get('loss', 0):.4f}  lr {lr:.5f}  "
                  f"val mAP@0.5 {val_map:.4f}{' *' if improved else ''}  {epoch_time:.0f}s")
@@ -458,7 +473,9 @@ def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -
         # weights (last.pt's epoch is the last finished one).
         run.save("last", model_state=model.state_dict(), epoch=last_done,
                  metrics={"map50": None, "best_map50": best_map, "best_epoch": best_epoch + 1, "interrupted": True},
-                 train_state=train_state())
+                 train_state=train_state(),
+                 training=training_record(mode, epochs=last_done + 1, train_time=train_time, final_loss=final_loss,
+                                          device=device, earlier=earlier))
     except NonFiniteLoss:
         status = "stopped: non-finite loss"
         raise
