@@ -506,6 +506,12 @@ def best_epoch(rows: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
     return xs[i], ys[i]
 
 
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs 1..last on the x axis (a single epoch too, which would get fractions)."""
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:
     """A run's ``results.png``: the losses (train sum and components, val sum when
     recorded) and val mAP@0.5 per epoch, the best epoch marked with a star and a dotted line.
@@ -513,7 +519,7 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path, *, title: s
     ``rows`` are :func:`read_results` rows (``epoch`` 1-based, ``loss``, ``loss_*``,
     ``val_loss``, ``val_map50``); missing values are left out of their curve.
     """
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 5.0))
     for key, (label, color) in _LOSS_LABELS.items():
         xs, ys = _series(rows, key)
         if not xs:
@@ -533,13 +539,15 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path, *, title: s
     top = max(ys, default=0.0)
     ax_map.set_ylim(0, min(1.05, max(0.1, top * 1.25)))
     ax_loss.set_ylim(bottom=0)
+    last = max((int(r["epoch"]) for r in rows if r.get("epoch") is not None), default=1)
     for ax, ylabel, t in ((ax_loss, "loss (mean over the epoch)", _LOSS_TITLE), (ax_map, "VOC mAP@0.5", _MAP_TITLE)):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(t, fontsize=10)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, last)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        # Below the axes: inside, a legend would hide the curves it explains.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.suptitle(title or "training curves", fontsize=11)
     return _save(fig, path, embed=True)
 
@@ -582,7 +590,7 @@ def plot_training_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]],
     if any(_series(rows, "val_loss")[0] for _, rows, _ in runs):
         keys.append(("val_loss", "val loss (sum) per epoch", "loss (mean over val images)"))
     keys.append(("val_map50", _MAP_TITLE, "VOC mAP@0.5"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 4.8), squeeze=False, layout="constrained")
     handles = []
     for color, (name, rows, ckpt_epoch) in zip(_colors(len(runs)), runs):
         for ax, (key, _, _) in zip(axes[0], keys):
@@ -592,18 +600,21 @@ def plot_training_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]],
                 ax.plot([ckpt_epoch], [ys[xs.index(ckpt_epoch)]], marker="*", markersize=13, color=color,
                         markeredgecolor="black", linestyle="none", label=f"{name}: checkpoint evaluated")
         handles.append(line)
+    last = max((int(r["epoch"]) for _, rows, _ in runs for r in rows if r.get("epoch") is not None), default=1)
     for ax, (key, t, ylabel) in zip(axes[0], keys):
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, last)
+        ax.margins(y=0.1)  # room for the stars at the top
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     star = plt.Line2D([], [], marker="*", markersize=11, color="gray", markeredgecolor="black", linestyle="none",
                       label="checkpoint evaluated")
-    axes[0][-1].legend(handles=[*handles, star], fontsize=8, loc="best")
+    fig.legend(handles=[*handles, star], loc="outside lower center", ncol=min(4, len(handles) + 1), fontsize=8,
+               frameon=False)
     fig.suptitle(title or "training curves of the runs evaluated (each on its own training data)", fontsize=11)
-    return _save(fig, path, embed=True)
+    return _save(fig, path, tight=False, embed=True)
 
 
 def _figure_data(fig) -> dict[str, Any]:
@@ -645,8 +656,10 @@ def _save(fig, path: Path, *, tight: bool = True, embed: bool = False) -> Path:
     return path
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1) -> str:
+    """A Markdown table; the first ``left`` columns left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -664,7 +677,10 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
         f"Split `{settings['split']}`; VOC AP at IoU >= {iou:g}, {metric}; COCO numbers by pycocotools; "
         f"precision/recall/F1, confusion matrix and hardest images at score >= {conf:g}. "
         f"Speed: model time per image on `{settings['device']}`, batch {settings['batch_size']}, first batch "
-        "excluded. `*` marks the best VOC mAP; `-` means no ground truth (absent, not 0).",
+        "excluded. `*` marks the best VOC mAP; `-` means no ground truth (absent, not 0). Training cost, "
+        "as each checkpoint records it: minutes, peak memory of the training process (MB), epochs, mean "
+        "training loss of the last epoch, mode (backbone stages trained / of) and starting weights; `-` "
+        "where a checkpoint records none.",
         "",
         table_markdown,
         "",
@@ -744,7 +760,8 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
         if alarms_png is not None:
             md += ["Most confident false alarms:", "",
                    _md_table(["image", "detected as", "score", "why"],
-                             [[f"`{a.image}`", r.classes[a.label - 1], f"{a.score:.3f}", a.why] for a in alarms]),
+                             [[f"`{a.image}`", r.classes[a.label - 1], f"{a.score:.3f}", a.why] for a in alarms],
+                             left=2),
                    "", f"![most confident false alarms]({slug}/false_alarms.png)", ""]
         else:
             md += ["No false alarm at this threshold.", ""]
