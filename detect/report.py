@@ -284,8 +284,8 @@ def select_false_alarms(
                     kind, why = "wrong class", f"wrong class: the object is a {other}"
                 elif best >= iou_threshold:
                     kind, why = "duplicate", f"duplicate of a {other} already found"
-                elif best >= 0.1:
-                    kind, why = "misplaced", f"misplaced: IoU {best:.2f} with a {other}"
+                elif best >= 0.1:  # rounded down, so 0.497 never reads as the 0.5 it missed
+                    kind, why = "misplaced", f"misplaced: IoU {math.floor(best * 100) / 100:.2f} with a {other}"
             alarm = FalseAlarm(i, t.image, tuple(float(v) for v in shown.boxes[j]), label, score, kind, why)
             found.append((-score, i, int(j), alarm))
     found.sort(key=lambda x: x[:3])
@@ -340,7 +340,9 @@ def _gallery(panels: Sequence[tuple[str, GroundTruth, Detections, Path, FalseAla
              label_correct: bool = False) -> Path:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows + 0.8), squeeze=False, layout="constrained")
+    # At least two panels wide, so the title and the legend fit above and below a single panel.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2 * cols, 10.4), 4.4 * rows + 0.8), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (caption, truth, shown, image_path, highlight) in zip(axes.ravel(), panels):
@@ -759,9 +761,9 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
             md += ["No image has every object found without a false alarm at this threshold.", ""]
         if alarms_png is not None:
             md += ["Most confident false alarms:", "",
-                   _md_table(["image", "detected as", "score", "why"],
-                             [[f"`{a.image}`", r.classes[a.label - 1], f"{a.score:.3f}", a.why] for a in alarms],
-                             left=2),
+                   _md_table(["image", "detected as", "why", "score"],
+                             [[f"`{a.image}`", r.classes[a.label - 1], a.why, f"{a.score:.3f}"] for a in alarms],
+                             left=3),
                    "", f"![most confident false alarms]({slug}/false_alarms.png)", ""]
         else:
             md += ["No false alarm at this threshold.", ""]
