@@ -25,10 +25,10 @@ import sys
 
 from detect.backbones import BACKBONES
 from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, plan_fixes, plural
-from detect.errors import DetectError
+from detect.errors import DetectError, printable, show
 from detect.layout import discover, read_classes
 from detect.logs import setup_logging
-from detect.options import CliParser, number_list
+from detect.options import CliParser, Number, number_list
 
 PROG = "check_xml"
 
@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="show what the fixes would change, write nothing")
     p.add_argument("--deep", action="store_true", help="decode every image fully (slow) to catch truncated files")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when errors are found (usage errors still exit 2)")
-    p.add_argument("--jobs", type=int, default=0, metavar="N",
+    p.add_argument("--jobs", type=Number(int, 0, 256), default=0, metavar="N",
                    help="processes for reading XML files and image headers (default: one per CPU core)")
     p.add_argument("--severity", choices=SEVERITIES[::-1], default="info",
                    help="lowest severity to list (default info: everything); the summary counts all")
     model = p.add_argument_group("the model the data is for (small-box and anchor-fit checks), as given to detect.train")
     model.add_argument("--backbone", choices=tuple(BACKBONES), default="mobilenet")
-    model.add_argument("--input-size", type=int, default=640, metavar="PX",
+    model.add_argument("--input-size", type=Number(int, 32, 8192), default=640, metavar="PX",
                        help="longest image side the model works at (default 640, detect.train's default for a dataset)")
     model.add_argument("--anchor-scales", type=number_list, nargs="+", metavar="S",
                        help="anchor size multipliers per level, e.g. '1,2,4' (default per backbone)")
@@ -84,13 +84,13 @@ def _github_escape(text: str, *, prop: bool = False) -> str:
 
 def _github_line(f) -> str:
     kind = {"error": "error", "warning": "warning", "info": "notice"}[f.severity]
-    props = [f"file={_github_escape(str(f.path), prop=True)}"]
+    props = [f"file={_github_escape(show(f.path), prop=True)}"]
     if f.line is not None:
         props.append(f"line={f.line}")
         if f.col is not None:
             props.append(f"col={f.col}")
     props.append(f"title={f.code}")
-    return f"::{kind} {','.join(props)}::{_github_escape(f.message)}"
+    return f"::{kind} {','.join(props)}::{_github_escape(show(f.message))}"
 
 
 def _shown(report: CheckReport, minimum: str) -> list:
@@ -99,11 +99,8 @@ def _shown(report: CheckReport, minimum: str) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup_logging(logging.WARNING)
-    if args.input_size < 32:
-        parser.error(f"--input-size must be at least 32, got {args.input_size}")
     for name in ("anchor_scales", "anchor_ratios"):
         if getattr(args, name):  # "--anchor-scales 1,2,4" and "--anchor-scales 1 2 4" alike
             setattr(args, name, [v for group in getattr(args, name) for v in group])
@@ -144,7 +141,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         classes = read_classes(args.classes) if args.classes is not None else None
         files = discover(args.data, images=args.images)
     except DetectError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code, ""
 
     options = dict(
@@ -161,6 +158,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     out: list[str] = []
     fix_lines: list[str] = []
     fixes_json: list[dict] = []
+    refused_any = False
     if args.fix or args.unsafe_fixes or args.diff:
         plans = plan_fixes(report, unsafe=args.unsafe_fixes)
         n_fixes = sum(len(p.findings) for p in plans)
@@ -178,16 +176,17 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
                 f"(run with {level} without --diff to write them)"
             )
         else:
-            try:
-                written = apply_fixes(plans)
-            except OSError as exc:
-                print(f"{PROG}: error: cannot write a fix: {exc}", file=sys.stderr)
-                return 2, ""
-            if written:
+            applied = apply_fixes(plans, root=files.root)
+            for refused in applied.refused:
+                print(f"{PROG}: {printable(refused)}", file=sys.stderr)
+            refused_any = bool(applied.refused)
+            if applied.written:
                 report = check_dataset(discover(args.data, images=args.images), **options)
+            written = set(applied.written)
+            n_done = sum(len(p.findings) for p in plans if p.path in written)
             fix_lines.append(
-                f"fixed {plural(n_fixes, 'problem')} in {plural(len(written), 'file')} (originals kept as <file>.xml.bak); "
-                "the findings listed are what remains"
+                f"fixed {plural(n_done, 'problem')} in {plural(len(written), 'file')} (each file as it was is kept "
+                "as <file>.xml.bak, or .bak2, .bak3... when a backup exists); the findings listed are what remains"
             )
         if not args.unsafe_fixes:
             more = len(report.fixable(unsafe=True)) - len(report.fixable(unsafe=False))
@@ -211,7 +210,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         if report.errors:
             lines.append("errors must be fixed before training (or train with --skip-invalid to leave those files out)")
         out.append("\n".join(lines) + "\n")
-    return (1 if report.errors else 0), "".join(out)
+    return (1 if report.errors or refused_any else 0), "".join(out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ these two. This module imports nothing.
 
 from __future__ import annotations
 
-__all__ = ["DetectError", "UsageError"]
+__all__ = ["DetectError", "UsageError", "printable", "show"]
 
 
 class DetectError(Exception):
@@ -36,3 +36,29 @@ class UsageError(DetectError):
 
     exit_code = 2
 
+
+
+# Characters that would break a one-line message or disguise it on a terminal: C0 and C1
+# controls (newline, carriage return, escape) and the bidirectional marks and overrides
+# (U+202E shows "gpj.exe" as "exe.jpg").
+_UNSAFE = frozenset((*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
+                     *range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def show(value: object) -> str:
+    """``value`` as text safe to put inside a one-line message: control characters and
+    bidirectional overrides are escaped (``\\n``, ``\\x1b``, ``\\u202e``).
+
+    Use it for every name that comes from a file (class names, ``<filename>``, record
+    fields): whoever wrote the file controls those characters.
+    """
+    text = str(value)
+    if not any(ord(ch) in _UNSAFE for ch in text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if ord(ch) in _UNSAFE else ch for ch in text)
+
+
+def printable(message: object) -> str:
+    """A message for the terminal: :func:`show` on each line, keeping the line breaks the
+    message itself is made of (multi-line errors list files one per line)."""
+    return "\n".join(show(line) for line in str(message).split("\n"))

@@ -30,12 +30,11 @@ read, bad predictions file; the others are still evaluated and printed); 2 usage
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, printable
 from detect.evaluation import (
     PROJECT_ROOT,
     SPLITS,
@@ -50,7 +49,7 @@ from detect.evaluation import (
     write_json,
 )
 from detect.logs import setup_logging
-from detect.options import CliParser, add_device_option
+from detect.options import CliParser, Number, add_device_option
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,14 @@ def build_parser() -> CliParser:
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one each checkpoint records)")
     p.add_argument("--images", metavar="DIR", help="folder to look for images in first")
     p.add_argument("--split", choices=SPLITS, default="val", help="images to evaluate on (default: val)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=Number(float, 0, 1, hi_open=True), default=0.2,
                    help="val share of the hash split of a dataset without split lists (default: 0.2)")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to count (default: 0.5)")
+    p.add_argument("--iou", type=Number(float, 0, 1, lo_open=True), default=0.5, help="IoU a detection needs to count (default: 0.5)")
     p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point")
-    p.add_argument("--conf", type=float, default=0.5,
+    p.add_argument("--conf", type=Number(float), default=0.5,
                    help="score threshold for precision/recall/F1, confusion matrix and gallery (default: 0.5)")
     add_device_option(p)
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--batch-size", type=Number(int, 1, 1024), default=4, help="images per forward pass (default: 4)")
     p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write plots and report.md to this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,14 +121,6 @@ def _find_checkpoints(args) -> list[Path]:
 
 
 def _check_args(args) -> None:
-    if not 0.0 < args.iou <= 1.0:
-        raise UsageError(f"--iou {args.iou}: must be in (0, 1]")
-    if not math.isfinite(args.conf):
-        raise UsageError(f"--conf {args.conf}: must be a number")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be >= 1")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise UsageError(f"--val-fraction {args.val_fraction}: must be in [0, 1)")
     if args.predictions and not args.data:
         raise UsageError("--predictions needs --data DIR: the annotated images the predictions are for")
     for p in args.predictions or ():
@@ -141,7 +132,8 @@ def _check_args(args) -> None:
 
 def checkpoint_run(evaluator: Evaluator, path: Path, device, *, batch_size: int, progress: bool) -> RunResult:
     """Load a checkpoint, predict on the images it is evaluated on, and score it."""
-    from detect.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+    from detect.checkpoint import CheckpointError, load_checkpoint
+    from detect.model import model_from_checkpoint
     from detect.images import ImageError
     from detect.inference import predict
 
@@ -205,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             except DetectError as exc:  # this run fails; the others go on
                 failures.append(str(exc))
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {printable(exc)}", file=sys.stderr)
     except DetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

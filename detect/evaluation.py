@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detect.errors import DetectError, UsageError
+from detect.errors import DetectError, UsageError, show
 from detect.fsutil import write_atomic
 from detect.layout import DatasetError, DatasetFiles, discover, file_name, resolve_splits
 from detect.metrics import (
@@ -513,12 +513,12 @@ def table_rows(results: Sequence[RunResult], *, iou: float) -> tuple[list[str], 
     classes = all_classes(results)
     pct = f"{iou * 100:g}"
     costs = [training_cost(r) for r in results]
-    gpu = any(c["peak_cuda_mb"] is not None for c in costs)
+    gpu = any(cost["peak_cuda_mb"] is not None for cost in costs)
     header = ["run", "backbone", "images", f"VOC mAP{pct}", "COCO mAP", "COCO AP50", "COCO AP75",
-              *[f"{c}" for c in classes], "img/s", "ms/img", "params", "size",
+              *[show(c) for c in classes], "img/s", "ms/img", "params", "size",
               "train min", "peak MB", *(["GPU MB"] if gpu else []), "epochs", "final loss", "mode", "from"]
     rows = []
-    for r, c in zip(results, costs):
+    for r, cost in zip(results, costs):
         t = r.timing
         rows.append([
             ("* " if r.best else "  ") + r.name, r.backbone, str(len(r.eval_set.records)), _f(r.voc.map),
@@ -526,9 +526,10 @@ def table_rows(results: Sequence[RunResult], *, iou: float) -> tuple[list[str], 
             *[_f(r.voc.ap.get(c)) for c in classes],
             "-" if t is None else f"{t.images_per_second:.2f}", "-" if t is None else f"{t.ms_per_image:.0f}",
             _params(r.params), _size(r.checkpoint_bytes),
-            "-" if c["train_time_s"] is None else f"{c['train_time_s'] / 60:.1f}",
-            _f(c["peak_rss_mb"], 0), *([_f(c["peak_cuda_mb"], 0)] if gpu else []),
-            "-" if c["epochs"] is None else str(c["epochs"]), _f(c["final_loss"]), _mode(c), _weights_from(c),
+            "-" if cost["train_time_s"] is None else f"{cost['train_time_s'] / 60:.1f}",
+            _f(cost["peak_rss_mb"], 0), *([_f(cost["peak_cuda_mb"], 0)] if gpu else []),
+            "-" if cost["epochs"] is None else str(cost["epochs"]), _f(cost["final_loss"]), _mode(cost),
+            show(_weights_from(cost)),
         ])
     return header, rows
 
@@ -556,7 +557,7 @@ def class_rows(r: RunResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one run's per-class table: objects, AP, P/R/F1 and counts at ``--conf``."""
     c = r.confusion
     header = ["class", "objects", f"AP{r.voc.iou_threshold * 100:g}", "COCO AP", "P", "R", "F1", "TP", "FP", "FN"]
-    rows = [[name, str(r.voc.n_positives[name]), _f(r.voc.ap[name]), _f(r.coco.per_class[name]),
+    rows = [[show(name), str(r.voc.n_positives[name]), _f(r.voc.ap[name]), _f(r.coco.per_class[name]),
              _f(c.precision[name]), _f(c.recall[name]), _f(c.f1[name]), str(c.tp[name]), str(c.fp[name]),
              str(c.fn[name])] for name in r.classes]
     return header, rows

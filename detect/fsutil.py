@@ -14,8 +14,14 @@ reports, the demo data) goes through :func:`atomic_open` / :func:`write_atomic`:
 So a reader sees the old file or the new one, never half of one. An existing regular
 file keeps its permission bits; a new file gets the usual ones (0666 less the umask).
 
-:func:`unique_folder` gives ``parent/name``, or ``name2``, ``name3``... when that exists and is
-not empty: runs and prediction folders are never overwritten.
+:func:`write_new` writes a file that must not exist yet (backups): it never replaces or
+follows anything already there. :func:`unique_folder` gives ``parent/name``, or ``name2``,
+``name3``... when that exists and is not empty: runs and prediction folders are never
+overwritten. A process killed mid-write leaves its hidden temporary file behind;
+:func:`remove_stale_temps` clears those of a file before it is written again.
+
+Reading: :func:`read_regular` reads only regular files (a FIFO named ``x.xml`` would block a
+reader forever; a device could stream without end).
 
 This module imports nothing from the rest of the project.
 """
@@ -23,13 +29,23 @@ This module imports nothing from the rest of the project.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "unique_folder", "write_atomic"]
+__all__ = [
+    "atomic_open",
+    "check_writable",
+    "is_regular",
+    "read_regular",
+    "remove_stale_temps",
+    "unique_folder",
+    "write_atomic",
+    "write_new",
+]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -59,7 +75,7 @@ def atomic_open(
         keep_mode: int | None = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except FileNotFoundError:
         keep_mode = None
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
     try:
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:
@@ -85,6 +101,90 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool
     with atomic_open(path, "wb", fsync=fsync) as fh:
         fh.write(data)
     return Path(path)
+
+
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> int:
+    """Remove temporary files :func:`atomic_open` left for ``path`` when a process was killed
+    mid-write; returns how many. Call it only when no other process writes ``path``."""
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(tmp).st_mode):
+                os.unlink(tmp)
+                removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob wildcards made literal."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def write_new(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path``, which must not exist: written to a temporary file, then
+    hard-linked into place, which fails rather than replace (or follow) anything there.
+
+    Raises:
+        FileExistsError: ``path`` exists (as a file, a link, anything).
+    """
+    path = Path(path)
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _fsync_folder(path.parent)
+    return path
+
+
+def is_regular(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file (following a symbolic link)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a regular file.
+
+    Raises:
+        OSError: it cannot be read, or it is not a regular file (``strerror`` says which).
+    """
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a folder)", str(path))
+        return fh.read()
+
+
+def check_writable(folder: str | os.PathLike[str]) -> Path:
+    """Make sure ``folder`` exists (creating it) and a file can be created in it.
+
+    Raises:
+        OSError: it is a file, cannot be created, or is not writable (``strerror`` says which).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OSError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = _temp_name(folder / "write-test")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    os.close(fd)
+    os.unlink(probe)
+    return folder
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -88,7 +88,7 @@ def predict(
     """Run ``model`` on image files, ``batch_size`` images per forward pass.
 
     Args:
-        model: a torchvision detector (e.g. from :func:`detect.checkpoint.model_from_checkpoint`);
+        model: a torchvision detector (e.g. from :func:`detect.model.model_from_checkpoint`);
             it is put in eval mode and moved to ``device``.
         image_paths: the image files, decoded by :func:`detect.images.read_image`.
         device: a ``torch.device`` or a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).

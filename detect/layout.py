@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -51,7 +52,8 @@ class DatasetFiles:
         xml_files: every annotation file, sorted by sample id.
         image_files: every image file found, sorted.
         split_lists: ``ImageSets/Main`` lists by split name (devkit only; else empty).
-        stray_files: macOS/Windows debris (``._x.xml``, ``.DS_Store``, ``Thumbs.db``).
+        stray_files: macOS/Windows debris (``._x.xml``, ``.DS_Store``, ``Thumbs.db``), and
+            FIFOs, devices or sockets with a dataset file's name.
         split_lines: for each split, the 1-based line in its list file of each id, in the
             order of ``split_lists`` (lists may hold blank lines), for messages.
     """
@@ -133,11 +135,24 @@ def _walk(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
             if name.startswith("."):
                 continue
             suffix = path.suffix.lower()
-            if suffix == ".xml":
+            if suffix != ".xml" and suffix not in IMAGE_EXTENSIONS:
+                continue
+            if _special(path):  # a FIFO named x.xml would block every reader: not data
+                stray.append(path)
+            elif suffix == ".xml":
                 xmls.append(path)
-            elif suffix in IMAGE_EXTENSIONS:
+            else:
                 images.append(path)
     return xmls, images, stray
+
+
+def _special(path: Path) -> bool:
+    """A FIFO, device or socket (a broken link is left for the readers to report)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | None = None) -> DatasetFiles:

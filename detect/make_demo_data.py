@@ -17,7 +17,7 @@ import time
 
 from detect.demo import DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.logs import setup_logging
-from detect.options import CliParser
+from detect.options import CliParser, Number
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -31,31 +31,6 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _whole_at_least(minimum: int):
-    """An argparse type: a whole number no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="make_demo_data.py",
@@ -63,10 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"(classes: {', '.join(DEMO_CLASSES)}).",
     )
     parser.add_argument("out", metavar="OUT", help="output folder (a VOC devkit: Annotations/, JPEGImages/, ImageSets/)")
-    parser.add_argument("--images", type=_whole_at_least(1), default=400, metavar="N", help="number of images (default 400)")
-    parser.add_argument("--seed", type=_whole_at_least(0), default=0, metavar="S", help="random seed (default 0); same seed, same files")
+    parser.add_argument("--images", type=Number(int, 1, 1_000_000), default=400, metavar="N", help="number of images (default 400)")
+    parser.add_argument("--seed", type=Number(int, 0), default=0, metavar="S", help="random seed (default 0); same seed, same files")
     parser.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="image size (default 320x240)")
-    parser.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
+    parser.add_argument("--val-fraction", type=Number(float, 0, 1, hi_open=True), default=0.2, metavar="F",
                         help="share of images listed in ImageSets/Main/val.txt (default 0.2)")
     return parser
 

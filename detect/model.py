@@ -37,6 +37,7 @@ from torchvision.ops import misc as misc_ops
 
 from detect.backbones import BACKBONES as BACKBONE_TABLE
 from detect.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
+from detect.checkpoint import CheckpointError, load_checkpoint, safe_load
 from detect.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ __all__ = [
     "describe_anchors",
     "load_matching",
     "make_anchor_generator",
+    "model_from_checkpoint",
 ]
 
 
@@ -248,9 +250,9 @@ def build_model(
                 f"{weights}: not a file; --weights takes auto, coco, imagenet, none or a checkpoint path"
             )
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"{path}: not a loadable weights file: {exc}") from exc
+            loaded = safe_load(path)
+        except CheckpointError as exc:  # its message names the file and what is wrong with it
+            raise WeightsError(f"--weights: not a loadable weights file: {exc}") from None
         detector_state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
         if not isinstance(detector_state, dict):
             raise WeightsError(f"{path}: holds no state dict")
@@ -323,3 +325,20 @@ def anchors_per_location(model: FasterRCNN) -> list[int]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *, device: str | torch.device = "cpu"):
+    """Rebuild the model a checkpoint describes (:mod:`detect.checkpoint`), load its weights,
+    and put it in eval mode.
+
+    Returns:
+        ``(model, ckpt)``: the ``FasterRCNN`` on ``device`` and the checkpoint dict.
+    """
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    config = dict(ckpt["model_config"])
+    config["weights"] = "none"
+    model = build_model(**config)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, ckpt

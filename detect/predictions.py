@@ -40,12 +40,13 @@ import json
 import logging
 import math
 import os
+import reprlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detect.errors import DetectError
+from detect.errors import DetectError, show
 from detect.fsutil import write_atomic
 from detect.metrics import Detections
 
@@ -83,6 +84,25 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value: float | int) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer with hundreds of digits
+        return False
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxdict = 6
+
+
+def _short(value: Any) -> str:
+    """A value from the file for a message: shortened (a file can hold megabytes in one
+    field) and with control characters escaped."""
+    return show(_REPR.repr(value))
+
+
 def _check_record(
     rec: Any, *, names: Mapping[str, str], classes: Mapping[str, int], context: str
 ) -> tuple[str, int, float, list[float]]:
@@ -94,26 +114,26 @@ def _check_record(
         raise ValueError(f"lacks {', '.join(repr(k) for k in missing)}; every record is {_FORMAT_HINT}")
     image = rec["image"]
     if not isinstance(image, str):
-        raise ValueError(f"'image' is {image!r}, expected the image's file name as a string")
+        raise ValueError(f"'image' is {_short(image)}, expected the image's file name as a string")
     key = names.get(image)
     if key is None:
-        raise ValueError(f"image '{image}' is not {context}; use the file name as in the XML <filename>")
+        raise ValueError(f"image {_short(image)} is not {context}; use the file name as in the XML <filename>")
     label = rec["label"]
     if not isinstance(label, str) or label not in classes:
-        known = ", ".join(classes)
-        got = f"'{label}'" if isinstance(label, str) else repr(label)
+        known = ", ".join(show(c) for c in classes)
+        got = _short(label)
         raise ValueError(f"label {got} is not a class of the data ({known}); use the class name as in the XML <name>")
     score = rec["score"]
-    if not _is_number(score) or not math.isfinite(score):
-        raise ValueError(f"score is {score!r}; it must be a finite number")
+    if not _is_number(score) or not _finite(score):
+        raise ValueError(f"score is {_short(score)}; it must be a finite number")
     box = rec["bbox"]
     if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
-        raise ValueError(f"bbox is {box!r}; it must be [xmin, ymin, xmax, ymax], four numbers in pixels")
-    if not all(math.isfinite(v) for v in box):
-        raise ValueError(f"bbox {box!r} holds a NaN or infinite coordinate")
+        raise ValueError(f"bbox is {_short(box)}; it must be [xmin, ymin, xmax, ymax], four numbers in pixels")
+    if not all(_finite(v) for v in box):
+        raise ValueError(f"bbox {_short(box)} holds a NaN, infinite or too large coordinate")
     if box[2] < box[0] or box[3] < box[1]:
         raise ValueError(
-            f"bbox {box!r} has xmax < xmin or ymax < ymin; the order is [xmin, ymin, xmax, ymax] "
+            f"bbox {_short(box)} has xmax < xmin or ymax < ymin; the order is [xmin, ymin, xmax, ymax] "
             "(a [x, y, width, height] box must be converted)"
         )
     return key, classes[label], float(score), [float(v) for v in box]
@@ -159,6 +179,14 @@ def read_predictions(
         raise PredictionsError(
             path, None, f"is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise PredictionsError(
+            path, None, "nests lists or objects thousands of levels deep; a predictions file is a flat list "
+            f"of records {_FORMAT_HINT}"
+        ) from None
+    except ValueError:  # Python refuses to convert integers of over 4300 digits
+        raise PredictionsError(path, None, "holds a number with thousands of digits; write scores and "
+                               "coordinates as ordinary numbers") from None
     if not isinstance(data, list):
         raise PredictionsError(
             path, None, f"holds a JSON {type(data).__name__}; it must be a list of records {_FORMAT_HINT}"

@@ -42,6 +42,7 @@ __all__ = [
     "classes_in",
     "ground_truths",
     "load_records",
+    "median_image_size",
     "sanitize_box",
     "sanitize_objects",
 ]
@@ -170,6 +171,23 @@ def _note(clipped: int, dropped: int, width: int, height: int) -> str:
     if clipped:
         notes.append(f"clipped {clipped} box(es) reaching outside the {width}x{height} image")
     return "; ".join(notes)
+
+
+def median_image_size(files: DatasetFiles, *, sample: int = 200) -> tuple[int, int] | None:
+    """The median ``(width, height)`` of the dataset's images (an even sample of at most
+    ``sample`` image headers; unreadable images are skipped), or None without images."""
+    images = list(files.image_files)
+    step = max(1, len(images) // sample)
+    sizes = []
+    for path in images[::step]:
+        try:
+            sizes.append(image_size(path))
+        except UsageError:
+            continue
+    if not sizes:
+        return None
+    widths, heights = zip(*sizes)
+    return int(np.median(widths)), int(np.median(heights))
 
 
 def class_names_from(records: Sequence[Record]) -> list[str]:

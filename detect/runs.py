@@ -24,6 +24,7 @@ trainable layers, epochs, training time, final training loss, peak memory).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import sys
@@ -35,7 +36,7 @@ import torch
 
 from detect.backbones import get_backbone
 from detect.checkpoint import save_checkpoint
-from detect.fsutil import unique_folder, write_atomic
+from detect.fsutil import remove_stale_temps, unique_folder, write_atomic
 from detect.report import plot_training_curves, read_results
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,14 @@ class RunFolder:
         checkpoint_base: what every checkpoint of the run holds besides weights, epoch and
             metrics: ``model_config``, ``classes``, ``backbone``, ``run``, ``args``, ``data``
             (see :mod:`detect.checkpoint`).
+        writes: False makes every method a no-op (the other processes of a torchrun job:
+            only rank 0 writes).
     """
 
-    def __init__(self, path: Path, checkpoint_base: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, checkpoint_base: Mapping[str, Any] | None = None, *, writes: bool = True) -> None:
         self.path = Path(path)
         self.checkpoint_base = dict(checkpoint_base or {})
+        self.writes = writes
 
     @classmethod
     def new(cls, out: Path, name: str) -> "RunFolder":
@@ -81,6 +85,8 @@ class RunFolder:
 
     def start(self, args: Mapping[str, Any], split: Mapping[str, Any]) -> None:
         """A new run: write ``args.json`` and ``split.json``."""
+        if not self.writes:
+            return
         write_atomic(self.path / "args.json", json.dumps(_jsonable(args), indent=2) + "\n")
         write_atomic(self.path / "split.json", json.dumps(dict(split), indent=1) + "\n")
 
@@ -88,9 +94,30 @@ class RunFolder:
     def results(self) -> Path:
         return self.path / "results.csv"
 
+    def tidy_for_resume(self, *, epochs_done: int) -> None:
+        """Before a resume: remove temporary files a killed process left mid-write, and the
+        ``results.csv`` rows of epochs ``last.pt`` does not hold (written before a kill came
+        between the row and the checkpoint), so every epoch has one row."""
+        if not self.writes:
+            return
+        for name in ("last.pt", "best.pt", "results.csv", "args.json", "split.json"):
+            remove_stale_temps(self.path / name)
+        path = self.path / "results.csv"
+        if not path.exists():
+            return
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epochs_done]
+        if kept != rows:
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(kept)
+            write_atomic(path, buffer.getvalue())
+
     def add_epoch(self, row: Mapping[str, Any]) -> None:
         """Append one epoch to ``results.csv`` (the header is written first when new) and
         redraw ``results.png``. A run resumed from an older version keeps its file's columns."""
+        if not self.writes:
+            return
         path = self.results
         path.parent.mkdir(parents=True, exist_ok=True)
         fields = RESULT_FIELDS
@@ -108,6 +135,8 @@ class RunFolder:
     def plot(self) -> Path | None:
         """Draw ``results.png`` from ``results.csv``; a figure that cannot be drawn is logged,
         never a reason to stop training."""
+        if not self.writes:
+            return None
         root = (self.checkpoint_base.get("data") or {}).get("root")
         title = f"{self.name}: training curves" + (f" on {root}" if root else "")
         try:
@@ -120,6 +149,8 @@ class RunFolder:
              train_state: Mapping[str, Any] | None = None, training: Mapping[str, Any] | None = None) -> Path:
         """Write ``last.pt`` or ``best.pt`` (``which``): the base payload plus these, and the
         ``history`` of ``results.csv`` up to ``epoch`` (0-based)."""
+        if not self.writes:
+            return self.path / f"{which}.pt"
         payload = {**self.checkpoint_base, "model": model_state, "epoch": epoch, "metrics": dict(metrics),
                    "history": [r for r in read_results(self.results) if r["epoch"] <= epoch + 1]}
         if training is not None:
@@ -130,6 +161,8 @@ class RunFolder:
 
     def log_run(self, values: Mapping[str, Any]) -> None:
         """Append this run to ``<out>/runs.csv``, the experiment log (fields :data:`RUN_FIELDS`)."""
+        if not self.writes:
+            return
         path = self.path.parent / "runs.csv"
         new = not path.exists()
         row = {**values, "run": self.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -23,12 +23,12 @@ from typing import Sequence
 from tqdm import tqdm
 
 from detect.backbones import BACKBONES
-from detect.dataset import AUGMENT_CHOICES
-from detect.errors import DetectError
+from detect.dataset import AUGMENT_CHOICES, CACHE_CHOICES
+from detect.errors import DetectError, printable
 from detect.logs import setup_logging
 from detect.model import WEIGHT_CHOICES
-from detect.options import CliParser, add_device_option, number_list
-from detect.trainer import TrainConfig, TrainResult, train
+from detect.options import CliParser, add_device_option, given_options, number_list
+from detect.trainer import TrainConfig, TrainResult, resume_config, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
 
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.backbone)
     g.add_argument("--weights", default=_DEFAULTS.weights, help=f"{', '.join(WEIGHT_CHOICES)} or a checkpoint path")
     g.add_argument("--trainable-layers", type=int, help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
-    g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256, data: 640)")
+    g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256; data: the "
+                   "images' median longest side, rounded up to 32, at most 640 on a CPU and 1024 with CUDA)")
     g.add_argument("--anchor-scales", type=number_list, help="anchor size multipliers per level, e.g. '1,1.26,1.59' (default per backbone)")
     g.add_argument("--anchor-ratios", type=number_list, help="anchor height/width ratios (demo: 0.5,1.5,3; data: 0.5,1,2)")
     g.add_argument("--rpn-fg-iou", type=float, default=_DEFAULTS.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
@@ -74,21 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-iters", type=int, default=_DEFAULTS.warmup_iters, help="linear warm-up iterations (capped at one epoch)")
     g.add_argument("--clip-grad", type=float, default=_DEFAULTS.clip_grad, help="max gradient norm; 0 disables")
     g.add_argument("--patience", type=int, default=_DEFAULTS.patience, help="stop after this many epochs without a better val mAP; 0 never")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on with CUDA)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision on CUDA: bfloat16 where the GPU has it, else float16 (default: on with CUDA)")
+    g.add_argument("--sync-bn", action="store_true", help="synchronise batch norm across processes (torchrun; "
+                   "from-scratch models, whose backbone has batch norm)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
+    g.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its kernels per input shape")
 
     g = p.add_argument_group("run")
     add_device_option(g)
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 on a CPU with <= 2 cores, else up to 4)")
+    g.add_argument("--cache", choices=CACHE_CHOICES, default=_DEFAULTS.cache,
+                   help="keep decoded, resized images in RAM (per loader process) or on disk (.cache/decoded)")
+    g.add_argument("--aspect-grouping", action=argparse.BooleanOptionalAction, default=_DEFAULTS.aspect_grouping,
+                   help="batch landscape and portrait images apart (less padding)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")
-    g.add_argument("--resume", type=Path, help="continue from a last.pt, with its arguments")
+    g.add_argument("--resume", type=Path, help="continue from a last.pt, with the run's own settings "
+                   "(only --epochs, --patience, --device, --workers may be given with it)")
     g.add_argument("--no-check", action="store_true", help="skip the annotation checker pass before training")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The parsed command line as a :class:`TrainConfig`."""
+    """The parsed command line as a :class:`TrainConfig` (whose ranges
+    :func:`detect.trainer.resolve_config` checks, for this CLI and for Python callers alike)."""
     return TrainConfig(**vars(args))
 
 
@@ -99,11 +111,17 @@ def _echo(text: str, *, err: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.INFO)
-    cfg = config_from_args(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.resume is not None:
+            given = given_options(parser, argv if argv is not None else sys.argv[1:])
+            cfg = resume_config(args.resume, {k: getattr(args, k) for k in given})
+        else:
+            cfg = config_from_args(args)
         result = train(cfg, echo=_echo, progress=sys.stderr.isatty())
     except DetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # before the first epoch: nothing to save yet
         print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
@@ -113,11 +131,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(r: TrainResult) -> int:
     if r.status == "interrupted":
-        print(f"\nInterrupted in epoch {r.last_epoch}; saved {r.run.last}. Resume with:\n"
-              f"  python -m detect.train --resume {r.run.last}", file=sys.stderr)
+        where = (f"saved {r.run.last} where epoch {r.stopped_in} stopped" if r.resume_exact else
+                 f"{r.run.last} holds the end of epoch {r.stopped_in - 1}" if r.stopped_in > 1 else
+                 "no epoch had finished")
+        if r.resume_exact or r.stopped_in > 1:
+            print(f"\nInterrupted in epoch {r.stopped_in}; {where}. Resume with:\n"
+                  f"  python -m detect.train --resume {r.run.last}", file=sys.stderr)
+        else:
+            print(f"\nInterrupted in epoch 1; {where}, so nothing was saved.", file=sys.stderr)
         return 130
-    print(f"Done: best val mAP@0.5 {r.best_map50:.4f} (epoch {r.best_epoch}), "
-          f"train time {r.train_time / 60:.1f} min. Checkpoints: {r.run.best}, {r.run.last}")
+    saved = ", ".join(str(p) for p in (r.run.best, r.run.last) if p.exists())
+    best = ("no val split, so no val mAP (best.pt is the last epoch)" if r.best_map50 is None else
+            f"best val mAP@0.5 {r.best_map50:.4f} (epoch {r.best_epoch})")
+    print(f"Done: {best}, train time {r.train_time / 60:.1f} min. Checkpoints: {saved}")
     return 0
 
 

@@ -39,8 +39,8 @@ from typing import Mapping, NamedTuple
 
 from lxml import etree
 
-from detect.errors import DetectError
-from detect.fsutil import write_atomic
+from detect.errors import DetectError, show
+from detect.fsutil import read_regular, write_atomic
 
 __all__ = [
     "Annotation",
@@ -217,6 +217,16 @@ def parse_xml_tree(
     except etree.XMLSyntaxError as exc:
         line, col = (exc.position if exc.position else (None, None))
         msg = _POSITION_SUFFIX.sub("", exc.msg or str(exc)).strip() or "syntax error"
+        if "XML_PARSE_HUGE" in msg or "huge" in msg.lower():
+            # libxml2's wording ("use XML_PARSE_HUGE option") names a switch users cannot reach.
+            raise VocError(
+                label,
+                line or None,
+                "a text or name in the file is longer than 10 MB, which no annotation holds: the file is "
+                "damaged or not an annotation; re-save it from the annotation tool",
+                kind="malformed",
+                column=col or None,
+            ) from None
         raise VocError(
             label,
             line or None,
@@ -271,7 +281,7 @@ def parse_voc(
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as exc:
         raise VocError(path, None, f"cannot read file: {exc.strerror or exc}", kind="unreadable") from None
     return parse_voc_bytes(data, source=path, problems=problems)
@@ -303,7 +313,7 @@ def parse_voc_bytes(
             lines[key] = el.sourceline
 
     if root.tag != "annotation":
-        problem(root.sourceline, f"root element is <{root.tag}>, expected <annotation>", "structure", "annotation")
+        problem(root.sourceline, f"root element is <{show(root.tag)}>, expected <annotation>", "structure", "annotation")
 
     filename = _stripped(first.get("filename"))
     if not filename:
@@ -389,12 +399,12 @@ def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
         return None
     # Only direct <bndbox> children count: <part> sub-boxes (VOC person layout) are not objects.
     if not boxes:
-        problem(obj.sourceline, f"object '{name}' has no <bndbox>; draw its box again", "missing", "bndbox")
+        problem(obj.sourceline, f"object '{show(name)}' has no <bndbox>; draw its box again", "missing", "bndbox")
         return None
     if len(boxes) > 1:
         problem(
             boxes[1].sourceline,
-            f"object '{name}' has {len(boxes)} <bndbox> elements; keep one per object "
+            f"object '{show(name)}' has {len(boxes)} <bndbox> elements; keep one per object "
             "(split it into several objects if each box is a separate thing)",
             "several-bndbox",
             "bndbox",
@@ -409,7 +419,7 @@ def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
         if not text:
             problem(
                 (el if el is not None else bb).sourceline,
-                f"object '{name}': <bndbox> is missing <{key}>; draw its box again",
+                f"object '{show(name)}': <bndbox> is missing <{key}>; draw its box again",
                 "missing",
                 key,
             )
@@ -419,7 +429,7 @@ def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
         except ValueError:
             problem(
                 el.sourceline,
-                f"object '{name}': <{key}> is '{_clip(text)}', not a number; write the pixel coordinate",
+                f"object '{show(name)}': <{key}> is '{_clip(text)}', not a number; write the pixel coordinate",
                 "bad-number",
                 key,
             )
@@ -427,7 +437,7 @@ def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
         if not math.isfinite(value):
             problem(
                 el.sourceline,
-                f"object '{name}': <{key}> is {_clip(text)}, not a finite number; write the pixel coordinate",
+                f"object '{show(name)}': <{key}> is {_clip(text)}, not a finite number; write the pixel coordinate",
                 "bad-number",
                 key,
             )
@@ -449,7 +459,7 @@ def _parse_object(obj: etree._Element, index: int, problem) -> VocObject | None:
 
 def _clip(text: str, limit: int = 40) -> str:
     # Fuzzed or damaged files can hold megabytes in one element; messages stay one line.
-    text = " ".join(text.split())
+    text = show(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from detect import dataset as D
 from detect import records as R
@@ -114,3 +115,34 @@ def test_no_augmentation_is_identity(tmp_path: Path) -> None:
     assert target["boxes"].tolist() == [[8.0, 8.0, 40.0, 56.0]]
     with pytest.raises(ValueError):
         D.build_transforms("extreme")
+
+
+@pytest.mark.parametrize("cache", ["ram", "disk"])
+def test_cached_images_give_the_same_samples(tmp_path: Path, cache: str) -> None:
+    objs = [("Lata", (8, 8, 40, 56)), ("Botella", (60, 20, 88, 76))]
+    write_sample(tmp_path / "d", tmp_path / "d", "two", objs, size=(96, 80), ext=".png")
+    records = R.load_records(discover(tmp_path / "d"))
+    fresh = D.DetectionDataset(records, CLASSES, D.build_transforms("none", input_size=48))
+    cached = D.DetectionDataset(records, CLASSES, D.build_transforms("none", input_size=48), cache=cache,
+                                resize_to=48, cache_dir=tmp_path / "cache")
+    for _ in range(2):  # the first read fills the cache, the second reads it
+        a, ta, ma = fresh[0]
+        b, tb, mb = cached[0]
+        assert a.shape == b.shape == (3, 40, 48)
+        assert torch.allclose(a, b, atol=1 / 255)
+        assert torch.allclose(ta["boxes"], tb["boxes"], atol=1e-4) and ma["orig_size"] == mb["orig_size"] == (80, 96)
+    if cache == "disk":
+        assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    else:
+        assert len(cached._ram) == 1
+
+
+def test_grouped_batches_hold_one_shape_and_cover_every_image() -> None:
+    from torch.utils.data import SequentialSampler
+
+    groups = [0, 1, 1, 0, 1, 0, 0, 1, 1]
+    sampler = D.GroupedBatchSampler(SequentialSampler(range(9)), groups, 2, drop_last=False)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(9)) and len(batches) == len(sampler) == 5
+    assert all(len({groups[i] for i in b}) == 1 for b in batches[:-1])  # the leftovers come last
+    assert len(list(D.GroupedBatchSampler(SequentialSampler(range(9)), groups, 2, drop_last=True))) == 4

@@ -349,7 +349,7 @@ def test_predictions_round_trip_exactly(tmp_path):
 
 
 def test_predict_batches_and_times(project):
-    from detect.checkpoint import model_from_checkpoint
+    from detect.model import model_from_checkpoint
     from detect.inference import predict
 
     model, ckpt = model_from_checkpoint(project / "weights" / "tiny" / "best.pt")

@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "detect.checks.check": CORE,
     "detect.checks.fixes": CORE,
     "detect.device": TORCH,
+    "detect.distributed": TORCH,
     "detect.model": TORCH,
     "detect.checkpoint": TORCH,
     "detect.dataset": TORCH,

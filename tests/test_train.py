@@ -12,7 +12,8 @@ import torch
 from detect import dataset as D
 from detect import train as T
 from detect import trainer
-from detect.checkpoint import load_checkpoint, model_from_checkpoint
+from detect.checkpoint import load_checkpoint
+from detect.model import model_from_checkpoint
 
 from conftest import make_devkit
 
@@ -202,4 +203,27 @@ def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
     demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
     assert (demo.input_size, demo.epochs, demo.anchor_ratios) == (256, 8, [0.5, 1.5, 3.0])
     data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
-    assert (data.input_size, data.anchor_ratios) == (640, [1.0, 2.0])
+    # A user's data gets its input size from its images (prepare_data), not a fixed 640.
+    assert (data.input_size, data.anchor_ratios) == (None, [1.0, 2.0])
+    given = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--input-size", "320"])))
+    assert given.input_size == 320
+
+
+@pytest.mark.parametrize("size, cuda, expected", [
+    ((200, 200), False, 224),   # not upscaled 3.2x to 640 any more
+    ((96, 80), False, 128),     # at least 128
+    ((640, 480), False, 640),
+    ((1920, 1080), False, 640),  # a CPU trains at most 640
+    ((1920, 1080), True, 1024),
+    (None, False, 640),
+])
+def test_input_size_fits_the_data_and_the_machine(size, cuda, expected) -> None:
+    assert trainer.input_size_for(size, cuda=cuda) == expected
+
+
+def test_the_banner_says_where_the_input_size_came_from(tmp_path: Path, capsys) -> None:
+    data = make_devkit(tmp_path / "data", n=6, size=(200, 200))
+    argv = ["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(tmp_path / "w"),
+            *[a for a in TINY if a not in ("--input-size", "96")]]
+    assert T.main(argv) == 0
+    assert "input 224px (from the data: median image 200x200" in capsys.readouterr().out

@@ -20,8 +20,8 @@ import numpy as np
 from detect.backbones import get_backbone
 from detect.checks.file_rules import Context, FileResult, class_key, describe
 from detect.checks.findings import Finding, box_text, finding, num
+from detect.errors import show
 from detect.layout import DatasetFiles
-from detect.metrics import box_iou
 
 __all__ = ["DUPLICATE_IOU", "IMBALANCE_RATIO", "DatasetResult", "dataset_findings"]
 
@@ -34,51 +34,98 @@ _STRAY_HINT = {
 }
 
 
-def _overlapping_objects(results: Sequence[FileResult], block: int = 256) -> list[Finding]:
-    """VOC207/VOC208: pairs of boxes in one file with IoU above :data:`DUPLICATE_IOU`.
+MAX_PAIRS_PER_FILE = 50  # overlapping pairs listed per file; the rest are counted
+MAX_COMPARISONS = 2_000_000  # box pairs compared per file at most: time and memory stay bounded
+_CHUNK = 250_000
 
-    Files are packed into blocks of about ``block`` boxes and each block goes through
-    ``box_iou`` (in slices of ``block`` rows, so a file with thousands of boxes stays small
-    in memory); pairs across files in a block are masked out.
+
+def overlapping_pairs(
+    boxes: np.ndarray, threshold: float, *, max_comparisons: int = MAX_COMPARISONS
+) -> tuple[list[tuple[int, int, float]], bool]:
+    """Pairs ``(i, j, iou)``, ``i < j``, of ``boxes`` (``(N, 4)`` xmin, ymin, xmax, ymax with
+    positive width and height) whose IoU is above ``threshold``; and whether the search was
+    cut short at ``max_comparisons``.
+
+    Near-linear: IoU > t needs ``|xmin_a - xmin_b| <= (1 - t) * min(w_a, w_b)`` (and the same
+    along y), so the boxes are sorted by their lower edge along one axis and each is compared
+    only with those whose edge lies within that reach (a sweep); the axis that gives fewer
+    comparisons is used. Only boxes drawn nearly on top of each other are ever compared.
     """
-    out: list[Finding] = []
-    pending: list[FileResult] = []
-    size = 0
+    n = len(boxes)
+    if n < 2:
+        return [], False
+    x0, y0, x1, y1 = boxes.T
+    w, h = x1 - x0, y1 - y0
+    slack = 1.0 - threshold
+    best = None
+    for low, size in ((x0, w), (y0, h)):
+        order = np.argsort(low, kind="stable")
+        edge = low[order]
+        counts = np.searchsorted(edge, edge + slack * size[order], side="right") - np.arange(n) - 1
+        total = int(counts.sum())
+        if best is None or total < best[0]:
+            best = (total, order, counts)
+    total, order, counts = best
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    rows = n if total <= max_comparisons else int(np.searchsorted(cum, max_comparisons, side="right")) - 1
+    found: list[tuple[int, int, float]] = []
+    row = 0
+    while row < rows:
+        stop = min(rows, max(row + 1, int(np.searchsorted(cum, cum[row] + _CHUNK, side="right")) - 1))
+        span = np.arange(row, stop)
+        c = counts[span]
+        first = np.repeat(span, c)
+        second = first + 1 + np.arange(int(c.sum())) - np.repeat(cum[span] - cum[row], c)
+        a, b = order[first], order[second]
+        near = (
+            (np.abs(x0[a] - x0[b]) <= slack * np.minimum(w[a], w[b]))
+            & (np.abs(y0[a] - y0[b]) <= slack * np.minimum(h[a], h[b]))
+            & (np.minimum(w[a], w[b]) >= threshold * np.maximum(w[a], w[b]))
+            & (np.minimum(h[a], h[b]) >= threshold * np.maximum(h[a], h[b]))
+        )
+        a, b = a[near], b[near]
+        inter = (np.clip(np.minimum(x1[a], x1[b]) - np.maximum(x0[a], x0[b]), 0, None)
+                 * np.clip(np.minimum(y1[a], y1[b]) - np.maximum(y0[a], y0[b]), 0, None))
+        iou = inter / (w[a] * h[a] + w[b] * h[b] - inter)
+        hit = iou > threshold
+        found += [(int(min(i, j)), int(max(i, j)), float(v)) for i, j, v in zip(a[hit], b[hit], iou[hit])]
+        row = stop
+    found.sort()
+    return found, rows < n
 
-    def flush() -> None:
-        objects = [(r, o) for r in pending for o in r.valid]
-        owner = np.array([k for k, r in enumerate(pending) for _ in r.valid])
-        boxes = np.array([list(o.box) for _, o in objects], dtype=np.float64)
-        pairs = []
-        for start in range(0, len(objects), block):
-            iou = box_iou(boxes[start : start + block], boxes)
-            hit = (iou > DUPLICATE_IOU) & (owner[start : start + block, None] == owner[None, :])
-            pairs += [(start + i, j, float(iou[i, j])) for i, j in zip(*np.nonzero(hit)) if start + i < j]
-        for i, j, value in pairs:
-            (r, a), (_, b) = objects[i], objects[j]
+
+def _overlapping_objects(results: Sequence[FileResult]) -> list[Finding]:
+    """VOC207/VOC208: pairs of boxes in one file with IoU above :data:`DUPLICATE_IOU`
+    (:func:`overlapping_pairs`); at most :data:`MAX_PAIRS_PER_FILE` listed per file."""
+    out: list[Finding] = []
+    for r in results:
+        if len(r.valid) < 2:
+            continue
+        boxes = np.array([o.box for o in r.valid], dtype=np.float64)
+        pairs, cut = overlapping_pairs(boxes, DUPLICATE_IOU)
+        for i, j, value in pairs[:MAX_PAIRS_PER_FILE]:
+            a, b = r.valid[i], r.valid[j]
             if a.name == b.name:
                 message = (
-                    f"{describe(b)} overlaps the '{a.name}' at line {a.line} at IoU {value:.2f}; probably the "
-                    "same object drawn twice: delete one"
+                    f"{describe(b)} overlaps the '{show(a.name)}' at line {a.line} at IoU {value:.2f}; probably "
+                    "the same object drawn twice: delete one"
                 )
                 out.append(finding("VOC207", r.xml, b.line, message))
             else:
                 message = (
-                    f"the box of {describe(b)} is also labelled '{a.name}' at line {a.line} (IoU {value:.2f}); "
+                    f"the box of {describe(b)} is also labelled '{show(a.name)}' at line {a.line} (IoU {value:.2f}); "
                     "one object has one class: delete the wrong one"
                 )
                 out.append(finding("VOC208", r.xml, b.line, message))
-
-    for r in results:
-        if len(r.valid) < 2:
-            continue
-        pending.append(r)
-        size += len(r.valid)
-        if size >= block:
-            flush()
-            pending, size = [], 0
-    if pending:
-        flush()
+        more = len(pairs) - MAX_PAIRS_PER_FILE
+        if more > 0 or cut:
+            what = f"{more} more pair(s) of boxes overlap at IoU > {DUPLICATE_IOU:g}" if more > 0 else ""
+            if cut:
+                what += ("; and " if what else "") + (
+                    f"its {len(r.valid)} boxes lie so close together that only the first "
+                    f"{MAX_COMPARISONS:,} comparisons were made")
+            out.append(finding("VOC207", r.xml, None, f"{what}: the file probably holds objects drawn many times "
+                                                      "over; clean it up in LabelImg"))
     return out
 
 
@@ -292,7 +339,8 @@ def dataset_findings(
     findings.extend(_check_splits(files, set(sample_ids), image_of, dup_groups))
 
     for stray in files.stray_files:
-        what = _STRAY_HINT.get(stray.name, "a macOS resource-fork copy" if stray.name.startswith("._") else "system debris")
+        what = _STRAY_HINT.get(stray.name) or (
+            "a macOS resource-fork copy" if stray.name.startswith("._") else "not a regular file: a FIFO, device or socket")
         findings.append(
             finding("VOC503", stray, None, f"stray file ({what}), not part of the dataset; delete it")
         )

@@ -20,6 +20,8 @@ from lxml import etree
 from PIL import Image
 
 from detect.checks.findings import Finding, Fix, box_text, finding, num
+from detect.errors import show
+from detect.fsutil import is_regular, read_regular
 from detect.layout import DatasetFiles, file_name
 from detect.voc import Annotation, VocError, VocObject, parse_voc_bytes, parse_xml_tree
 
@@ -62,6 +64,8 @@ def read_image_info(path: Path, *, deep: bool = False) -> ImageInfo:
     """Size, bands, format and EXIF orientation from the image header (no decoding);
     with ``deep=True`` the image is decoded too, catching truncated files."""
     try:
+        if not is_regular(path):  # Pillow would block forever on a FIFO
+            return ImageInfo(path, error="not a regular file (a FIFO, a device or a folder)")
         with Image.open(path) as im:
             width, height = im.size
             fmt = im.format
@@ -169,7 +173,7 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
         out.append(finding(code, xml, line, message, **kw))
 
     try:
-        data = xml.read_bytes()
+        data = read_regular(xml)
     except OSError as exc:
         add("VOC100", None, f"cannot read the file ({exc.strerror or exc}); check its permissions")
         return result
@@ -178,6 +182,8 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
         ann = parse_voc_bytes(data, source=xml, problems=problems)
     except VocError as err:
         add(_error_code(err), err.line, err.message, col=err.column)
+        # The image beside it is annotated, only badly: no "image without XML" for it too.
+        result.image = ctx.files.find_image(xml, None)
         return result
     result.names = [o.name for o in ann.objects]
 
@@ -314,7 +320,7 @@ _WHOLE = re.compile(r"[+-]?\d+")
 
 
 def describe(obj: VocObject | Obj) -> str:
-    return f"object '{obj.name}' ({box_text(obj.box)})"
+    return f"object '{show(obj.name)}' ({box_text(obj.box)})"
 
 
 def _check_objects(ann: Annotation, data: bytes, ref, ctx: Context, add, result: FileResult) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detect.errors import show
 from detect.layout import DatasetFiles
 from detect.voc import format_number
 
@@ -139,10 +140,11 @@ def format_finding(f: Finding) -> str:
     A finding about a whole file or folder has no line and reads ``path: CODE ...``.
     A fixable finding ends with ``[--fix]`` or ``[--unsafe-fixes]``.
     """
-    where = str(f.path)
+    where = show(f.path)
     if f.line is not None:
         where += f":{f.line}:{f.col or 1}"
-    text = f"{where}: {f.code} {f.severity} {f.message}"
+    # show(): names from the files are in the message, and whoever wrote a file controls them.
+    text = f"{where}: {f.code} {f.severity} {show(f.message)}"
     if f.fix is not None:
         text += " [--fix]" if f.fix.level == "safe" else " [--unsafe-fixes]"
     return text
@@ -261,7 +263,7 @@ class CheckReport:
             f"{plural(s['images'], 'image')} ({s['images_used']} with an XML) in {self.elapsed:.1f} s",
         ]
         if self.class_counts:
-            per_class = ", ".join(f"{name} {n}" for name, n in self.class_counts.most_common())
+            per_class = ", ".join(f"{show(name)} {n}" for name, n in self.class_counts.most_common())
             lines.append(f"objects: {s['objects']} in {plural(len(self.class_counts), 'class')}: {per_class}")
         else:
             lines.append("objects: 0")

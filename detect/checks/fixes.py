@@ -3,7 +3,8 @@
 Some findings carry a :class:`~detect.checks.findings.Fix`. :func:`plan_fixes` turns the
 fixes of a report into new file contents (the XML is edited in place with lxml, so
 everything else in it, comments and unknown elements included, is kept) and
-:func:`apply_fixes` writes them, keeping a ``.bak`` copy of each original. Safe fixes
+:func:`apply_fixes` writes them, keeping a ``.bak`` copy of each original (it never writes
+through a link, never outside the dataset folder, never over a backup). Safe fixes
 re-encode as UTF-8 without BOM, fill a missing or 0x0 ``<size>`` from the real image and
 drop byte-identical duplicate objects; unsafe fixes add clamping boxes into the image,
 rounding decimal coordinates and renaming a class to its unambiguous closest match.
@@ -15,21 +16,23 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import shutil
+import os
+import stat
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from lxml import etree
 
 from detect.checks.findings import CheckReport, Finding
-from detect.fsutil import write_atomic
+from detect.errors import DetectError
+from detect.fsutil import read_regular, write_atomic, write_new
 from detect.voc import VocError, detect_encoding, format_number, parse_xml_tree
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FilePlan", "apply_fixes", "plan_fixes"]
+__all__ = ["Applied", "FilePlan", "FixRefused", "apply_fixes", "plan_fixes"]
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _edit_coordinates(obj: etree._Element, change) -> None:
 
 def _plan_file(path: Path, findings: list[Finding]) -> FilePlan | None:
     try:
-        before = path.read_bytes()
+        before = read_regular(path)
         root = parse_xml_tree(before, source=path, keep_comments=True)
     except (OSError, VocError):
         return None
@@ -161,6 +164,15 @@ def _plan_file(path: Path, findings: list[Finding]) -> FilePlan | None:
             if etree.tostring(obj, with_tail=False) == etree.tostring(objects[args[1]], with_tail=False):
                 drops.add(args[0])
                 done.append(f)
+    if done:
+        # Edits can make two objects identical (rounding 10.4 and 10 both to 10): those copies
+        # go now, as the safe fix would drop them on the next run; one run leaves nothing over.
+        seen: set[bytes] = set()
+        for index, el in enumerate(objects):
+            key = etree.tostring(el, with_tail=False)
+            if index not in drops and key in seen:
+                drops.add(index)
+            seen.add(key)
     for index in sorted(drops, reverse=True):
         el = objects[index]
         parent = el.getparent()
@@ -198,15 +210,88 @@ def plan_fixes(report: CheckReport, *, unsafe: bool = False) -> list[FilePlan]:
     return plans
 
 
-def apply_fixes(plans: Iterable[FilePlan], *, backup_suffix: str = ".bak") -> list[Path]:
-    """Write each plan: the original goes to ``<file>.xml.bak``, the new contents replace
-    the file atomically with its permissions kept. Returns the files written."""
-    written = []
+class FixRefused(DetectError):
+    """A fix that is not written, to keep the dataset safe; the message says why and what to do."""
+
+
+@dataclass
+class Applied:
+    """What :func:`apply_fixes` did: the files rewritten, each with its backup, and the files
+    it refused to touch, each with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    backups: list[Path] = field(default_factory=list)
+    refused: list[FixRefused] = field(default_factory=list)
+
+
+def apply_fixes(plans: Iterable[FilePlan], *, root: Path | None = None) -> Applied:
+    """Write each plan, keeping a backup of the file as it was.
+
+    What the fix writer will and will not touch:
+
+    * it rewrites only the XML files of the plans, through a fresh temporary file in the
+      file's folder and an atomic rename: no existing file or link is ever written through;
+    * it refuses an XML that is a symbolic link, that lies outside ``root`` (the dataset
+      folder) once links are resolved, or that changed since it was checked;
+    * the backup of ``x.xml`` is ``x.xml.bak``, the file as it was before its *first* fix;
+      an existing backup is never replaced: later runs keep theirs as ``x.xml.bak2``,
+      ``x.xml.bak3``... A backup name taken by anything but a regular file (a link, a
+      folder) refuses the fix;
+    * images are never touched.
+    """
+    done = Applied()
+    base = os.path.realpath(root) if root is not None else None
     for plan in plans:
-        path = plan.path
-        backup = path.with_name(path.name + backup_suffix)
-        shutil.copy2(path, backup)
+        try:
+            backup = _write_fix(plan, base)
+        except FixRefused as exc:
+            log.warning("%s", exc)
+            done.refused.append(exc)
+            continue
+        log.info("fixed %s (%d findings; the file before this fix is kept as %s)",
+                 plan.path, len(plan.findings), backup.name)
+        done.written.append(plan.path)
+        done.backups.append(backup)
+    return done
+
+
+def _write_fix(plan: FilePlan, base: str | None) -> Path:
+    path = plan.path
+    if path.is_symlink():
+        raise FixRefused(f"{path}: not fixed: it is a symbolic link (to {os.readlink(path)}); fix the file it "
+                         "points to where it lies")
+    if base is not None and os.path.commonpath([base, os.path.realpath(path.parent)]) != base:
+        raise FixRefused(f"{path}: not fixed: its folder leads outside the dataset folder {base}")
+    try:
+        current = read_regular(path)
+    except OSError as exc:
+        raise FixRefused(f"{path}: not fixed: cannot read it ({exc.strerror or exc})") from None
+    if current != plan.before:
+        raise FixRefused(f"{path}: not fixed: it changed since it was checked; run the checker again")
+    backup = _backup_path(path)
+    try:
+        write_new(backup, plan.before)
         write_atomic(path, plan.after)
-        log.info("fixed %s (%d findings; original kept as %s)", path, len(plan.findings), backup.name)
-        written.append(path)
-    return written
+    except FileExistsError:  # taken between the look and the write: another process
+        raise FixRefused(f"{path}: not fixed: {backup.name} appeared while fixing; run again") from None
+    except OSError as exc:
+        raise FixRefused(f"{path}: not fixed: cannot write ({exc.strerror or exc}); the file is unchanged") from None
+    return backup
+
+
+def _backup_path(path: Path) -> Path:
+    """``x.xml.bak``, or the first free ``x.xml.bakN``; a name taken by anything but a regular
+    file (a link a dataset could carry to point a backup elsewhere) refuses the fix."""
+    n = 1
+    while True:
+        candidate = path.with_name(f"{path.name}.bak{n if n > 1 else ''}")
+        try:
+            mode = os.lstat(candidate).st_mode
+        except FileNotFoundError:
+            return candidate
+        if not stat.S_ISREG(mode):
+            raise FixRefused(
+                f"{path}: not fixed: {candidate.name} exists and is not a regular file (a link or folder); "
+                "remove it, then fix again"
+            )
+        n += 1
