@@ -13,6 +13,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so
 ``args``          the training arguments, as a dict
 ``data``          ``{"root", "images", "layout", "splits": {"train": [ids], "val": [ids], ...}}``
 ``versions``      torch / torchvision / python versions that wrote it
+``history``       the run's ``results.csv`` rows up to ``epoch`` (losses, val loss, val mAP per epoch)
+``training``      how the run started and what this checkpoint cost: ``mode`` (from scratch,
+                  fine-tuned, feature extraction), ``weights``, ``trainable_layers``,
+                  ``epochs``, ``train_time_s``, ``final_loss``, ``peak_rss_mb``, ``peak_cuda_mb``
+                  (:func:`detect.runs.training_record`; absent in older checkpoints)
 ``train_state``   (``last.pt`` only) optimizer, scheduler, scaler and RNG states for ``--resume``
 ``sha256``        :func:`payload_digest` of everything else, checked on load: a bit flipped on
                   disk or in a copy is caught (a zip archive alone does not check its data)

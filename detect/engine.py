@@ -27,7 +27,7 @@ from detect.inference import infer_batches
 from detect.metrics import GroundTruth, voc_evaluate
 
 __all__ = ["EpochState", "NonFiniteLoss", "capture_rng", "evaluate", "lr_lambda", "make_optimizer", "restore_rng",
-           "seed_everything", "seed_worker", "train_one_epoch"]
+           "seed_everything", "seed_worker", "train_one_epoch", "validation_loss"]
 
 LOSS_KEYS = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 
@@ -286,3 +286,51 @@ def seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None and info.dataset.transform is not None:
         info.dataset.transform.set_random_seed(seed)
+
+
+def validation_loss(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, *, seed: int,
+    amp_dtype: torch.dtype | None = None, stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
+    """Mean losses (torchvision's four and their sum, ``"loss"``, per image) on a labelled
+    loader, leaving the model and every random stream as they were; None when ``stop()``
+    asked to stop (checked after each batch).
+
+    torchvision's detector returns losses only in train mode, so the model runs in train
+    mode under ``no_grad`` with every BatchNorm layer in eval mode: it normalises with its
+    running statistics, as at inference, and does not update them. The train-mode forward
+    draws random numbers (the RPN and box-head samplers pick which anchors and proposals
+    the loss sees); they come from a forked generator seeded with ``seed``, so the training
+    streams are untouched and the value depends only on the weights and ``seed``.
+    Images with no object count as in training (background only). The losses are read back
+    from the device once, at the end.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(seed)
+            for images, targets, _ in loader:
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    losses = model(images, targets)
+                k = len(images)  # weighted by images: the last batch may be smaller
+                for name, value in {**losses, "loss": sum(losses.values())}.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float() * k
+                n += k
+                if stop is not None and stop():
+                    return None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not sums:
+        return {}
+    keys = list(sums)
+    values = torch.stack([sums[k] for k in keys]).cpu().tolist()
+    return {k: v / n for k, v in zip(keys, values)}

@@ -200,11 +200,11 @@ def checkpoint_run(evaluator: Evaluator, path: Path, device, *, batch_size: int,
         raise EvalError(str(exc)) from None
     del model
     backbone = str(ckpt.get("backbone") or (ckpt.get("model_config") or {}).get("backbone") or "?")
-    info = {"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics"), "run": run}
+    info = {"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics"), "run": run, "history": ckpt.get("history")}
     return evaluator.score(
         name=run if path.name == "best.pt" else f"{run}/{path.stem}", backbone=backbone, kind="checkpoint",
         source=path, eval_set=eval_set, classes=classes, detections=list(dets), timing=dets.timing,
-        params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
+        params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info, training=ckpt.get("training"),
     )
 
 
@@ -282,6 +282,9 @@ def print_results(results: Sequence[RunResult], settings: dict[str, Any]) -> Non
              if any(r.timing is not None for r in results) else "")
     print(f"* best VOC mAP@{iou:g} ({metric}); COCO numbers by pycocotools (mAP = AP@[.5:.95]); "
           f"class columns: VOC AP@{iou:g}, '-' = no ground truth{speed}")
+    print("training cost, as each checkpoint records it: minutes, peak memory of the training process (MB), "
+          "epochs, mean training loss of its last epoch, mode (backbone stages trained / of) and starting "
+          "weights; '-' = not recorded")
     if len({tuple(r.eval_set.keys) for r in results}) > 1:
         print("note: the runs were evaluated on different images (see 'images'); compare them with care")
     for r in results:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS",
+    "TRAINING_KEYS",
     "EvalError",
     "EvalSet",
     "EvalSettings",
@@ -62,10 +63,15 @@ __all__ = [
     "score",
     "sort_results",
     "table_rows",
+    "training_cost",
     "write_json",
 ]
 
 SPLITS = ("val", "test", "train", "all")
+# A checkpoint's ``training`` record (:func:`detect.runs.training_record`): how the run
+# started and what it cost up to that checkpoint.
+TRAINING_KEYS = ("mode", "weights", "trainable_layers", "max_trainable_layers", "epochs", "train_time_s",
+                 "final_loss", "peak_rss_mb", "peak_cuda_mb", "device")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -246,6 +252,7 @@ class RunResult:
     params: int | None = None
     checkpoint_bytes: int | None = None
     checkpoint_info: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None  # the checkpoint's ``training`` record (see TRAINING_KEYS)
     best: bool = False
 
 
@@ -464,14 +471,54 @@ def all_classes(results: Sequence[RunResult]) -> list[str]:
     return list(seen)
 
 
+def training_cost(r: RunResult) -> dict[str, Any]:
+    """What training the checkpoint cost and how it started, every key of
+    :data:`TRAINING_KEYS` present (None when not recorded: predictions files, checkpoints
+    from before these records)."""
+    recorded = r.training or {}
+    return {k: recorded.get(k) for k in TRAINING_KEYS}
+
+
+def _mode(cost: Mapping[str, Any]) -> str:
+    mode = cost.get("mode")
+    if not mode:
+        return "-"
+    short = {"from scratch": "scratch", "feature extraction": "features"}.get(mode, mode)
+    if mode == "from scratch" or cost.get("trainable_layers") is None:
+        return short
+    return f"{short} {cost['trainable_layers']}/{cost.get('max_trainable_layers') or '?'}"
+
+
+def _weights_from(cost: Mapping[str, Any]) -> str:
+    """The weights source, short: ``none``, ``coco``, ``imagenet``, or a checkpoint as ``run/file.pt``."""
+    w = cost.get("weights")
+    if not w:
+        return "-"
+    w = str(w)
+    if w.split(" ")[0] in ("none", "coco", "imagenet"):
+        return w.split(" ")[0]
+    parts = Path(w).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else w
+
+
 def table_rows(results: Sequence[RunResult], *, iou: float) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table (results already sorted, best first)."""
+    """Header and rows of the summary table (results already sorted, best first).
+
+    After accuracy and speed come the training costs the checkpoint records
+    (:func:`training_cost`): training minutes, peak resident memory of the training process
+    (and peak CUDA memory, when a run trained on a GPU), epochs trained, the final epoch's
+    mean training loss, the mode (``scratch``, ``fine-tuned N/M`` or ``features 0/M`` with
+    N of M backbone stages trained) and the weights it started from; ``-`` when not recorded.
+    """
     classes = all_classes(results)
     pct = f"{iou * 100:g}"
+    costs = [training_cost(r) for r in results]
+    gpu = any(cost["peak_cuda_mb"] is not None for cost in costs)
     header = ["run", "backbone", "images", f"VOC mAP{pct}", "COCO mAP", "COCO AP50", "COCO AP75",
-              *[show(c) for c in classes], "img/s", "ms/img", "params", "size"]
+              *[show(c) for c in classes], "img/s", "ms/img", "params", "size",
+              "train min", "peak MB", *(["GPU MB"] if gpu else []), "epochs", "final loss", "mode", "from"]
     rows = []
-    for r in results:
+    for r, cost in zip(results, costs):
         t = r.timing
         rows.append([
             ("* " if r.best else "  ") + r.name, r.backbone, str(len(r.eval_set.records)), _f(r.voc.map),
@@ -479,6 +526,10 @@ def table_rows(results: Sequence[RunResult], *, iou: float) -> tuple[list[str], 
             *[_f(r.voc.ap.get(c)) for c in classes],
             "-" if t is None else f"{t.images_per_second:.2f}", "-" if t is None else f"{t.ms_per_image:.0f}",
             _params(r.params), _size(r.checkpoint_bytes),
+            "-" if cost["train_time_s"] is None else f"{cost['train_time_s'] / 60:.1f}",
+            _f(cost["peak_rss_mb"], 0), *([_f(cost["peak_cuda_mb"], 0)] if gpu else []),
+            "-" if cost["epochs"] is None else str(cost["epochs"]), _f(cost["final_loss"]), _mode(cost),
+            show(_weights_from(cost)),
         ])
     return header, rows
 
@@ -564,6 +615,7 @@ def result_json(r: RunResult) -> dict[str, Any]:
         "params": r.params,
         "checkpoint_bytes": r.checkpoint_bytes,
         "checkpoint": r.checkpoint_info,
+        "training": training_cost(r),
     }
 
 

@@ -13,19 +13,36 @@ Per run, under ``DIR/<run>/``:
 ``ap_per_class.png``
     VOC AP and COCO AP@[.5:.95] per class, best at the top, worst at the bottom.
 ``hardest.png``
-    the images with most misses plus false alarms at ``--conf``, ground truth and
-    predictions drawn.
+    the images with most misses plus false alarms at ``--conf`` (:func:`select_hardest`),
+    ground truth and predictions drawn.
+``easiest.png``
+    the images the model is surest of (:func:`select_easiest`): every object found, no false
+    alarm at ``--conf``, ranked by the lowest score among their correct detections.
+``false_alarms.png``
+    the most confident false alarms (:func:`select_false_alarms`): detections at ``--conf``
+    or above that match no object, highest score first, each with why it is false (another
+    class, a duplicate, misplaced, or background).
 
-With several runs, ``DIR/comparison.png`` sets their per-class AP side by side.
+``DIR/training_curves.png`` draws the training curves of every run evaluated (train loss,
+val loss, val mAP@0.5 per epoch; :func:`plot_training_comparison`), and with several runs
+``DIR/comparison.png`` sets their per-class AP side by side.
+
+During training, :func:`plot_training_curves` draws a run's ``results.png`` from its
+``results.csv`` (:func:`read_results`). The line plots carry the numbers they draw in the
+PNG's text chunk ``plotted-data`` (:func:`read_plotted_data`), so a figure can be checked
+against its data.
 
 Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the original image throughout.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,14 +52,33 @@ matplotlib.use("Agg")  # files only; never a window, works without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from detect.evaluation import RunResult, class_rows  # noqa: E402
 from detect.fsutil import atomic_open, write_atomic  # noqa: E402
-from detect.metrics import ConfusionResult, Detections, GroundTruth, VocResult, match_image  # noqa: E402
+from detect.metrics import ConfusionResult, Detections, GroundTruth, VocResult, box_iou, match_image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plot_ap_bars", "plot_comparison", "plot_confusion", "plot_gallery", "plot_pr_curves", "write_report"]
+__all__ = [
+    "FalseAlarm",
+    "plot_ap_bars",
+    "plot_comparison",
+    "plot_confusion",
+    "plot_easiest",
+    "plot_false_alarms",
+    "plot_gallery",
+    "plot_pr_curves",
+    "plot_training_comparison",
+    "plot_training_curves",
+    "read_plotted_data",
+    "read_results",
+    "run_history",
+    "select_easiest",
+    "select_false_alarms",
+    "select_hardest",
+    "write_report",
+]
 
 _DPI = 110
 
@@ -146,6 +182,181 @@ def plot_ap_bars(voc: VocResult, path: Path, *, coco_per_class: dict[str, float 
     return _save(fig, path)
 
 
+# --------------------------------------------------------------------------------------
+# Galleries: hard, easy and false-alarm images. Each ``select_*`` function states its rule;
+# the ``plot_*`` functions draw what it selects.
+
+
+def _shown(d: Detections | None, key: str, score_threshold: float) -> Detections:
+    """The detections of image ``key`` at or above the threshold (an empty set when none)."""
+    if d is None:
+        return Detections(key, np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    keep = d.scores >= score_threshold
+    return Detections(d.image, d.boxes[keep], d.scores[keep], d.labels[keep])
+
+
+def select_hardest(truths: Sequence[GroundTruth], confusion: ConfusionResult, *, count: int = 6) -> list[int]:
+    """Indices into ``truths`` of the hardest images.
+
+    Rule: images with at least one miss or false alarm at the confusion's score threshold
+    (``confusion.per_image``), most misses plus false alarms first; ties in input order.
+    """
+    ranked = sorted(
+        ((fp + fn, i) for i, t in enumerate(truths)
+         for _, fp, fn in [confusion.per_image.get(t.image, (0, 0, 0))] if fp + fn > 0),
+        key=lambda x: (-x[0], x[1]),
+    )
+    return [i for _, i in ranked[:count]]
+
+
+def select_easiest(
+    truths: Sequence[GroundTruth], detections: Sequence[Detections], confusion: ConfusionResult, *,
+    classes: Sequence[str], count: int = 6,
+) -> list[tuple[int, float]]:
+    """``(index into truths, lowest correct score)`` of the images the model is surest of.
+
+    Rule: images with at least one object that is not ``difficult``, where at the
+    confusion's score threshold every such object is found and there is no false alarm;
+    ranked by the lowest score among their correct detections, highest first (the top
+    image is the one whose least certain find is still the most certain); ties in input
+    order.
+    """
+    by_image = {d.image: d for d in detections}
+    ranked = []
+    for i, t in enumerate(truths):
+        tp_count, fp, fn = confusion.per_image.get(t.image, (0, 0, 0))
+        if fp or fn or not (~t.difficult).any():
+            continue
+        shown = _shown(by_image.get(t.image), t.image, confusion.score_threshold)
+        tp, _, _ = match_image(t, shown, num_classes=len(classes), iou_threshold=confusion.iou_threshold)
+        if tp.any():
+            ranked.append((float(shown.scores[tp].min()), i))
+    ranked.sort(key=lambda x: (-x[0], x[1]))
+    return [(i, s) for s, i in ranked[:count]]
+
+
+@dataclass(frozen=True)
+class FalseAlarm:
+    """One detection at or above the score threshold that matches no object.
+
+    ``box`` is ``(xmin, ymin, xmax, ymax)`` in original-image pixels, ``label`` in ``1..K``;
+    ``kind`` is ``"wrong class"`` (it overlaps an object of another class at the IoU
+    threshold), ``"duplicate"`` (an object of its class it overlaps was already claimed by a
+    higher score), ``"misplaced"`` (best IoU with any object 0.1 up to the threshold) or
+    ``"background"``; ``why`` says it in words.
+    """
+
+    index: int  # into the truths
+    image: str
+    box: tuple[float, float, float, float]
+    label: int
+    score: float
+    kind: str
+    why: str
+
+
+def select_false_alarms(
+    truths: Sequence[GroundTruth], detections: Sequence[Detections], *, classes: Sequence[str],
+    score_threshold: float, iou_threshold: float, count: int = 6,
+) -> list[FalseAlarm]:
+    """The ``count`` most confident false alarms.
+
+    Rule: every detection with score >= ``score_threshold`` that VOC matching (as in
+    :func:`detect.metrics.match_image`, at ``iou_threshold``) neither counts as a true
+    positive nor ignores (on a ``difficult`` object); highest score first, ties by image
+    order, then detection order.
+    """
+    by_image = {d.image: d for d in detections}
+    found: list[tuple[float, int, int, FalseAlarm]] = []
+    for i, t in enumerate(truths):
+        shown = _shown(by_image.get(t.image), t.image, score_threshold)
+        if not len(shown.scores):
+            continue
+        tp, ignored, _ = match_image(t, shown, num_classes=len(classes), iou_threshold=iou_threshold)
+        ious = box_iou(shown.boxes, t.boxes) if len(t.boxes) else np.zeros((len(shown.scores), 0))
+        for j in np.flatnonzero(~tp & ~ignored):
+            label, score = int(shown.labels[j]), float(shown.scores[j])
+            kind, why = "background", "on background"
+            if ious.shape[1]:
+                g = int(np.argmax(ious[j]))
+                best, other = float(ious[j, g]), classes[int(t.labels[g]) - 1]
+                if best >= iou_threshold and int(t.labels[g]) != label:
+                    kind, why = "wrong class", f"wrong class: the object is a {other}"
+                elif best >= iou_threshold:
+                    kind, why = "duplicate", f"duplicate of a {other} already found"
+                elif best >= 0.1:  # rounded down, so 0.497 never reads as the 0.5 it missed
+                    kind, why = "misplaced", f"misplaced: IoU {math.floor(best * 100) / 100:.2f} with a {other}"
+            alarm = FalseAlarm(i, t.image, tuple(float(v) for v in shown.boxes[j]), label, score, kind, why)
+            found.append((-score, i, int(j), alarm))
+    found.sort(key=lambda x: x[:3])
+    return [a for *_, a in found[:count]]
+
+
+def _draw_image(ax, truth: GroundTruth, shown: Detections, image_path: Path, *, classes: Sequence[str],
+                iou_threshold: float, highlight: FalseAlarm | None = None, label_correct: bool = False) -> None:
+    """One panel: the image, ground truth found (green) or missed (yellow, thick), detections
+    correct (blue, dashed; labelled too with ``label_correct``) or false (red, labelled);
+    ``highlight`` in magenta, thick."""
+    from PIL import Image
+
+    tp, ignored, found = match_image(truth, shown, num_classes=len(classes), iou_threshold=iou_threshold)
+    try:
+        with Image.open(image_path) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+    except OSError as exc:
+        log.warning("gallery: cannot read %s: %s", image_path, exc)
+    for box, hit, diff in zip(truth.boxes, found, truth.difficult):
+        color, lw = ("limegreen", 1.5) if hit or diff else ("yellow", 3.0)
+        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
+                                       edgecolor=color, linewidth=lw, linestyle=":" if diff else "-"))
+    # Beside a highlighted false alarm the other detections are drawn faint.
+    faint = {"alpha": 0.35, "linewidth": 0.8} if highlight is not None else {"linewidth": 1.3}
+    for box, label, score, good, ign in zip(shown.boxes, shown.labels, shown.scores, tp, ignored):
+        color = "deepskyblue" if good or ign else "red"
+        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
+                                       edgecolor=color, linestyle="--" if good else "-", **faint))
+        if (label_correct or not good) and highlight is None:
+            ax.text(box[0], box[1] - 2, f"{classes[label - 1]} {score:.2f}", color="white", fontsize=6,
+                    va="bottom", bbox={"facecolor": "tab:blue" if good else color, "alpha": 0.7, "pad": 1,
+                                       "edgecolor": "none"})
+    if highlight is not None:
+        x0, y0, x1, y1 = highlight.box
+        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="magenta", linewidth=3.0))
+        # Inside the box's top-left corner, so it never runs into the panel's title.
+        ax.text(x0 + 2, y0 + 2, f"{classes[highlight.label - 1]} {highlight.score:.2f}", color="white", fontsize=7,
+                va="top", bbox={"facecolor": "magenta", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+
+
+_LEGEND = [
+    ("limegreen", "-", 1.5, "ground truth, found"),
+    ("yellow", "-", 3.0, "ground truth, missed"),
+    ("deepskyblue", "--", 1.3, "detection, correct"),
+    ("red", "-", 1.3, "detection, false (class score)"),
+]
+
+
+def _gallery(panels: Sequence[tuple[str, GroundTruth, Detections, Path, FalseAlarm | None]], path: Path, *,
+             classes: Sequence[str], iou_threshold: float, title: str, extra_legend=(),
+             label_correct: bool = False) -> Path:
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    # At least two panels wide, so the title and the legend fit above and below a single panel.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2 * cols, 10.4), 4.4 * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (caption, truth, shown, image_path, highlight) in zip(axes.ravel(), panels):
+        _draw_image(ax, truth, shown, image_path, classes=classes, iou_threshold=iou_threshold, highlight=highlight,
+                    label_correct=label_correct)
+        ax.set_title(caption, fontsize=9)
+    handles = [patches.Patch(edgecolor=c, fill=False, linestyle=ls, linewidth=lw,
+                             label=lab + (" (class score)" if label_correct and c == "deepskyblue" else ""))
+               for c, ls, lw, lab in [*_LEGEND, *extra_legend]]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, tight=False)
+
+
 def plot_gallery(
     truths: Sequence[GroundTruth],
     detections: Sequence[Detections],
@@ -157,59 +368,66 @@ def plot_gallery(
     count: int = 6,
     title: str = "",
 ) -> Path | None:
-    """The ``count`` images with the most misses plus false alarms at the confusion's score
-    threshold: ground truth found (green), missed (yellow, thick), detections that are true
-    positives (blue, dashed) and false alarms (red). None when no image has an error."""
-    from PIL import Image
-
+    """The hardest images (:func:`select_hardest`) at the confusion's score threshold:
+    ground truth found (green), missed (yellow, thick), detections that are true positives
+    (blue, dashed) and false alarms (red). None when no image has an error."""
     by_image = {d.image: d for d in detections}
-    ranked = sorted(
-        ((fp + fn, fn, fp, i) for i, t in enumerate(truths)
-         for _, fp, fn in [confusion.per_image.get(t.image, (0, 0, 0))] if fp + fn > 0),
-        key=lambda x: (-x[0], x[3]),
-    )[:count]
-    if not ranked:
+    chosen = select_hardest(truths, confusion, count=count)
+    if not chosen:
         return None
-    cols = min(3, len(ranked))
-    rows = math.ceil(len(ranked) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows + 0.6), squeeze=False, layout="constrained")
-    for ax in axes.ravel():
-        ax.axis("off")
-    k = len(classes)
-    for ax, (_, fn, fp, i) in zip(axes.ravel(), ranked):
+    panels = []
+    for i in chosen:
         t = truths[i]
-        d = by_image.get(t.image)
-        if d is None:
-            d = Detections(t.image, np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
-        keep = d.scores >= confusion.score_threshold
-        shown = Detections(d.image, d.boxes[keep], d.scores[keep], d.labels[keep])
-        tp, ignored, found = match_image(t, shown, num_classes=k, iou_threshold=confusion.iou_threshold)
-        try:
-            with Image.open(image_paths[i]) as im:
-                ax.imshow(np.asarray(im.convert("RGB")))
-        except OSError as exc:
-            log.warning("gallery: cannot read %s: %s", image_paths[i], exc)
-        for box, label, hit, diff in zip(t.boxes, t.labels, found, t.difficult):
-            color, lw = ("limegreen", 1.5) if hit or diff else ("yellow", 3.0)
-            ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
-                                           edgecolor=color, linewidth=lw, linestyle=":" if diff else "-"))
-        for box, label, score, good, ign in zip(shown.boxes, shown.labels, shown.scores, tp, ignored):
-            color = "deepskyblue" if good or ign else "red"
-            ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
-                                           edgecolor=color, linewidth=1.3, linestyle="--" if good else "-"))
-            if not good:
-                ax.text(box[0], box[1] - 2, f"{classes[label - 1]} {score:.2f}", color="white", fontsize=6,
-                        va="bottom", bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
-        ax.set_title(f"{t.image}: {fn} missed, {fp} false", fontsize=9)
-    handles = [
-        patches.Patch(edgecolor="limegreen", fill=False, label="ground truth, found"),
-        patches.Patch(edgecolor="yellow", fill=False, linewidth=3, label="ground truth, missed"),
-        patches.Patch(edgecolor="deepskyblue", fill=False, linestyle="--", label="detection, correct"),
-        patches.Patch(edgecolor="red", fill=False, label="detection, false (class score)"),
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(f"{title}  hardest images at score >= {confusion.score_threshold:g}".strip(), fontsize=11)
-    return _save(fig, path, tight=False)
+        _, fp, fn = confusion.per_image[t.image]
+        panels.append((f"{t.image}: {fn} missed, {fp} false", t,
+                       _shown(by_image.get(t.image), t.image, confusion.score_threshold), image_paths[i], None))
+    return _gallery(panels, path, classes=classes, iou_threshold=confusion.iou_threshold,
+                    title=f"{title}  hardest images: most misses + false alarms at score >= "
+                          f"{confusion.score_threshold:g}".strip())
+
+
+def plot_easiest(
+    truths: Sequence[GroundTruth], detections: Sequence[Detections], image_paths: Sequence[Path],
+    confusion: ConfusionResult, path: Path, *, classes: Sequence[str], count: int = 6, title: str = "",
+) -> tuple[Path | None, list[tuple[int, float]]]:
+    """The easiest images (:func:`select_easiest`), drawn like :func:`plot_gallery`; returns
+    the figure (None when no image has every object found and no false alarm) and the
+    selection."""
+    by_image = {d.image: d for d in detections}
+    chosen = select_easiest(truths, detections, confusion, classes=classes, count=count)
+    if not chosen:
+        return None, []
+    panels = []
+    for i, low in chosen:
+        t = truths[i]
+        n = int((~t.difficult).sum())
+        panels.append((f"{t.image}: {n}/{n} found, lowest score {low:.2f}", t,
+                       _shown(by_image.get(t.image), t.image, confusion.score_threshold), image_paths[i], None))
+    path = _gallery(panels, path, classes=classes, iou_threshold=confusion.iou_threshold,
+                    title=f"{title}  easiest images: all found, no false alarm at score >= "
+                          f"{confusion.score_threshold:g}, surest first".strip(), label_correct=True)
+    return path, chosen
+
+
+def plot_false_alarms(
+    truths: Sequence[GroundTruth], detections: Sequence[Detections], image_paths: Sequence[Path],
+    confusion: ConfusionResult, path: Path, *, classes: Sequence[str], count: int = 6, title: str = "",
+) -> tuple[Path | None, list[FalseAlarm]]:
+    """The most confident false alarms (:func:`select_false_alarms`), one panel each, the
+    alarm in magenta; returns the figure (None when there is no false alarm) and the alarms."""
+    alarms = select_false_alarms(truths, detections, classes=classes, score_threshold=confusion.score_threshold,
+                                 iou_threshold=confusion.iou_threshold, count=count)
+    if not alarms:
+        return None, []
+    by_image = {d.image: d for d in detections}
+    panels = [(f"{a.image}: {classes[a.label - 1]} {a.score:.2f}\n{a.why}", truths[a.index],
+               _shown(by_image.get(a.image), a.image, confusion.score_threshold), image_paths[a.index], a)
+              for a in alarms]
+    path = _gallery(panels, path, classes=classes, iou_threshold=confusion.iou_threshold,
+                    title=f"{title}  most confident false alarms (score >= {confusion.score_threshold:g}), "
+                          "highest score first".strip(),
+                    extra_legend=[("magenta", "-", 3.0, "this false alarm")])
+    return path, alarms
 
 
 def plot_comparison(results: Sequence[RunResult], path: Path) -> Path:
@@ -234,19 +452,216 @@ def plot_comparison(results: Sequence[RunResult], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path, *, tight: bool = True) -> Path:
+# --------------------------------------------------------------------------------------
+# Training curves
+
+
+# results.csv column -> (legend label, colour)
+_LOSS_LABELS = {
+    "loss": ("train loss (sum)", "black"),
+    "loss_classifier": ("train: box classifier", "tab:blue"),
+    "loss_box_reg": ("train: box regression", "tab:orange"),
+    "loss_objectness": ("train: RPN objectness", "tab:green"),
+    "loss_rpn_box_reg": ("train: RPN box regression", "tab:purple"),
+    "val_loss": ("val loss (sum)", "tab:red"),
+}
+_MAP_TITLE = "val mAP@0.5 per epoch"
+_LOSS_TITLE = "loss per epoch"
+_DATA_KEY = "plotted-data"
+
+
+def read_results(path: Path) -> list[dict[str, float | None]]:
+    """The rows of a ``results.csv`` as numbers (an empty or non-numeric cell is None),
+    sorted by epoch; ``[]`` when the file is missing or unreadable."""
+    try:
+        with Path(path).open(newline="") as fh:
+            raw = list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+    rows = []
+    for r in raw:
+        row: dict[str, float | None] = {}
+        for k, v in r.items():
+            try:
+                row[k] = float(v) if v not in (None, "") else None
+            except ValueError:
+                row[k] = None
+        if row.get("epoch") is not None:
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["epoch"])
+
+
+def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(int(r["epoch"]), float(r[key])) for r in rows
+           if r.get(key) is not None and r.get("epoch") is not None and math.isfinite(float(r[key]))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def best_epoch(rows: Sequence[dict[str, Any]]) -> tuple[int, float] | None:
+    """``(epoch, val mAP@0.5)`` of the first epoch with the highest val mAP@0.5 (the one
+    training keeps as ``best.pt``); None when no row has one."""
+    xs, ys = _series(rows, "val_map50")
+    if not ys:
+        return None
+    i = int(np.argmax(ys))
+    return xs[i], ys[i]
+
+
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs 1..last on the x axis (a single epoch too, which would get fractions)."""
+    ax.set_xlim(0.5, last + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> Path:
+    """A run's ``results.png``: the losses (train sum and components, val sum when
+    recorded) and val mAP@0.5 per epoch, the best epoch marked with a star and a dotted line.
+
+    ``rows`` are :func:`read_results` rows (``epoch`` 1-based, ``loss``, ``loss_*``,
+    ``val_loss``, ``val_map50``); missing values are left out of their curve.
+    """
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 5.0))
+    for key, (label, color) in _LOSS_LABELS.items():
+        xs, ys = _series(rows, key)
+        if not xs:
+            continue
+        main = key in ("loss", "val_loss")
+        ax_loss.plot(xs, ys, marker="o", markersize=4 if main else 3, linewidth=2.2 if main else 1.0,
+                     linestyle="--" if key == "val_loss" else "-", label=label, color=color,
+                     alpha=1.0 if main else 0.8)
+    xs, ys = _series(rows, "val_map50")
+    ax_map.plot(xs, ys, marker="o", markersize=4, linewidth=2.0, color="tab:blue", label="val mAP@0.5")
+    best = best_epoch(rows)
+    if best is not None:
+        ax_map.plot([best[0]], [best[1]], marker="*", markersize=16, color="gold", markeredgecolor="black",
+                    linestyle="none", label=f"best: epoch {best[0]}, mAP {best[1]:.3f}")
+        for ax in (ax_loss, ax_map):
+            ax.axvline(best[0], color="gray", linestyle=":", linewidth=1.0, label="_best epoch")
+    top = max(ys, default=0.0)
+    ax_map.set_ylim(0, min(1.05, max(0.1, top * 1.25)))
+    ax_loss.set_ylim(bottom=0)
+    last = max((int(r["epoch"]) for r in rows if r.get("epoch") is not None), default=1)
+    for ax, ylabel, t in ((ax_loss, "loss (mean over the epoch)", _LOSS_TITLE), (ax_map, "VOC mAP@0.5", _MAP_TITLE)):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(t, fontsize=10)
+        _epoch_axis(ax, last)
+        ax.grid(alpha=0.3)
+        # Below the axes: inside, a legend would hide the curves it explains.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.suptitle(title or "training curves", fontsize=11)
+    return _save(fig, path, embed=True)
+
+
+def run_history(r: RunResult) -> list[dict[str, Any]]:
+    """The per-epoch rows of the run a checkpoint comes from.
+
+    The checkpoint's own ``history`` (epochs up to the checkpoint's), extended by the
+    ``results.csv`` beside it when that file is of the same run: its first rows equal the
+    recorded history, or, for a checkpoint without history, the folder is named as the
+    run. ``[]`` for predictions files and runs without either.
+    """
+    info = r.checkpoint_info or {}
+    recorded = [dict(row) for row in info.get("history") or ()]
+    if r.kind != "checkpoint":
+        return recorded
+    beside = read_results(Path(r.source).parent / "results.csv")
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return all(a.get(k) is None or b.get(k) is None or math.isclose(float(a[k]), float(b[k]), rel_tol=1e-4, abs_tol=1e-6)
+                   for k in ("epoch", "loss", "val_map50"))
+
+    if recorded:
+        if len(beside) > len(recorded) and all(same(a, b) for a, b in zip(recorded, beside)):
+            return beside
+        return recorded
+    return beside if beside and info.get("run") == Path(r.source).parent.name else []
+
+
+def plot_training_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]], int | None]], path: Path, *,
+                             title: str = "") -> Path | None:
+    """The training curves of several runs on one figure: train loss, val loss (when any run
+    recorded it) and val mAP@0.5 per epoch, one colour per run, a star at the epoch of the
+    checkpoint evaluated. ``runs``: ``(name, rows, checkpoint epoch (1-based) or None)``;
+    None when no run has a history."""
+    runs = [(n, rows, e) for n, rows, e in runs if rows]
+    if not runs:
+        return None
+    keys = [("loss", "train loss (sum) per epoch", "loss (mean over the epoch)")]
+    if any(_series(rows, "val_loss")[0] for _, rows, _ in runs):
+        keys.append(("val_loss", "val loss (sum) per epoch", "loss (mean over val images)"))
+    keys.append(("val_map50", _MAP_TITLE, "VOC mAP@0.5"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.0 * len(keys), 4.8), squeeze=False, layout="constrained")
+    handles = []
+    for color, (name, rows, ckpt_epoch) in zip(_colors(len(runs)), runs):
+        for ax, (key, _, _) in zip(axes[0], keys):
+            xs, ys = _series(rows, key)
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6, color=color, label=name)
+            if ckpt_epoch in xs:
+                ax.plot([ckpt_epoch], [ys[xs.index(ckpt_epoch)]], marker="*", markersize=13, color=color,
+                        markeredgecolor="black", linestyle="none", label=f"{name}: checkpoint evaluated")
+        handles.append(line)
+    last = max((int(r["epoch"]) for _, rows, _ in runs for r in rows if r.get("epoch") is not None), default=1)
+    for ax, (key, t, ylabel) in zip(axes[0], keys):
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        _epoch_axis(ax, last)
+        ax.margins(y=0.1)  # room for the stars at the top
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    star = plt.Line2D([], [], marker="*", markersize=11, color="gray", markeredgecolor="black", linestyle="none",
+                      label="checkpoint evaluated")
+    fig.legend(handles=[*handles, star], loc="outside lower center", ncol=min(4, len(handles) + 1), fontsize=8,
+               frameon=False)
+    fig.suptitle(title or "training curves of the runs evaluated (each on its own training data)", fontsize=11)
+    return _save(fig, path, tight=False, embed=True)
+
+
+def _figure_data(fig) -> dict[str, Any]:
+    """What the figure's axes draw: axes title -> line label -> ``{"x": [...], "y": [...]}``
+    (lines whose label starts with ``_``, matplotlib's "not in the legend", are left out)."""
+    suptitle = fig._suptitle  # Figure.get_suptitle() needs matplotlib 3.8; we support 3.7
+    data: dict[str, Any] = {"title": suptitle.get_text() if suptitle is not None else "", "axes": {}}
+    for ax in fig.axes:
+        lines = {}
+        for line in ax.get_lines():
+            label = str(line.get_label())
+            if label.startswith("_"):
+                continue
+            lines[label] = {"x": [float(v) for v in line.get_xdata()], "y": [float(v) for v in line.get_ydata()]}
+        data["axes"][ax.get_title()] = lines
+    return data
+
+
+def read_plotted_data(path: Path) -> dict[str, Any]:
+    """The numbers a line plot of this module drew (see :func:`_figure_data`), read back
+    from its PNG; ``{}`` when it carries none."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = getattr(im, "text", {}).get(_DATA_KEY)
+    return json.loads(text) if text else {}
+
+
+def _save(fig, path: Path, *, tight: bool = True, embed: bool = False) -> Path:
+    """Write the figure as PNG, atomically; ``embed``: with its line data as a text chunk."""
     try:
         if tight:
             fig.tight_layout()
+        metadata = {_DATA_KEY: json.dumps(_figure_data(fig))} if embed else None
         with atomic_open(path, "wb", fsync=False) as fh:
-            fig.savefig(fh, format="png", dpi=_DPI)
+            fig.savefig(fh, format="png", dpi=_DPI, metadata=metadata)
     finally:
         plt.close(fig)
     return path
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1) -> str:
+    """A Markdown table; the first ``left`` columns left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -264,7 +679,10 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
         f"Split `{settings['split']}`; VOC AP at IoU >= {iou:g}, {metric}; COCO numbers by pycocotools; "
         f"precision/recall/F1, confusion matrix and hardest images at score >= {conf:g}. "
         f"Speed: model time per image on `{settings['device']}`, batch {settings['batch_size']}, first batch "
-        "excluded. `*` marks the best VOC mAP; `-` means no ground truth (absent, not 0).",
+        "excluded. `*` marks the best VOC mAP; `-` means no ground truth (absent, not 0). Training cost, "
+        "as each checkpoint records it: minutes, peak memory of the training process (MB), epochs, mean "
+        "training loss of the last epoch, mode (backbone stages trained / of) and starting weights; `-` "
+        "where a checkpoint records none.",
         "",
         table_markdown,
         "",
@@ -272,6 +690,28 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
     if len(results) > 1:
         plot_comparison(results, out_dir / "comparison.png")
         md += ["![runs compared](comparison.png)", ""]
+    histories = [(r.name, run_history(r), (r.checkpoint_info or {}).get("epoch")) for r in results]
+    histories = [(n, rows, None if e is None else int(e) + 1) for n, rows, e in histories]
+    curves = plot_training_comparison(histories, out_dir / "training_curves.png")
+    if curves is not None:
+        drawn = [n for n, rows, _ in histories if rows]
+        md += [
+            f"Training curves of {', '.join(drawn)} (from each checkpoint's recorded history and the "
+            "`results.csv` beside it; each run on its own training data; the star marks the epoch of "
+            "the checkpoint evaluated):",
+            "",
+            "![training curves](training_curves.png)",
+            "",
+        ]
+    md += [
+        "Image galleries, per run: **hardest**: the images with the most misses plus false alarms at "
+        f"score >= {conf:g}; **easiest**: images where every (non-difficult) object is found and nothing "
+        f"else is detected at score >= {conf:g}, ranked by the lowest score among their correct "
+        "detections, highest first; **most confident false alarms**: detections at score >= "
+        f"{conf:g} that match no object at IoU >= {iou:g}, highest score first, each with why it is "
+        "false (another class, a duplicate, misplaced, or background).",
+        "",
+    ]
     used: set[str] = set()
     for r in results:
         slug = _slug(r.name)
@@ -283,8 +723,13 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
         plot_pr_curves(r.voc, run_dir / "pr_curves.png", confusion=r.confusion, title=title)
         plot_confusion(r.confusion, run_dir / "confusion.png", title=title)
         plot_ap_bars(r.voc, run_dir / "ap_per_class.png", coco_per_class=r.coco.per_class, title=f"{title}: AP per class")
-        gallery = plot_gallery(r.truths, r.detections, r.eval_set.image_paths, r.confusion,
+        paths = r.eval_set.image_paths
+        gallery = plot_gallery(r.truths, r.detections, paths, r.confusion,
                                run_dir / "hardest.png", classes=r.classes, title=title)
+        easiest, chosen = plot_easiest(r.truths, r.detections, paths, r.confusion, run_dir / "easiest.png",
+                                       classes=r.classes, title=title)
+        alarms_png, alarms = plot_false_alarms(r.truths, r.detections, paths, r.confusion,
+                                               run_dir / "false_alarms.png", classes=r.classes, title=title)
         header, rows = class_rows(r)
         c = r.confusion
         cm_rows = [[c.labels[i], *[str(int(v)) for v in c.matrix[i]]] for i in range(len(c.labels))]
@@ -309,4 +754,17 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
             md += [f"![hardest images]({slug}/hardest.png)", ""]
         else:
             md += ["No image has a miss or a false alarm at this threshold.", ""]
+        if easiest is not None:
+            listed = ", ".join(f"`{r.truths[i].image}` ({low:.2f})" for i, low in chosen)
+            md += [f"Easiest images (lowest correct score): {listed}", "", f"![easiest images]({slug}/easiest.png)", ""]
+        else:
+            md += ["No image has every object found without a false alarm at this threshold.", ""]
+        if alarms_png is not None:
+            md += ["Most confident false alarms:", "",
+                   _md_table(["image", "detected as", "why", "score"],
+                             [[f"`{a.image}`", r.classes[a.label - 1], a.why, f"{a.score:.3f}"] for a in alarms],
+                             left=3),
+                   "", f"![most confident false alarms]({slug}/false_alarms.png)", ""]
+        else:
+            md += ["No false alarm at this threshold.", ""]
     return write_atomic(out_dir / "report.md", "\n".join(md))

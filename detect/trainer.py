@@ -51,6 +51,7 @@ from detect.engine import (
     seed_everything,
     seed_worker,
     train_one_epoch,
+    validation_loss,
 )
 from detect.errors import DetectError, UsageError, show
 from detect.layout import DatasetFiles, discover, read_classes, resolve_splits
@@ -59,7 +60,7 @@ from detect.fsutil import check_writable
 from detect.model import WEIGHT_CHOICES, anchors_per_location, build_model, describe_anchors
 from detect.options import Number
 from detect.records import Record, check_classes, class_names_from, ground_truths, load_records, median_image_size
-from detect.runs import RunFolder, join_numbers
+from detect.runs import RunFolder, join_numbers, training_mode, training_record
 
 log = logging.getLogger(__name__)
 
@@ -543,6 +544,13 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
         # torchvision's linear scaling rule for SGD: 0.02 at 16 images a step, all processes together.
         cfg.lr = 0.02 * cfg.batch_size * dist.world / 16 if cfg.optimizer == "sgd" else 0.001
     weights_source = "resumed" if ckpt else model.weights_report.source
+    # How the run started, for the comparison table; a resumed run keeps its record (one
+    # from before these records knows its weights only when they were not "auto").
+    earlier = (ckpt or {}).get("training")
+    mode = earlier or training_mode(
+        weights=model.weights_report.source if not ckpt else None if cfg.weights == "auto" else cfg.weights,
+        backbone=cfg.backbone, trainable_layers=model.config["trainable_layers"])
+    final_loss = (earlier or {}).get("final_loss")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     if dist.active and cfg.sync_bn:
@@ -624,11 +632,16 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                 iterations += state.iteration - done_before
                 dist.sync_buffers(model)
                 t0 = time.perf_counter()
-                val_map, val_stopped = None, False
+                val_map, val_loss, val_stopped = None, None, False
                 if complete and data.val and dist.main and not stop():
                     val_map = evaluate(model, val_loader, truths, data.classes, device, stop=stop)
                     val_stopped = val_map is None
-                val_map, val_stopped = dist.broadcast((val_map, val_stopped))
+                    if not val_stopped:
+                        val_losses = validation_loss(model, val_loader, device, seed=cfg.seed * 10_000 + epoch,
+                                                     amp_dtype=amp_dtype, stop=stop)
+                        val_stopped = val_losses is None
+                        val_loss = None if val_stopped else val_losses.get("loss")
+                val_map, val_loss, val_stopped = dist.broadcast((val_map, val_loss, val_stopped))
                 if not complete or val_stopped or stop_now(force=True):
                     if state.rng is None:  # stopped after the last batch: validation is what remains
                         state.rng = capture_rng()
@@ -637,7 +650,9 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                         run.save("last", model_state=model.state_dict(), epoch=last_done,
                                  metrics={"map50": None, "best_map50": best_map, "best_epoch": best_epoch + 1,
                                           "interrupted": True},
-                                 train_state=train_state(state, rngs))
+                                 train_state=train_state(state, rngs),
+                                 training=training_record(mode, epochs=last_done + 1, train_time=train_time,
+                                                          final_loss=final_loss, device=device, earlier=earlier))
                     status, stopped_in = "interrupted", epoch + 1
                     break
                 epoch_time = state.seconds + time.perf_counter() - t0
@@ -645,7 +660,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                 lr = optimizer.param_groups[0]["lr"]
                 losses = state.means()
                 run.add_epoch({"epoch": epoch + 1, **{k: round(losses.get(k, 0.0), 5) for k in ("loss", *LOSS_KEYS)},
-                               "lr": f"{lr:.6g}", "val_map50": "" if val_map is None else round(val_map, 5),
+                               "lr": f"{lr:.6g}", "val_loss": "" if val_loss is None else round(val_loss, 5),
+                               "val_map50": "" if val_map is None else round(val_map, 5),
                                "epoch_time_s": round(epoch_time, 1)})
                 # Without a val split the last epoch is the best one can say.
                 improved = val_map is None or val_map > best_map
@@ -653,12 +669,16 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                     best_map, best_epoch = (best_map if val_map is None else val_map), epoch
                 metrics = {"map50": val_map, "best_map50": best_map if data.val else None, "best_epoch": best_epoch + 1}
                 state_dict = model.state_dict()
+                final_loss = losses.get("loss")
+                cost = training_record(mode, epochs=epoch + 1, train_time=train_time, final_loss=final_loss,
+                                       device=device, earlier=earlier)
                 with stop.save():
                     # best.pt first: last.pt records the best epoch, so it must never be on
                     # disk before the best.pt it describes.
                     if improved:
-                        run.save("best", model_state=state_dict, epoch=epoch, metrics=metrics)
-                    run.save("last", model_state=state_dict, epoch=epoch, metrics=metrics, train_state=train_state())
+                        run.save("best", model_state=state_dict, epoch=epoch, metrics=metrics, training=cost)
+                    run.save("last", model_state=state_dict, epoch=epoch, metrics=metrics, train_state=train_state(),
+                             training=cost)
                 last_done = epoch
                 shown = "-  (no val split)" if val_map is None else f"{val_map:.4f}{' *' if improved else ''}"
                 wait = f"  data wait {100 * state.data_seconds / max(state.seconds, 1e-9):.0f}%" if progress else ""
@@ -765,7 +785,8 @@ def _repair_best(run: RunFolder, ckpt: dict[str, Any], best_epoch: int, partial:
     that holds the best epoch, else start the best over. Returns the best mAP and epoch."""
     if best_epoch == ckpt["epoch"] and partial is None:
         run.save("best", model_state=ckpt["model"], epoch=ckpt["epoch"],
-                 metrics={k: v for k, v in ckpt["metrics"].items() if k != "interrupted"})
+                 metrics={k: v for k, v in ckpt["metrics"].items() if k != "interrupted"},
+                 training=ckpt.get("training"))
         echo(f"{run.best} was missing; restored it from last.pt (epoch {best_epoch + 1})", err=True)
         return ckpt["train_state"]["best_map50"], best_epoch
     echo(f"{run.best} is missing and its weights (epoch {best_epoch + 1}) are lost; the next finished epoch "

@@ -86,9 +86,9 @@ def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_pat
 
     def interrupting(batch):
         calls["n"] += 1
-        # 6 images: 5 train (2 full batches of 2) and 1 val (1 batch) in epoch 1; then
-        # the first batch of epoch 2.
-        if calls["n"] == 2 + 1 + 1:
+        # 6 images: 5 train (2 full batches of 2) and 1 val (1 batch for the mAP, 1 for the
+        # val loss) in epoch 1; then the first batch of epoch 2.
+        if calls["n"] == 2 + 1 + 1 + 1:
             raise KeyboardInterrupt
         return collate(batch)
 
@@ -117,6 +117,9 @@ def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_pat
     assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
     rows = list(csv.DictReader((cut / "mobilenet" / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    # The val loss depends on the weights only, so the resumed run's matches too.
+    straight_rows = list(csv.DictReader((straight / "mobilenet" / "results.csv").open()))
+    assert rows[1]["val_loss"] == straight_rows[1]["val_loss"] != ""
 
 
 def test_nan_loss_stops_with_epoch_iteration_and_files(small: Path, tmp_path: Path, capsys) -> None:
