@@ -32,8 +32,8 @@ class Backbone:
         name: the ``--backbone`` value.
         title: what it is, for people.
         family: how :mod:`detect.model` turns the classifier into FPN features
-            (``"mobilenet"``: torchvision's ``_mobilenet_extractor``; ``"resnet"``:
-            ``_resnet_fpn_extractor``).
+            (``"mobilenet"``: an FPN on the ``feature_blocks`` of the classifier's
+            ``features``; ``"resnet"``: torchvision's ``_resnet_fpn_extractor``).
         classifier: the ``torchvision.models`` builder of the classification network.
         feature_strides: stride, in input pixels, of each feature map the RPN sees.
         base_sizes: base anchor size of each level, in pixels of the resized input;
@@ -44,6 +44,8 @@ class Backbone:
         coco_weights: torchvision's COCO detector weights for this backbone.
         imagenet_weights: torchvision's ImageNet classifier weights.
         detector_defaults: keyword arguments torchvision's detector uses with it.
+        feature_blocks: (``mobilenet`` family) indices into the classifier's ``features``
+            whose outputs feed the FPN, one per level below the extra max-pool level.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Backbone:
     coco_weights: str
     imagenet_weights: str
     detector_defaults: Mapping[str, Any] = field(default_factory=dict)
+    feature_blocks: tuple[int, ...] = ()
 
     @property
     def levels(self) -> int:
@@ -71,12 +74,17 @@ BACKBONES: dict[str, Backbone] = {
             title="MobileNetV3-Large-FPN",
             family="mobilenet",
             classifier="mobilenet_v3_large",
-            # torchvision's MobileNetV3-FPN: two maps at stride 32 plus the extra max-pool
-            # level, so its bases are smaller per level and its default scales wider.
-            feature_strides=(32, 32, 64),
-            base_sizes=(32, 64, 128),
-            # Doublings: 32 .. 512 px over three levels, the range torchvision's own model covers.
-            default_scales=(1.0, 2.0, 4.0),
+            # The last block of each of strides 8, 16 and 32 (blocks 6, 12, 16: 40, 112 and
+            # 960 channels) plus the extra max-pool level. torchvision's MobileNetV3-FPN
+            # feeds only stride 32 (two maps) and stride 64: at 256 px an 8x8 grid, too
+            # coarse for bottles 15 px wide. This layout was the biggest single lever on the
+            # demo (README, "The demo recipe"). Checkpoints from before it rebuild the old
+            # layout (detect.model.LEGACY_MOBILENET).
+            feature_strides=(8, 16, 32, 64),
+            base_sizes=(16, 32, 64, 128),
+            feature_blocks=(6, 12, 16),
+            # Half octaves within a level, one octave between levels: 16 .. 256 px.
+            default_scales=(1.0, 1.41, 2.0),
             max_trainable_layers=6,
             coco_weights="FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1",
             imagenet_weights="MobileNet_V3_Large_Weights.IMAGENET1K_V1",

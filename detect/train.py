@@ -26,7 +26,7 @@ from detect.backbones import BACKBONES
 from detect.dataset import AUGMENT_CHOICES, CACHE_CHOICES
 from detect.errors import DetectError, printable
 from detect.logs import setup_logging
-from detect.model import WEIGHT_CHOICES
+from detect.model import FPN_NORMS, WEIGHT_CHOICES
 from detect.options import CliParser, add_device_option, given_options, number_list
 from detect.trainer import TrainConfig, TrainResult, resume_config, train
 
@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rpn-pre-nms", type=int, help="proposals kept per level before NMS (training and inference)")
     g.add_argument("--rpn-post-nms", type=int, help="proposals kept after NMS (training and inference)")
     g.add_argument("--rpn-batch", type=int, help="anchors sampled per image for the RPN loss")
-    g.add_argument("--roi-batch", type=int, help="proposals sampled per image for the box-head loss")
+    g.add_argument("--roi-batch", type=int, help="proposals sampled per image for the box-head loss (demo: 64, data: 512)")
+    g.add_argument("--box-head-dim", type=int, help="width of the box head's two layers (demo: 256; data: 1024, what COCO weights fit)")
+    g.add_argument("--roi-sampling-ratio", type=int, help="RoIAlign samples per bin side (demo: 1; data: 2)")
+    g.add_argument("--fpn-norm", choices=FPN_NORMS, help="normalisation after the FPN convolutions (demo: gn, which trains "
+                   "faster from scratch; data: none, torchvision's, what COCO weights fit)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep decoded, resized images in RAM (per loader process) or on disk (.cache/decoded)")
     g.add_argument("--aspect-grouping", action=argparse.BooleanOptionalAction, default=_DEFAULTS.aspect_grouping,
                    help="batch landscape and portrait images apart (less padding)")
+    g.add_argument("--val-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure the loss on the val split after each epoch, for results.csv and results.png "
+                        "(demo: off, to fit 10 minutes; data: on)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")

@@ -417,9 +417,10 @@ def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypat
     args = ["--epochs", "2", "--seed", "5"]
     straight = tmp_path / "straight"
     assert train(small, straight, *args) == 0
-    # 5 train images in batches of 2 (2 batches an epoch) and 1 val batch: call 5 is the
-    # second batch of epoch 2, so one step of epoch 2 is done when Ctrl-C comes.
-    _interrupt_at(monkeypatch, 5)
+    # 5 train images in batches of 2 (2 batches an epoch) and 1 val batch, read twice (val
+    # mAP, val loss): call 6 is the second batch of epoch 2, so one step of epoch 2 is done
+    # when Ctrl-C comes.
+    _interrupt_at(monkeypatch, 6)
     cut = tmp_path / "cut"
     assert train(small, cut, *args) == 130
     assert "where epoch 2 stopped" in capsys.readouterr().err

@@ -16,11 +16,14 @@ from detect.model import (
     anchors_per_location,
     build_model,
     describe_anchors,
+    feature_strides,
     make_anchor_generator,
+    model_from_checkpoint,
 )
+from detect.backbones import get_backbone
 
 
-@pytest.mark.parametrize("backbone,levels", [("mobilenet", 3), ("resnet50", 5)])
+@pytest.mark.parametrize("backbone,levels", [("mobilenet", 4), ("resnet50", 5)])
 def test_nine_anchors_per_location(backbone: str, levels: int) -> None:
     model = build_model(backbone=backbone, num_classes=5, input_size=128)
     assert anchors_per_location(model) == [9] * levels
@@ -38,9 +41,9 @@ def test_nine_anchors_per_location(backbone: str, levels: int) -> None:
 
 def test_custom_anchor_layout_and_description() -> None:
     gen = make_anchor_generator(backbone="mobilenet", scales=[1, 2], ratios=[0.5, 1, 2, 3])
-    assert gen.num_anchors_per_location() == [8, 8, 8]
+    assert gen.num_anchors_per_location() == [8, 8, 8, 8]
     text = describe_anchors(gen)
-    assert "level 0: sizes 32/64 px x ratios 0.5/1/2/3 = 8 anchors/location" in text
+    assert "level 0: sizes 16/32 px x ratios 0.5/1/2/3 = 8 anchors/location" in text
 
 
 def test_config_rebuilds_same_architecture() -> None:
@@ -48,6 +51,46 @@ def test_config_rebuilds_same_architecture() -> None:
     again = build_model(**model.config)
     assert [k for k in model.state_dict()] == [k for k in again.state_dict()]
     assert again.rpn.fg_bg_sampler.batch_size_per_image == 64 and again.transform.max_size == 160
+
+
+def test_mobilenet_features_at_strides_8_to_64() -> None:
+    model = build_model(backbone="mobilenet", num_classes=3, input_size=128).eval()
+    images, _ = model.transform([torch.rand(3, 128, 128)])
+    feats = model.backbone(images.tensors)
+    # The backbone table's strides, and what the feature maps really are.
+    assert feature_strides(model.config) == get_backbone("mobilenet").feature_strides == (8, 16, 32, 64)
+    assert [f.shape[-1] for f in feats.values()] == [128 // s for s in (8, 16, 32, 64)]
+    assert model.config["feature_blocks"] == [6, 12, 16]
+
+
+def test_demo_head_options_build_what_they_say() -> None:
+    model = build_model(backbone="mobilenet", num_classes=3, input_size=128, fpn_norm="gn", box_head_dim=256,
+                        roi_sampling_ratio=1)
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.fpn.modules()) == 6  # 3 inner + 3 output
+    assert model.roi_heads.box_head.fc7.out_features == 256 and model.roi_heads.box_predictor.cls_score.in_features == 256
+    assert model.roi_heads.box_roi_pool.sampling_ratio == 1
+    again = build_model(**model.config)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in again.state_dict().items()]
+    with pytest.raises(ValueError, match="fpn_norm"):
+        build_model(backbone="mobilenet", num_classes=3, fpn_norm="bn")
+
+
+def test_checkpoints_from_before_the_fine_layout_rebuild_as_they_were(tmp_path: Path) -> None:
+    # Such a checkpoint's model_config has no feature_blocks or anchor_base_sizes: it was
+    # torchvision's MobileNet extractor (stride 32, 32, 64) with base anchors 32, 64, 128.
+    old = build_model(backbone="mobilenet", num_classes=3, input_size=128, feature_blocks=[], anchor_scales=[1, 2, 4])
+    config = {k: v for k, v in old.config.items() if k not in ("feature_blocks", "anchor_base_sizes", "fpn_norm",
+                                                                "box_head_dim", "roi_sampling_ratio")}
+    rebuilt, _ = model_from_checkpoint({"model_config": config, "model": old.state_dict()})
+    assert rebuilt.rpn.anchor_generator.sizes == ((32, 64, 128), (64, 128, 256), (128, 256, 512))
+    assert feature_strides(config) == (32, 32, 64)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), old.state_dict().values()))
+    # And as a starting point for the fine layout, its top FPN level carries over.
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    new = build_model(backbone="mobilenet", num_classes=3, input_size=128, weights=str(tmp_path / "old.pt"))
+    assert torch.equal(new.state_dict()["backbone.fpn.inner_blocks.2.0.weight"],
+                       old.state_dict()["backbone.fpn.inner_blocks.1.0.weight"])
+    assert "backbone.fpn.inner_blocks.0.0.weight" in new.weights_report.reinitialised
 
 
 def test_bad_arguments() -> None:
@@ -91,8 +134,21 @@ def test_coco_weights_from_hub_cache_reinitialise_mismatched_layers(torch_home: 
     # Loaded tensors carry the cached values; re-initialised ones do not.
     state = stock.state_dict()
     assert torch.equal(model.state_dict()["rpn.head.conv.0.0.weight"], state["rpn.head.conv.0.0.weight"])
-    assert torch.equal(model.state_dict()["backbone.fpn.inner_blocks.0.0.weight"], state["backbone.fpn.inner_blocks.0.0.weight"])
-    assert "re-initialised: roi_heads.box_predictor.bbox_pred, roi_heads.box_predictor.cls_score, rpn.head" in report.summary()
+    # torchvision's COCO MobileNet has two FPN levels (stride 32, from blocks 13 and 16), ours
+    # three (blocks 6, 12, 16): they are matched from the top, so the stride-32 block of
+    # 960 channels and the top two output convolutions load, and the finer ones start
+    # afresh and are listed.
+    own = model.state_dict()
+    assert torch.equal(own["backbone.fpn.inner_blocks.2.0.weight"], state["backbone.fpn.inner_blocks.1.0.weight"])
+    assert torch.equal(own["backbone.fpn.layer_blocks.2.0.weight"], state["backbone.fpn.layer_blocks.1.0.weight"])
+    assert torch.equal(own["backbone.fpn.layer_blocks.1.0.weight"], state["backbone.fpn.layer_blocks.0.0.weight"])
+    assert {"backbone.fpn.inner_blocks.0.0.weight", "backbone.fpn.inner_blocks.1.0.weight",
+            "backbone.fpn.layer_blocks.0.0.weight"} <= reinit
+    assert "backbone.fpn.inner_blocks.2.0.weight" not in reinit
+    # The box head has COCO's width by default, so it loads too.
+    assert torch.equal(own["roi_heads.box_head.fc6.weight"], state["roi_heads.box_head.fc6.weight"])
+    summary = report.summary()
+    assert "backbone.fpn.inner_blocks.0.0" in summary and "rpn.head.cls_logits" in summary
     # Pretrained weights mean frozen batch norm and 3 trainable stages by default.
     assert model.config["frozen_bn"] is True and model.config["trainable_layers"] == 3
 

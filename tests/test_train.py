@@ -139,6 +139,8 @@ def test_nan_loss_stops_with_epoch_iteration_and_files(small: Path, tmp_path: Pa
         (["--data", "{empty}"], "no .xml annotation files"),
         (["--data", "{data}", "--weights", "missing.pt"], "--weights missing.pt: not one of auto"),
         (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--data", "{data}", "--box-head-dim", "0"], "--box-head-dim must be"),
+        (["--data", "{data}", "--roi-sampling-ratio", "-1"], "--roi-sampling-ratio must be"),
         (["--data", "{data}", "--classes", "{data}/nope.txt"], "cannot read the classes file"),
         (["--resume", "/no/such/last.pt"], "no such checkpoint"),
     ],
@@ -201,10 +203,13 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
 
 def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
     demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
-    assert (demo.input_size, demo.epochs, demo.anchor_ratios) == (256, 8, [0.5, 1.5, 3.0])
+    assert (demo.input_size, demo.epochs, demo.anchor_ratios, demo.val_loss) == (256, 11, [0.5, 1.5, 3.0], False)
+    assert (demo.fpn_norm, demo.box_head_dim, demo.roi_sampling_ratio, demo.roi_batch) == ("gn", 256, 1, 64)
     data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
     # A user's data gets its input size from its images (prepare_data), not a fixed 640.
     assert (data.input_size, data.anchor_ratios) == (None, [1.0, 2.0])
+    # The box head and FPN COCO weights fit.
+    assert (data.fpn_norm, data.box_head_dim, data.roi_sampling_ratio, data.val_loss) == ("none", 1024, 2, True)
     given = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--input-size", "320"])))
     assert given.input_size == 320
 

@@ -1,7 +1,8 @@
 """Training speed on this machine: our loop against a plain tutorial loop, side by side.
 
     python tools/benchmark.py                          # throughput, data wait, peak memory
-    python tools/benchmark.py --time-to-map 0.3        # ... and the time each loop needs to that val mAP
+    python tools/benchmark.py --time-to-map 0.25       # ... and the time each loop needs to that val mAP
+    python tools/benchmark.py --profile --repeats 1    # ... and where a step of ours spends its time
     python tools/benchmark.py --model-only --sizes 256 320 --backbone mobilenet resnet50
 
 Both loops train the same model (the demo recipe's, from the same initialisation) on the
@@ -38,12 +39,15 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 import torch  # noqa: E402
 
 from detect.backbones import BACKBONES  # noqa: E402
-from detect.model import build_model, count_parameters  # noqa: E402
+from detect.model import LEGACY_MOBILENET, build_model, count_parameters  # noqa: E402
 
 # The recipe the demo trained with before the speed work (README "The demo recipe",
-# 0.296 val mAP@0.5 after 8 epochs): the reference for the time-to-mAP comparison.
-REFERENCE_RECIPE = dict(input_size=256, anchor_ratios=[0.5, 1.5, 3.0], rpn_pre_nms=600, rpn_post_nms=300,
-                        rpn_batch=128, roi_batch=128, epochs=8, batch_size=4, augment="light", cache="none")
+# 0.296 val mAP@0.5 after 8 epochs), on the model of that time (torchvision's MobileNet
+# extractor, REFERENCE_MODEL): the reference for the time-to-mAP comparison.
+REFERENCE_RECIPE = dict(input_size=256, anchor_ratios=[0.5, 1.5, 3.0], anchor_scales=[1.0, 2.0, 4.0], rpn_pre_nms=600,
+                        rpn_post_nms=300, rpn_batch=128, roi_batch=128, box_head_dim=1024, roi_sampling_ratio=2,
+                        fpn_norm="none", epochs=8, batch_size=4, augment="light", cache="none")
+REFERENCE_MODEL = LEGACY_MOBILENET
 
 
 # --------------------------------------------------------------------------------------
@@ -57,6 +61,9 @@ def _setup(recipe: dict | None, seed: int):
     cfg, data = trainer.prepare_data(cfg)
     torch.manual_seed(seed)
     model = trainer.model_for_config(cfg, len(data.classes) + 1)
+    if recipe is REFERENCE_RECIPE:
+        torch.manual_seed(seed)
+        model = build_model(**{**model.config, **REFERENCE_MODEL})
     return cfg, data, model
 
 
@@ -192,6 +199,71 @@ def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str,
             "epochs": cfg.epochs, "input_size": cfg.input_size, **_peak()}
 
 
+def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
+    """Where one training step of the demo recipe spends its time: forward hooks on the
+    model's parts, and the loop's own phases (data, forward, backward, optimizer)."""
+    from collections import defaultdict
+
+    from detect import engine, trainer
+
+    device = torch.device(device_name)
+    cfg, data, model = _setup(None, seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = engine.make_optimizer(cfg.optimizer or "adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+    _, loader, _, _, _ = trainer.make_loaders(cfg, data, device=device)
+    seconds: dict[str, float] = defaultdict(float)
+
+    def hook(module, name):
+        module.register_forward_pre_hook(lambda m, a: setattr(m, "_t0", time.perf_counter()))
+        module.register_forward_hook(lambda m, a, o: seconds.__setitem__(name, seconds[name] + time.perf_counter() - m._t0))
+
+    parts = {"forward: resize + normalise": model.transform, "forward: backbone trunk": model.backbone.body,
+             "forward: FPN": model.backbone.fpn, "forward: RPN": model.rpn, "forward: RoI heads": model.roi_heads,
+             "  of which RoIAlign": model.roi_heads.box_roi_pool, "  of which box head": model.roi_heads.box_head}
+    for name, module in parts.items():
+        hook(module, name)
+    it = iter(loader)
+    for step in range(warmup + steps):
+        if step == warmup:
+            seconds.clear()
+        t0 = time.perf_counter()
+        try:
+            images, targets, _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            images, targets, _ = next(it)
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        t1 = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        t2 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        optimizer.step()
+        t4 = time.perf_counter()
+        for name, dt in (("data", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
+                         ("clip + optimizer step", t4 - t3), ("step", t4 - t0)):
+            seconds[name] += dt
+    return {"steps": steps, "batch": cfg.batch_size, "input_size": cfg.input_size,
+            "ms": {k: 1000 * v / steps for k, v in seconds.items()}}
+
+
+def print_profile(p: dict) -> None:
+    total = p["ms"]["step"]
+    print(f"\nwhere a training step goes (demo recipe, {p['input_size']} px, batch {p['batch']}, "
+          f"{p['steps']} steps after warm-up)")
+    order = ["data", "forward", "forward: resize + normalise", "forward: backbone trunk", "forward: FPN",
+             "forward: RPN", "forward: RoI heads", "  of which RoIAlign", "  of which box head", "backward",
+             "clip + optimizer step", "step"]
+    for name in order:
+        ms = p["ms"].get(name, 0.0)
+        print(f"  {name:<30} {ms:8.1f} ms  {100 * ms / total:5.1f} %")
+
+
 def _child(fn, args, queue):
     try:
         queue.put(fn(*args))
@@ -256,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-to-map", type=float, metavar="MAP", help="also train both loops to this val mAP@0.5")
     p.add_argument("--max-minutes", type=float, default=30, help="give up a time-to-mAP run after this much training")
+    p.add_argument("--profile", action="store_true", help="also show where a training step of ours spends its time")
     p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--model-only", action="store_true", help="the raw model on random images instead")
     p.add_argument("--backbone", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
@@ -302,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         if a and b:
             print(f"ours / tutorial time to mAP {args.time_to_map:g}: {a / b:.2f}")
         result["time_to_map"] = ttm
+    if args.profile:
+        result["profile"] = _in_child(_profile, args.steps, args.warmup, args.device, args.seed)
+        print_profile(result["profile"])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1, default=str)

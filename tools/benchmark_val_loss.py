@@ -4,8 +4,8 @@
     python tools/benchmark_val_loss.py --weights weights/demo/best.pt --train-batches 24
 
 On the demo data (generated into .cache/ on first use, as detect.train does) with the demo
-recipe (256 px, batch 4, 600/300 RPN proposals, 128/128 sampled anchors/proposals), one run
-times, in this order and on the same model:
+recipe's model and loaders (``detect.trainer``), one run times, in this order and on the
+same model:
 
 * ``train``: ``--train-batches`` training iterations (forward, backward, AdamW step);
 * ``val mAP``: :func:`detect.engine.evaluate` on the whole val split;
@@ -26,14 +26,10 @@ import time
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
-from detect.dataset import DetectionDataset, build_transforms, collate  # noqa: E402
+from detect import trainer  # noqa: E402
 from detect.engine import evaluate, make_optimizer, validation_loss  # noqa: E402
-from detect.layout import discover, read_classes, resolve_splits  # noqa: E402
-from detect.model import build_model  # noqa: E402
-from detect.records import ground_truths, load_records  # noqa: E402
-from detect.trainer import DEMO_IMAGE_SIZE, DEMO_RECIPE, DEMO_SEED, demo_root  # noqa: E402
+from detect.records import ground_truths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,27 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-    from detect.demo import is_complete, make_demo_dataset
-
-    root = demo_root(DEMO_RECIPE["demo_images"])
-    if not is_complete(root, num_images=DEMO_RECIPE["demo_images"], seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE):
-        make_demo_dataset(root, num_images=DEMO_RECIPE["demo_images"], seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
-    files = discover(root)
-    classes = read_classes(root / "classes.txt")
-    splits, _ = resolve_splits(files, val_fraction=0.2)
-    train_records, val_records = load_records(files, splits["train"]), load_records(files, splits["val"])
-    r = DEMO_RECIPE
+    # The demo recipe's data, model and loaders, as detect.train builds them.
+    cfg = trainer.resolve_config(trainer.TrainConfig(weights=args.weights, no_check=True,
+                                                     trainable_layers=None if args.weights == "none" else 6))
+    cfg, data = trainer.prepare_data(cfg)
+    classes, train_records, val_records = data.classes, data.train, data.val
     torch.manual_seed(0)
-    model = build_model(backbone="mobilenet", num_classes=len(classes) + 1, input_size=r["input_size"],
-                        anchor_ratios=r["anchor_ratios"], weights=args.weights,
-                        trainable_layers=None if args.weights == "none" else 6,
-                        rpn_pre_nms_top_n_train=r["rpn_pre_nms"], rpn_post_nms_top_n_train=r["rpn_post_nms"],
-                        rpn_pre_nms_top_n_test=r["rpn_pre_nms"], rpn_post_nms_top_n_test=r["rpn_post_nms"],
-                        rpn_batch_size_per_image=r["rpn_batch"], box_batch_size_per_image=r["roi_batch"])
+    model = trainer.model_for_config(cfg, len(classes) + 1)
     device = torch.device("cpu")
-    train_loader = DataLoader(DetectionDataset(train_records, classes, build_transforms("light", input_size=r["input_size"])),
-                              batch_size=r["batch_size"], shuffle=True, collate_fn=collate)
-    val_loader = DataLoader(DetectionDataset(val_records, classes, None), batch_size=r["batch_size"], collate_fn=collate)
+    _, train_loader, _, val_loader, _ = trainer.make_loaders(cfg, data)
     optimizer = make_optimizer("adamw", [q for q in model.parameters() if q.requires_grad], lr=1e-4,
                                momentum=0.9, weight_decay=1e-4)
 
