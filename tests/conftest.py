@@ -146,3 +146,16 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         code = main(["--weights", str(pt), "--verify-images", "2"])
     return {"data": data, "pt": pt, "onnx": root / "run" / "best.onnx", "export_exit": code,
             "export_output": out.getvalue()}
+
+
+# Prepended to a child process's code: imports of torch fail, as on a small box that
+# installed only the core's dependencies.
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""

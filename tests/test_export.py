@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import NO_TORCH, REPO
 
 BLANK = np.full((96, 128, 3), 127, np.uint8)
 
@@ -116,17 +116,6 @@ def test_metadata_carries_what_prediction_and_eval_need(tiny_export) -> None:
     inputs = d.session.get_inputs()
     assert [i.name for i in inputs] == ["image"] and inputs[0].shape == [3, "height", "width"]
     assert [o.name for o in d.session.get_outputs()] == ["boxes", "labels", "scores"]
-
-
-NO_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _NoTorch())
-"""
 
 
 def test_predict_and_eval_on_onnx_never_import_torch(tiny_export, tmp_path) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import NO_TORCH
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "detect"
 
@@ -191,18 +193,6 @@ def test_importing_the_core_does_not_import_torch() -> None:
     """)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
-
-
-# Imports of torch fail, as on a small box that installed only the core's dependencies.
-NO_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _NoTorch())
-"""
 
 
 def test_scoring_predictions_and_checking_annotations_work_without_torch(tmp_path: Path) -> None:
