@@ -66,6 +66,7 @@ __all__ = [
     "WEIGHT_CHOICES",
     "WeightsError",
     "WeightsReport",
+    "align_fpn_levels",
     "anchor_sizes",
     "anchors_per_location",
     "build_model",
