@@ -70,6 +70,7 @@ __all__ = [
     "anchor_sizes",
     "anchors_per_location",
     "build_model",
+    "checkpoint_model_config",
     "count_parameters",
     "describe_anchors",
     "feature_strides",
@@ -450,6 +451,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def checkpoint_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``build_model`` arguments that rebuild a checkpoint's architecture (no weights
+    fetched); a MobileNet checkpoint from before ``feature_blocks`` gets its old layout."""
+    config = dict(ckpt["model_config"])
+    config["weights"] = "none"
+    if "feature_blocks" not in config and get_backbone(config["backbone"]).family == "mobilenet":
+        config.update(LEGACY_MOBILENET)
+    return config
+
+
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes (:mod:`detect.checkpoint`), load its weights,
     and put it in eval mode.
@@ -459,11 +470,7 @@ def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *, devi
     """
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    config = dict(ckpt["model_config"])
-    config["weights"] = "none"
-    if "feature_blocks" not in config and get_backbone(config["backbone"]).family == "mobilenet":
-        config.update(LEGACY_MOBILENET)
-    model = build_model(**config)
+    model = build_model(**checkpoint_model_config(ckpt))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return model, ckpt

@@ -57,7 +57,15 @@ from detect.errors import DetectError, UsageError, show
 from detect.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.backbones import get_backbone
 from detect.fsutil import check_writable
-from detect.model import FPN_NORMS, WEIGHT_CHOICES, anchors_per_location, feature_strides, build_model, describe_anchors
+from detect.model import (
+    FPN_NORMS,
+    WEIGHT_CHOICES,
+    anchors_per_location,
+    build_model,
+    checkpoint_model_config,
+    describe_anchors,
+    feature_strides,
+)
 from detect.options import Number
 from detect.records import Record, check_classes, class_names_from, ground_truths, load_records, median_image_size
 from detect.runs import RunFolder, join_numbers, training_mode, training_record
@@ -558,7 +566,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
 
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
     # starts from the same seed, and DDP broadcasts rank 0's weights besides.
-    model = build_model(**ckpt["model_config"]) if ckpt else model_for_config(cfg, len(data.classes) + 1)
+    model = build_model(**checkpoint_model_config(ckpt)) if ckpt else model_for_config(cfg, len(data.classes) + 1)
     if cfg.optimizer is None:
         # Measured here: from scratch, AdamW reaches in 8 epochs what SGD needs far longer
         # for; fine-tuning pretrained weights, SGD with momentum is the torchvision recipe.
