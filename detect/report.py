@@ -56,6 +56,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from detect.evaluation import RunResult, class_rows  # noqa: E402
 from detect.fsutil import atomic_open, write_atomic  # noqa: E402
+from detect.images import ImageError, read_image  # noqa: E402
 from detect.metrics import ConfusionResult, Detections, GroundTruth, VocResult, box_iou, match_image  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -297,14 +298,11 @@ def _draw_image(ax, truth: GroundTruth, shown: Detections, image_path: Path, *, 
     """One panel: the image, ground truth found (green) or missed (yellow, thick), detections
     correct (blue, dashed; labelled too with ``label_correct``) or false (red, labelled);
     ``highlight`` in magenta, thick."""
-    from PIL import Image
-
     tp, ignored, found = match_image(truth, shown, num_classes=len(classes), iou_threshold=iou_threshold)
-    try:
-        with Image.open(image_path) as im:
-            ax.imshow(np.asarray(im.convert("RGB")))
-    except OSError as exc:
-        log.warning("gallery: cannot read %s: %s", image_path, exc)
+    try:  # the one decode path: a FIFO or a decompression bomb is refused here too
+        ax.imshow(read_image(image_path))
+    except ImageError as exc:
+        log.warning("gallery: %s", exc)
     for box, hit, diff in zip(truth.boxes, found, truth.difficult):
         color, lw = ("limegreen", 1.5) if hit or diff else ("yellow", 3.0)
         ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
