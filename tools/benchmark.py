@@ -54,8 +54,10 @@ REFERENCE_MODEL = LEGACY_MOBILENET
 # The two loops (each runs in a child process)
 
 
-def _setup(recipe: dict | None, seed: int):
-    from detect import trainer
+def _setup(recipe: dict | None, seed: int, device: torch.device):
+    """The recipe's config and data, its model on ``device`` (the reference model for
+    :data:`REFERENCE_RECIPE`) and an AdamW optimizer, as both loops train from scratch."""
+    from detect import engine, trainer
 
     cfg = trainer.resolve_config(trainer.TrainConfig(weights="none", seed=seed, no_check=True, **(recipe or {})))
     cfg, data = trainer.prepare_data(cfg)
@@ -64,7 +66,11 @@ def _setup(recipe: dict | None, seed: int):
     if recipe is REFERENCE_RECIPE:
         torch.manual_seed(seed)
         model = build_model(**{**model.config, **REFERENCE_MODEL})
-    return cfg, data, model
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = engine.make_optimizer(cfg.optimizer or "adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+    return cfg, data, model, params, optimizer
 
 
 def _tutorial_loader(cfg, data, seed: int):
@@ -132,11 +138,7 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int)
     from detect import engine, trainer
 
     device = torch.device(device_name)
-    cfg, data, model = _setup(None, seed)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = engine.make_optimizer(cfg.optimizer or "adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)
+    cfg, data, model, params, optimizer = _setup(None, seed, device)
     batch = cfg.batch_size
     if kind == "tutorial":
         loader = _tutorial_loader(cfg, data, seed)
@@ -164,11 +166,7 @@ def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str,
 
     device = torch.device(device_name)
     recipe = REFERENCE_RECIPE if kind == "tutorial" else None
-    cfg, data, model = _setup(recipe, seed)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = engine.make_optimizer("adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)
+    cfg, data, model, params, optimizer = _setup(recipe, seed, device)
     train_set, loader, sampler, val_loader, generator = trainer.make_loaders(cfg, data, device=device)
     if kind == "tutorial":
         loader = _tutorial_loader(cfg, data, seed)
@@ -204,14 +202,11 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
     model's parts, and the loop's own phases (data, forward, backward, optimizer)."""
     from collections import defaultdict
 
-    from detect import engine, trainer
+    from detect import trainer
 
     device = torch.device(device_name)
-    cfg, data, model = _setup(None, seed)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = engine.make_optimizer(cfg.optimizer or "adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)
+    cfg, data, model, params, optimizer = _setup(None, seed, device)
+    model.train()
     _, loader, _, _, _ = trainer.make_loaders(cfg, data, device=device)
     seconds: dict[str, float] = defaultdict(float)
 
