@@ -76,14 +76,14 @@ __all__ = ["DATA_RECIPE", "DEMO_RECIPE", "LIMITS", "RESUMABLE", "AnnotationError
            "resolve_config", "resume_config", "train"]
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
-# weights offline), on a 2-core CPU in under 15 minutes. Chosen by measurement, see the
+# weights offline), on a 2-core CPU in under 10 minutes. Chosen by measurement, see the
 # README's "The demo recipe"; every value can be overridden.
 DEMO_RECIPE = dict(
     epochs=11,
     batch_size=4,
     input_size=256,
     # Upright cans are ~1.5x, bottles ~3x taller than wide, lying cans ~0.5x: these
-    # ratios lifted the demo's mAP@0.5 from 0.278 to 0.296 in the same 8 epochs.
+    # ratios lifted the demo's mAP@0.5 from 0.278 to 0.296 in the same 8 epochs (old layout).
     anchor_ratios=[0.5, 1.5, 3.0],
     rpn_pre_nms=600,
     rpn_post_nms=300,
