@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import make_devkit
+from conftest import TINY_TRAIN, make_devkit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,8 @@ def torchrun(tmp_path: Path, *argv: str) -> list[dict]:
 def test_two_processes_train_as_one(tmp_path: Path) -> None:
     data = make_devkit(tmp_path / "data", n=10)  # 8 train images (ImageSets lists), 2 val
     out = tmp_path / "w"
-    common = ["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(out), "--batch-size", "2",
-              "--input-size", "96", "--weights", "none", "--workers", "0", "--rpn-pre-nms", "100",
-              "--rpn-post-nms", "50", "--roi-batch", "32", "--device", "cpu"]
+    common = ["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(out), *TINY_TRAIN,
+              "--weights", "none", "--device", "cpu"]
     reports = torchrun(tmp_path, *common, "--epochs", "1")
     # Both ranks end with bitwise the same weights (DDP averages the gradients) ...
     assert reports[0]["digest"] == reports[1]["digest"]

@@ -35,10 +35,9 @@ from detect.report import (
 )
 from detect.runs import RESULT_FIELDS, RunFolder, training_mode
 
-from conftest import REPO, make_devkit
+from conftest import REPO, TINY_TRAIN, make_devkit
 
-TINY = ["--batch-size", "2", "--input-size", "96", "--workers", "0", "--rpn-pre-nms", "100",
-        "--rpn-post-nms", "50", "--roi-batch", "32"]
+TINY = TINY_TRAIN
 
 
 def train(data: Path, out: Path, *extra: str) -> int:

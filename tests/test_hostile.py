@@ -28,11 +28,10 @@ from detect.dataset import collate
 from detect.layout import discover
 from detect.voc import Annotation, Box, VocObject, annotation_to_xml
 
-from conftest import make_devkit, write_sample
+from conftest import TINY_TRAIN, make_devkit, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--epochs", "1", "--batch-size", "2", "--input-size", "96", "--weights", "none", "--workers", "0",
-        "--rpn-pre-nms", "100", "--rpn-post-nms", "50", "--roi-batch", "32"]
+TINY = ["--epochs", "1", "--weights", "none", *TINY_TRAIN]
 
 
 def train(data: Path, out: Path, *extra: str) -> int:

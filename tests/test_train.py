@@ -15,10 +15,9 @@ from detect import trainer
 from detect.checkpoint import load_checkpoint
 from detect.model import model_from_checkpoint
 
-from conftest import make_devkit
+from conftest import TINY_TRAIN, make_devkit
 
-TINY = ["--epochs", "1", "--batch-size", "2", "--input-size", "96", "--weights", "none", "--workers", "0",
-        "--rpn-pre-nms", "100", "--rpn-post-nms", "50", "--roi-batch", "32"]
+TINY = ["--epochs", "1", "--weights", "none", *TINY_TRAIN]
 
 
 def run(data: Path, out: Path, *extra: str) -> int:
