@@ -58,6 +58,7 @@ LAYERS: dict[str, int] = {
     "detect.predict_outputs": CORE,
     "detect.device": TORCH,
     "detect.distributed": TORCH,
+    "detect.roi_pool": TORCH,
     "detect.model": TORCH,
     "detect.checkpoint": TORCH,
     "detect.dataset": TORCH,

@@ -194,3 +194,54 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="not a loadable weights file"):
         build_model(backbone="mobilenet", num_classes=3, weights=str(tmp_path / "junk.pt"))
+
+
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+def test_roi_pool_gradient_is_torchvisions(sampling_ratio: int) -> None:
+    """The pooling's sparse-matrix gradient (detect/roi_pool.py) against torchvision's own
+    kernel: the same values forward, the same feature gradient backward, on boxes of every
+    size, at the image's edges, one cell wide, and a level that gets no box."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from detect.roi_pool import FastGradMultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    image = (96, 128)  # features at strides 8, 16, 32, 64 of a 96x128 image
+    feats = {str(i): torch.randn(2, 8, 96 // s, 128 // s) for i, s in enumerate((8, 16, 32, 64))}
+    xy = torch.rand(40, 2) * torch.tensor([120.0, 90.0])
+    boxes = torch.cat([xy, xy + torch.rand(40, 2) * 60 + 0.5], 1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(max=128)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(max=96)
+    edges = torch.tensor([[0.0, 0.0, 128.0, 96.0], [127.0, 95.0, 128.0, 96.0], [0.0, 40.0, 3.0, 41.0]])
+    boxes = [torch.cat([boxes[:20], edges]), boxes[20:]]
+    pools = [cls(["0", "1", "2", "3"], 7, sampling_ratio=sampling_ratio).train()
+             for cls in (MultiScaleRoIAlign, FastGradMultiScaleRoIAlign)]
+    outs, grads = [], []
+    for pool in pools:
+        x = {k: v.clone().requires_grad_() for k, v in feats.items()}
+        out = pool(x, boxes, [image, image])
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([x[k].grad for k in sorted(x)])
+    assert torch.equal(outs[0], outs[1])
+    for ref, fast in zip(*grads):
+        assert torch.allclose(ref, fast, rtol=1e-4, atol=1e-5), (ref - fast).abs().max()
+    assert any(g.abs().sum() > 0 for g in grads[1])
+
+
+def test_model_pools_through_the_fast_gradient_only_when_training() -> None:
+    from detect.roi_pool import FastGradMultiScaleRoIAlign
+
+    model = build_model(backbone="mobilenet", num_classes=3, input_size=96, weights="none")
+    assert isinstance(model.roi_heads.box_roi_pool, FastGradMultiScaleRoIAlign)
+    torch.manual_seed(0)
+    images = [torch.rand(3, 96, 96)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 80.0]]), "labels": torch.tensor([1])}]
+    grads = []
+    for pool in (model.roi_heads.box_roi_pool, torchvision.ops.MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)):
+        model.roi_heads.box_roi_pool = pool
+        model.zero_grad()
+        torch.manual_seed(1)  # the same sampled anchors and proposals
+        sum(model.train()(images, targets).values()).backward()
+        grads.append(model.backbone.fpn.layer_blocks[0][0].weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
