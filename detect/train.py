@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=_DEFAULTS.clip_grad, help="max gradient norm; 0 disables")
     g.add_argument("--patience", type=int, default=_DEFAULTS.patience, help="stop after this many epochs without a better val mAP; 0 never")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision on CUDA: bfloat16 where the GPU has it, else float16 (default: on with CUDA)")
+                   help="mixed precision: on CUDA bfloat16 where the GPU has it, else float16 (default: on); "
+                   "on the CPU bfloat16, for CPUs with bfloat16 instructions (default: off)")
     g.add_argument("--sync-bn", action="store_true", help="synchronise batch norm across processes (torchrun; "
                    "from-scratch models, whose backbone has batch norm)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")

@@ -742,11 +742,19 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA (on by default there): bfloat16 where the GPU has it (no loss
-    scaling needed), else float16 with the gradient scaler. None: full precision."""
-    if device.type != "cuda" or cfg.amp is False:
+    """Mixed precision. On CUDA (on by default there): bfloat16 where the GPU has it (no loss
+    scaling needed), else float16 with the gradient scaler. On the CPU, with ``--amp``:
+    bfloat16, which pays only on CPUs with bfloat16 instructions (AVX-512 BF16, AMX).
+    None: full precision."""
+    if cfg.amp is False or device.type not in ("cuda", "cpu"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if not cfg.amp:
+        return None
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("--amp on a CPU without bfloat16 instructions: expect slower training, not faster")
+    return torch.bfloat16
 
 
 def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torch.device = torch.device("cpu")):

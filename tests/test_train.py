@@ -231,3 +231,13 @@ def test_the_banner_says_where_the_input_size_came_from(tmp_path: Path, capsys) 
             *[a for a in TINY if a not in ("--input-size", "96")]]
     assert T.main(argv) == 0
     assert "input 224px (from the data: median image 200x200" in capsys.readouterr().out
+
+
+def test_amp_on_the_cpu_trains_in_bfloat16_and_keeps_float32_weights(small: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "weights"
+    assert run(small, out, "--device", "cpu", "--amp", "--name", "amp") == 0
+    assert "AMP bfloat16" in capsys.readouterr().out
+    state = load_checkpoint(out / "amp" / "best.pt")["model"]
+    assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
+    assert run(small, out, "--device", "cpu", "--name", "full") == 0
+    assert "AMP" not in capsys.readouterr().out

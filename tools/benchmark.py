@@ -12,7 +12,12 @@ same demo images at the same input size and batch size:
   (OpenCV decode, images shrunk to the input size before augmentation, the recipe's
   cache and augmentation, losses read back as the engine does);
 * **tutorial**: torchvision's detection tutorial loop: PIL decode, ``to_tensor``, a random
-  horizontal flip, the default ``DataLoader``, ``loss.item()`` every step.
+  horizontal flip, the default ``DataLoader``, ``loss.item()`` every step, and the model's
+  RoI pooling as torchvision ships it (``MultiScaleRoIAlign``, whose CPU gradient is the
+  single-threaded kernel that ``detect/roi_pool.py`` replaces: same values, same weights).
+
+``--amp`` trains ours under bfloat16 autocast (``detect.train --amp``; on the CPU it pays
+only where the CPU has bfloat16 instructions).
 
 Each loop runs in its own process (so its peak memory is its own), the two alternating
 ``--repeats`` times; the figures are medians and the ratio is taken pair by pair.
@@ -54,9 +59,12 @@ REFERENCE_MODEL = LEGACY_MOBILENET
 # The two loops (each runs in a child process)
 
 
-def _setup(recipe: dict | None, seed: int, device: torch.device):
+def _setup(recipe: dict | None, seed: int, device: torch.device, tutorial: bool = False):
     """The recipe's config and data, its model on ``device`` (the reference model for
-    :data:`REFERENCE_RECIPE`) and an AdamW optimizer, as both loops train from scratch."""
+    :data:`REFERENCE_RECIPE`; torchvision's own RoI pooling for the tutorial loop) and an
+    AdamW optimizer, as both loops train from scratch."""
+    from torchvision.ops import MultiScaleRoIAlign
+
     from detect import engine, trainer
 
     cfg = trainer.resolve_config(trainer.TrainConfig(weights="none", seed=seed, no_check=True, **(recipe or {})))
@@ -66,6 +74,9 @@ def _setup(recipe: dict | None, seed: int, device: torch.device):
     if recipe is REFERENCE_RECIPE:
         torch.manual_seed(seed)
         model = build_model(**{**model.config, **REFERENCE_MODEL})
+    if tutorial:
+        pool = model.roi_heads.box_roi_pool
+        model.roi_heads.box_roi_pool = MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = engine.make_optimizer(cfg.optimizer or "adamw", params, lr=cfg.lr or 1e-3, momentum=cfg.momentum,
@@ -134,11 +145,11 @@ def _peak() -> dict:
     return out
 
 
-def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int) -> dict:
+def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int, amp: bool) -> dict:
     from detect import engine, trainer
 
     device = torch.device(device_name)
-    cfg, data, model, params, optimizer = _setup(None, seed, device)
+    cfg, data, model, params, optimizer = _setup(None, seed, device, tutorial=kind == "tutorial")
     batch = cfg.batch_size
     if kind == "tutorial":
         loader = _tutorial_loader(cfg, data, seed)
@@ -153,20 +164,21 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int)
             state = engine.EpochState(epoch)
             engine.seed_everything(seed + epoch, generator, train_set.transform)
             engine.train_one_epoch(model, optimizer, loader, device, state=state, epochs=2, scheduler=scheduler,
-                                   scaler=scaler, stop=lambda s=state, n=n: s.iteration >= n)
+                                   scaler=scaler, amp_dtype=torch.bfloat16 if amp else None,
+                                   stop=lambda s=state, n=n: s.iteration >= n)
             if epoch == 1:
                 seconds, waited, steps = state.seconds, state.data_seconds, state.iteration
     return {"kind": kind, "img_per_s": steps * batch / seconds, "data_share": waited / seconds, "steps": steps,
             "batch": batch, "input_size": cfg.input_size, **_peak()}
 
 
-def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str, seed: int) -> dict:
+def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str, seed: int, amp: bool) -> dict:
     from detect import engine, trainer
     from detect.records import ground_truths
 
     device = torch.device(device_name)
     recipe = REFERENCE_RECIPE if kind == "tutorial" else None
-    cfg, data, model, params, optimizer = _setup(recipe, seed, device)
+    cfg, data, model, params, optimizer = _setup(recipe, seed, device, tutorial=kind == "tutorial")
     train_set, loader, sampler, val_loader, generator = trainer.make_loaders(cfg, data, device=device)
     if kind == "tutorial":
         loader = _tutorial_loader(cfg, data, seed)
@@ -184,7 +196,7 @@ def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str,
             engine.seed_everything(seed * 10_000 + epoch, generator, train_set.transform)
             sampler.set_epoch(epoch)
             engine.train_one_epoch(model, optimizer, loader, device, state=engine.EpochState(epoch), epochs=cfg.epochs,
-                                   scheduler=scheduler, scaler=scaler)
+                                   scheduler=scheduler, scaler=scaler, amp_dtype=torch.bfloat16 if amp else None)
         train_seconds += time.perf_counter() - t0
         val = engine.evaluate(model, val_loader, truths, data.classes, device)
         curve.append((epoch + 1, round(train_seconds, 1), round(val, 4)))
@@ -197,7 +209,7 @@ def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str,
             "epochs": cfg.epochs, "input_size": cfg.input_size, **_peak()}
 
 
-def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
+def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) -> dict:
     """Where one training step of the demo recipe spends its time: forward hooks on the
     model's parts, and the loop's own phases (data, forward, backward, optimizer)."""
     from collections import defaultdict
@@ -206,6 +218,7 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
 
     device = torch.device(device_name)
     cfg, data, model, params, optimizer = _setup(None, seed, device)
+    amp_dtype = torch.bfloat16 if amp else None
     model.train()
     _, loader, _, _, _ = trainer.make_loaders(cfg, data, device=device)
     seconds: dict[str, float] = defaultdict(float)
@@ -220,9 +233,13 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
     for name, module in parts.items():
         hook(module, name)
     it = iter(loader)
-    for step in range(warmup + steps):
+    ops = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    for step in range(warmup + steps + 4):
         if step == warmup:
             seconds.clear()
+        if step == warmup + steps:  # then 4 more steps, op by op, outside the timed ones
+            timed = dict(seconds)
+            ops.__enter__()
         t0 = time.perf_counter()
         try:
             images, targets, _ = next(it)
@@ -232,7 +249,8 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
         images = [im.to(device) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         t1 = time.perf_counter()
-        loss = sum(model(images, targets).values())
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = sum(model(images, targets).values())
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -243,8 +261,12 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int) -> dict:
         for name, dt in (("data", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
                          ("clip + optimizer step", t4 - t3), ("step", t4 - t0)):
             seconds[name] += dt
-    return {"steps": steps, "batch": cfg.batch_size, "input_size": cfg.input_size,
-            "ms": {k: 1000 * v / steps for k, v in seconds.items()}}
+    ops.__exit__(None, None, None)
+    averages = sorted(ops.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in averages)
+    top = [(e.key, e.count, e.self_cpu_time_total / total) for e in averages[:8]]
+    return {"steps": steps, "batch": cfg.batch_size, "input_size": cfg.input_size, "amp": amp,
+            "ms": {k: 1000 * v / steps for k, v in timed.items()}, "top_ops": top}
 
 
 def print_profile(p: dict) -> None:
@@ -257,6 +279,9 @@ def print_profile(p: dict) -> None:
     for name in order:
         ms = p["ms"].get(name, 0.0)
         print(f"  {name:<30} {ms:8.1f} ms  {100 * ms / total:5.1f} %")
+    print("  the operators that take most of it (torch.profiler, self CPU time of 4 more steps):")
+    for name, count, share in p["top_ops"]:
+        print(f"    {name:<40} {count:5d} calls  {100 * share:5.1f} %")
 
 
 def _child(fn, args, queue):
@@ -325,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=30, help="give up a time-to-mAP run after this much training")
     p.add_argument("--profile", action="store_true", help="also show where a training step of ours spends its time")
     p.add_argument("--json", metavar="OUT", help="write every figure to this JSON file")
+    p.add_argument("--amp", action="store_true", help="train ours under bfloat16 autocast (detect.train --amp)")
     p.add_argument("--model-only", action="store_true", help="the raw model on random images instead")
     p.add_argument("--backbone", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--sizes", nargs="+", type=int, default=[320, 640])
@@ -340,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {"ours": [], "tutorial": []}
     for r in range(args.repeats):
         for kind in ("tutorial", "ours"):
-            runs[kind].append(_in_child(_throughput, kind, args.warmup, args.steps, args.device, args.seed))
+            runs[kind].append(_in_child(_throughput, kind, args.warmup, args.steps, args.device, args.seed,
+                                           args.amp and kind == "ours"))
             m = runs[kind][-1]
             print(f"  run {r + 1} {kind:<8} {m['img_per_s']:6.2f} img/s, data wait {100 * m['data_share']:4.1f}% "
                   f"of the step, peak RSS {m['peak_rss_mb']:.0f} MB", flush=True)
@@ -360,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"throughput": runs, "ratios": ratios}
     if args.time_to_map is not None:
         print(f"\ntime to val mAP@0.5 >= {args.time_to_map:g} (training time; validation after each epoch not counted):")
-        ttm = {kind: _in_child(_time_to_map, kind, args.time_to_map, args.max_minutes, args.device, args.seed)
-               for kind in ("tutorial", "ours")}
+        ttm = {kind: _in_child(_time_to_map, kind, args.time_to_map, args.max_minutes, args.device, args.seed,
+                               args.amp and kind == "ours") for kind in ("tutorial", "ours")}
         for kind, m in ttm.items():
             reached = "not reached" if m["seconds_to_target"] is None else f"{m['seconds_to_target'] / 60:.1f} min"
             recipe = "reference recipe" if kind == "tutorial" else "demo recipe"
@@ -371,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ours / tutorial time to mAP {args.time_to_map:g}: {a / b:.2f}")
         result["time_to_map"] = ttm
     if args.profile:
-        result["profile"] = _in_child(_profile, args.steps, args.warmup, args.device, args.seed)
+        result["profile"] = _in_child(_profile, args.steps, args.warmup, args.device, args.seed, args.amp)
         print_profile(result["profile"])
     if args.json:
         with open(args.json, "w") as fh:
