@@ -202,7 +202,7 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
 
 def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
     demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
-    assert (demo.input_size, demo.epochs, demo.anchor_ratios, demo.val_loss) == (256, 11, [0.5, 1.5, 3.0], False)
+    assert (demo.input_size, demo.epochs, demo.anchor_ratios, demo.val_loss) == (256, 12, [0.5, 1.5, 3.0], False)
     assert (demo.fpn_norm, demo.box_head_dim, demo.roi_sampling_ratio, demo.roi_batch) == ("gn", 256, 1, 64)
     data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
     # A user's data gets its input size from its images (prepare_data), not a fixed 640.
