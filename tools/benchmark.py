@@ -271,7 +271,8 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) ->
 
 def print_profile(p: dict) -> None:
     total = p["ms"]["step"]
-    print(f"\nwhere a training step goes (demo recipe, {p['input_size']} px, batch {p['batch']}, "
+    amp = ", bfloat16 autocast" if p.get("amp") else ""
+    print(f"\nwhere a training step goes (demo recipe{amp}, {p['input_size']} px, batch {p['batch']}, "
           f"{p['steps']} steps after warm-up)")
     order = ["data", "forward", "forward: resize + normalise", "forward: backbone trunk", "forward: FPN",
              "forward: RPN", "forward: RoI heads", "  of which RoIAlign", "  of which box head", "backward",
