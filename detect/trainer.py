@@ -747,11 +747,9 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     scaling needed), else float16 with the gradient scaler. On the CPU, with ``--amp``:
     bfloat16, which pays only on CPUs with bfloat16 instructions (AVX-512 BF16, AMX).
     None: full precision."""
-    if cfg.amp is False or device.type not in ("cuda", "cpu"):
-        return None
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.amp is not False:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if not cfg.amp:
+    if device.type != "cpu" or not cfg.amp:
         return None
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--amp on a CPU without bfloat16 instructions: expect slower training, not faster")

@@ -229,7 +229,9 @@ def test_roi_pool_gradient_is_torchvisions(sampling_ratio: int) -> None:
     assert any(g.abs().sum() > 0 for g in grads[1])
 
 
-def test_model_pools_through_the_fast_gradient_only_when_training() -> None:
+def test_model_trains_through_the_fast_gradient() -> None:
+    """The model's pooling is the fast-gradient one, and training through it gives the
+    gradients torchvision's pooling gives."""
     from detect.roi_pool import FastGradMultiScaleRoIAlign
 
     model = build_model(backbone="mobilenet", num_classes=3, input_size=96, weights="none")
