@@ -11,7 +11,7 @@ Usage::
 line, ``path:line:col: CODE severity message``, then a summary. Exit status: 0 no errors
 (warnings allowed), 1 errors found, 2 usage error or unreadable DATA; ``--exit-zero`` turns
 1 into 0. The checks themselves live in :mod:`detect.checks` (and the anchor fit in
-:mod:`detect.anchor_fit`, used when torch is installed); this module only prints.
+:mod:`detect.checks.anchor_fit`, used when torch is installed); this module only prints.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import logging
 import os
 import sys
 
-from detect.backbones import BACKBONES
+from detect.model.backbones import BACKBONES
 from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, plan_fixes, plural
-from detect.errors import DetectError, printable, show
-from detect.layout import discover, read_classes
-from detect.logs import setup_logging
-from detect.options import CliParser, Number, number_list
+from detect.common.errors import DetectError, printable, show
+from detect.data.layout import discover, read_classes
+from detect.common.logs import setup_logging
+from detect.common.options import CliParser, Number, number_list
 
 PROG = "check_xml"
 
@@ -128,7 +128,7 @@ def _anchor_rule():
         return None
 
     def load():
-        from detect.anchor_fit import anchor_rule
+        from detect.checks.anchor_fit import anchor_rule
 
         return anchor_rule
 

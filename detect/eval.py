@@ -17,10 +17,10 @@ first batch excluded), parameters and checkpoint size. Then per run and class: g
 count, precision, recall and F1 at ``--conf``.
 
 Ground truth: boxes are clipped into the image and boxes under 1 px wide or high dropped,
-the rule training applies (:func:`detect.records.sanitize_box`); ``difficult`` objects are
-ignored (VOC) / crowd regions (COCO). Metrics: :mod:`detect.metrics`; data resolution,
-scoring and tables: :mod:`detect.evaluation`; inference: :mod:`detect.inference`;
-predictions format: :mod:`detect.predictions`. This module only parses and prints, and
+the rule training applies (:func:`detect.data.records.sanitize_box`); ``difficult`` objects are
+ignored (VOC) / crowd regions (COCO). Metrics: :mod:`detect.scoring.metrics`; data resolution,
+scoring and tables: :mod:`detect.scoring.evaluation`; inference: :mod:`detect.inference.torch_runtime`;
+predictions format: :mod:`detect.scoring.predictions_json`. This module only parses and prints, and
 imports torch only when a checkpoint is evaluated.
 
 Exit status: 0 success; 1 a run could not be evaluated (bad checkpoint, data it cannot
@@ -34,8 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from detect.errors import DetectError, UsageError, printable
-from detect.evaluation import (
+from detect.common.errors import DetectError, UsageError, printable
+from detect.scoring.evaluation import (
     PROJECT_ROOT,
     SPLITS,
     EvalError,
@@ -48,8 +48,8 @@ from detect.evaluation import (
     table_rows,
     write_json,
 )
-from detect.logs import setup_logging
-from detect.options import CliParser, Number, add_device_option
+from detect.common.logs import setup_logging
+from detect.common.options import CliParser, Number, add_device_option
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def build_parser() -> CliParser:
     p = CliParser(
         prog="python -m detect.eval",
         description="Evaluate detectors (VOC and COCO AP, P/R/F1, speed) on annotated images.",
-        epilog="Predictions file format: see `python -c 'import detect.predictions as p; print(p.__doc__)'`.",
+        epilog="Predictions file format: see `python -c 'import detect.scoring.predictions_json as p; print(p.__doc__)'`.",
     )
     p.add_argument("--weights", nargs="+", metavar="PT",
                    help="checkpoints or .onnx exports (or run folders holding best.pt); default: every weights/*/best.pt")
@@ -137,9 +137,9 @@ def onnx_run(evaluator: Evaluator, path: Path, *, device: str, progress: bool) -
 
     from tqdm import tqdm
 
-    from detect.evaluation import Timing
-    from detect.images import ImageError, read_image
-    from detect.onnx_backend import OnnxDetector
+    from detect.scoring.evaluation import Timing
+    from detect.data.images import ImageError, read_image
+    from detect.inference.onnx_runtime import OnnxDetector
 
     try:
         detector = OnnxDetector(path, device=device)
@@ -173,10 +173,10 @@ def onnx_run(evaluator: Evaluator, path: Path, *, device: str, progress: bool) -
 
 def checkpoint_run(evaluator: Evaluator, path: Path, device, *, batch_size: int, progress: bool) -> RunResult:
     """Load a checkpoint, predict on the images it is evaluated on, and score it."""
-    from detect.checkpoint import CheckpointError, load_checkpoint
-    from detect.model import model_from_checkpoint
-    from detect.images import ImageError
-    from detect.inference import predict
+    from detect.model.checkpoint import CheckpointError, load_checkpoint
+    from detect.model.build import model_from_checkpoint
+    from detect.data.images import ImageError
+    from detect.inference.torch_runtime import predict
 
     try:
         ckpt = load_checkpoint(path)
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints = _find_checkpoints(args)
         device = None
         if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
-            from detect.device import resolve_device
+            from detect.common.device import resolve_device
 
             device = resolve_device(args.device)
         evaluator = Evaluator(EvalSettings(
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(Path(args.json), results, settings)
             print(f"\nwrote {args.json}")
         if args.report:
-            from detect.report import write_report
+            from detect.scoring.report import write_report
 
             header, rows = table_rows(results, iou=args.iou)
             md = write_report(Path(args.report), results, settings=settings,

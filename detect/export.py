@@ -7,7 +7,7 @@ Writes one ``.onnx`` file (beside the checkpoint unless ``--out``; an existing f
 replaced only with ``--overwrite``) that runs on onnxruntime alone and carries its
 classes, input size, thresholds, model config and training data in its metadata; then
 runs onnxruntime and PyTorch on a few images and prints how far they differ. Tensors and
-metadata: :mod:`detect.onnx_backend`; the export itself: :mod:`detect.onnx_export`.
+metadata: :mod:`detect.inference.onnx_runtime`; the export itself: :mod:`detect.inference.onnx_export`.
 
 Exit status: 0 written and agreeing; 1 export failed, or onnxruntime disagrees with
 PyTorch beyond tolerance; 2 usage error (bad option, missing or unusable checkpoint).
@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from detect.errors import DetectError, UsageError, printable
-from detect.logs import setup_logging
-from detect.options import CliParser, Number
+from detect.common.errors import DetectError, UsageError, printable
+from detect.common.logs import setup_logging
+from detect.common.options import CliParser, Number
 
 
 def build_parser() -> CliParser:
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--out {target}: the file name must end in .onnx")
         if target.exists() and not args.overwrite:
             raise UsageError(f"{target} exists; pass --overwrite to replace it, or --out another file")
-        from detect.onnx_export import export_onnx  # torch is imported here, after the usage checks
+        from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
         result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
     except DetectError as exc:

@@ -5,7 +5,7 @@
 
 Prints one summary line. Exit status: 0 done, 1 the files could not be written, 2 usage
 error (bad option, or OUT is a non-empty folder that is not a demo dataset).
-See :mod:`detect.demo` for what is drawn.
+See :mod:`detect.data.demo` for what is drawn.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import logging
 import sys
 import time
 
-from detect.demo import DEMO_CLASSES, make_demo_dataset, read_marker
-from detect.logs import setup_logging
-from detect.options import CliParser, Number
+from detect.data.demo import DEMO_CLASSES, make_demo_dataset, read_marker
+from detect.common.logs import setup_logging
+from detect.common.options import CliParser, Number
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -7,13 +7,13 @@
     python -m detect.predict --weights best.pt lote2/ --conf 0.5 --conf Lata_defectuosa=0.3
 
 SOURCE: image files, folders (``--recursive``), globs, ``.txt`` lists, video files, camera
-indexes, ``rtsp://``/``http://`` streams (:mod:`detect.sources`). ``--weights``: a ``.pt``
+indexes, ``rtsp://``/``http://`` streams (:mod:`detect.inference.sources`). ``--weights``: a ``.pt``
 checkpoint (PyTorch) or an ``.onnx`` export (onnxruntime; torch is not imported).
 
 Outputs go to ``predictions/<name>/`` (``--out``, ``--name``; default name: the model's
 run), never over an earlier run: a number is added. What is written:
-:mod:`detect.predict_outputs`. The predictor itself (usable from scripts):
-:mod:`detect.predictor`.
+:mod:`detect.inference.outputs`. The predictor itself (usable from scripts):
+:mod:`detect.inference.predictor`.
 
 A bad input (an image that does not decode, an empty folder, a video that does not open,
 a camera that is not there, a stream that drops) gets one line naming it and what to do;
@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from detect.errors import DetectError, UsageError, printable, show
+from detect.common.errors import DetectError, UsageError, printable, show
 from detect.export import add_inference_options, settings_from
-from detect.fsutil import unique_folder
-from detect.logs import setup_logging
-from detect.options import CliParser, Number, add_device_option
+from detect.common.files import unique_folder
+from detect.common.logs import setup_logging
+from detect.common.options import CliParser, Number, add_device_option
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_args(args)
         settings = settings_from(args)
-        from detect.backends import load_detector  # torch only for a .pt file
+        from detect.inference.loader import load_detector  # torch only for a .pt file
 
         detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
                                  optimization=args.optimization, test_settings=settings)
-        from detect.predictor import Predictor
+        from detect.inference.predictor import Predictor
 
         predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
                               defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
@@ -121,9 +121,9 @@ def _run(args, detector, predictor) -> int:
     import cv2
     from tqdm import tqdm
 
-    from detect.predict_outputs import PredictionWriter
-    from detect.predictor import RateMeter
-    from detect.sources import open_sources
+    from detect.inference.outputs import PredictionWriter
+    from detect.inference.predictor import RateMeter
+    from detect.inference.sources import open_sources
 
     window = args.show
     if window and not _gui_available():

@@ -5,11 +5,11 @@ With no ``--data`` it trains on the procedural demo dataset (generated once into
 
 Outputs, in ``<out>/<run>/``: ``best.pt``, ``last.pt`` (with optimizer/scheduler/scaler/RNG
 state for ``--resume``), ``results.csv`` (one row per epoch), ``args.json``,
-``split.json``; and one row per run in ``<out>/runs.csv`` (:mod:`detect.runs`).
+``split.json``; and one row per run in ``<out>/runs.csv`` (:mod:`detect.training.run_folder`).
 
 Exit status: 0 done (or stopped early), 1 annotation errors or a non-finite loss, 2 usage
 error, 130 interrupted (``last.pt`` saved; the resume command is printed). This module
-parses and prints; :func:`detect.trainer.train` trains.
+parses and prints; :func:`detect.training.trainer.train` trains.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from detect.backbones import BACKBONES
-from detect.dataset import AUGMENT_CHOICES, CACHE_CHOICES
-from detect.errors import DetectError, printable
-from detect.logs import setup_logging
-from detect.model import FPN_NORMS, WEIGHT_CHOICES
-from detect.options import CliParser, add_device_option, given_options, number_list
-from detect.trainer import TrainConfig, TrainResult, resume_config, train
+from detect.model.backbones import BACKBONES
+from detect.data.dataset import AUGMENT_CHOICES, CACHE_CHOICES
+from detect.common.errors import DetectError, printable
+from detect.common.logs import setup_logging
+from detect.model.build import FPN_NORMS, WEIGHT_CHOICES
+from detect.common.options import CliParser, add_device_option, given_options, number_list
+from detect.training.trainer import TrainConfig, TrainResult, resume_config, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The parsed command line as a :class:`TrainConfig` (whose ranges
-    :func:`detect.trainer.resolve_config` checks, for this CLI and for Python callers alike)."""
+    :func:`detect.training.trainer.resolve_config` checks, for this CLI and for Python callers alike)."""
     return TrainConfig(**vars(args))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from detect.voc import Annotation, Box, VocObject, write_voc  # noqa: E402
+from detect.data.voc import Annotation, Box, VocObject, write_voc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO.parent / "shared" / "data" / "bccd"
@@ -109,8 +109,8 @@ def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed:
     """
     import torch
 
-    from detect.checkpoint import save_checkpoint
-    from detect.model import build_model
+    from detect.model.checkpoint import save_checkpoint
+    from detect.model.build import build_model
 
     torch.manual_seed(seed)
     model = build_model(backbone="mobilenet", num_classes=len(CLASSES) + 1, input_size=input_size, weights="none",

@@ -1,6 +1,6 @@
 """Fuzz the checker: mutated real XML files must give findings, never exceptions.
 
-Seeds are LabelImg-style files written by detect.voc (and, when ../shared/data/bccd is
+Seeds are LabelImg-style files written by detect.data.voc (and, when ../shared/data/bccd is
 present, a few of BCCD's own files with their images). Each mutation is one that must
 break something: truncation, bytes that are never valid UTF-8 or XML, swapped tags, huge
 numbers, emptied or deleted elements, a DOCTYPE, absurd nesting. A second test throws
@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from detect.checks import apply_fixes, check_dataset, format_finding, plan_fixes
-from detect.layout import discover
-from detect.voc import Annotation, Box, VocError, VocObject, annotation_to_xml, parse_voc_bytes
+from detect.data.layout import discover
+from detect.data.voc import Annotation, Box, VocError, VocObject, annotation_to_xml, parse_voc_bytes
 from detect import check_xml
 
 BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"

@@ -1,4 +1,4 @@
-"""The annotation checker (detect/checks/, detect/anchor_fit.py, detect/check_xml.py): one test per check on a
+"""The annotation checker (detect/checks/, detect/checks/anchor_fit.py, detect/check_xml.py): one test per check on a
 small crafted dataset written to tmp_path, plus fixes, output formats, exit codes and the
 real BCCD dataset when ../shared/data/bccd is present."""
 
@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detect import anchor_fit, check_xml, checks
+from detect import check_xml, checks
+from detect.checks import anchor_fit
 from detect.checks import CODES, check_dataset, format_finding, plan_fixes
-from detect.layout import read_classes
-from detect.layout import discover
-from detect.voc import Annotation, Box, VocObject, annotation_to_xml, parse_voc_bytes
+from detect.data.layout import read_classes
+from detect.data.layout import discover
+from detect.data.voc import Annotation, Box, VocObject, annotation_to_xml, parse_voc_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"
@@ -597,7 +598,7 @@ def test_candidate_anchor_search_equals_all_anchors(backbone: str):
     import torch
     from torchvision.ops import box_iou
 
-    from detect.model import make_anchor_generator
+    from detect.model.build import make_anchor_generator
 
     gen = make_anchor_generator(backbone=backbone)
     g = torch.Generator().manual_seed(0)

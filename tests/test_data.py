@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from detect import dataset as D
-from detect import records as R
-from detect.layout import ClassesError, discover, read_classes
-from detect.voc import Box, VocObject
+from detect.data import dataset as D
+from detect.data import records as R
+from detect.data.layout import ClassesError, discover, read_classes
+from detect.data.voc import Box, VocObject
 
 from conftest import CLASSES, COLOURS, write_sample
 
@@ -61,7 +61,7 @@ def test_negatives_have_empty_boxes(tmp_path: Path) -> None:
 def test_degenerate_and_outside_boxes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     objs = [("Lata", (10, 10, 10, 30)), ("Lata", (20, 20, 21, 20.5)), ("Botella", (-5, 5, 30, 90)), ("Lata", (5, 5, 20, 20))]
     write_sample(tmp_path / "d", tmp_path / "d", "bad", objs, size=(64, 48))
-    with caplog.at_level(logging.WARNING, logger="detect.records"):
+    with caplog.at_level(logging.WARNING, logger="detect.data.records"):
         records = R.load_records(discover(tmp_path / "d"))
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "bad.xml" in warnings[0]

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 # this rank holds, which the product itself never writes (only rank 0 writes).
 WORKER = textwrap.dedent("""
     import json, os, sys
-    from detect import train as T, trainer
-    from detect.checkpoint import payload_digest
+    from detect import train as T
+    from detect.training import trainer
+    from detect.model.checkpoint import payload_digest
     parser = T.build_parser()
     args = parser.parse_args(sys.argv[2:])
     if args.resume is not None:

@@ -1,4 +1,4 @@
-"""detect.eval (the CLI), detect.evaluation, detect.inference, detect.predictions (the format), detect.report.
+"""detect.eval (the CLI), detect.scoring.evaluation, detect.inference.torch_runtime, detect.scoring.predictions_json (the format), detect.scoring.report.
 
 The checkpoints here hold an untrained model (weights="none"): it scores about 0, and the
 tests check the plumbing. Exact numbers come through predictions files, whose AP is known.
@@ -16,12 +16,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from detect.eval import main
-from detect.evaluation import load_eval_set
-from detect.layout import discover
-from detect.metrics import Detections, voc_evaluate
-from detect.predictions import PredictionsError, read_predictions, write_predictions
-from detect.records import sanitize_box
-from detect.voc import Annotation, Box, VocObject, write_voc
+from detect.scoring.evaluation import load_eval_set
+from detect.data.layout import discover
+from detect.common.types import Detections
+from detect.scoring.metrics import voc_evaluate
+from detect.scoring.predictions_json import PredictionsError, read_predictions, write_predictions
+from detect.data.records import sanitize_box
+from detect.data.voc import Annotation, Box, VocObject, write_voc
 
 CLASSES = ["bottle", "can"]
 BCCD = Path(__file__).resolve().parents[1].parent / "shared/data/bccd"
@@ -61,8 +62,8 @@ def make_dataset(root: Path) -> Path:
 def make_checkpoint(path: Path, data: Path, *, run: str, classes=CLASSES, splits=None) -> Path:
     import torch
 
-    from detect.checkpoint import save_checkpoint
-    from detect.model import build_model
+    from detect.model.checkpoint import save_checkpoint
+    from detect.model.build import build_model
 
     torch.manual_seed(0)
     # A small proposal budget keeps CPU inference fast; it is stored in model_config, so the
@@ -113,7 +114,7 @@ def perfect_predictions(path: Path, eval_objects=OBJECTS[4:], names=VAL):
 def test_default_finds_runs_and_writes_table_json_and_report(in_project, capsys, tmp_path):
     import torch
 
-    from detect.checkpoint import save_checkpoint
+    from detect.model.checkpoint import save_checkpoint
 
     second = in_project / "weights" / "tiny2" / "best.pt"
     ckpt = torch.load(in_project / "weights" / "tiny" / "best.pt", weights_only=True)
@@ -349,8 +350,8 @@ def test_predictions_round_trip_exactly(tmp_path):
 
 
 def test_predict_batches_and_times(project):
-    from detect.model import model_from_checkpoint
-    from detect.inference import predict
+    from detect.model.build import model_from_checkpoint
+    from detect.inference.torch_runtime import predict
 
     model, ckpt = model_from_checkpoint(project / "weights" / "tiny" / "best.pt")
     paths = sorted((project / "data" / "JPEGImages").glob("*.jpg"))
@@ -382,7 +383,7 @@ def test_ground_truth_keys_aliases_and_clipping(project):
 
 
 def test_sanitize_box_is_the_training_rule():
-    from detect.records import sanitize_objects
+    from detect.data.records import sanitize_objects
 
     boxes = [(5, 5, 50, 40), (-3, 2, 10, 90), (10, 10, 10.5, 30), (90, 70, 200, 75), (0, 0, 100, 100), (99, 5, 120, 9)]
     objects = [VocObject("x", Box(*map(float, b))) for b in boxes]
@@ -399,7 +400,7 @@ def test_sanitize_box_is_the_training_rule():
 @pytest.mark.skipif(not BCCD.is_dir(), reason="../shared/data/bccd is not here")
 def test_bccd_predictions_are_scored_like_the_metrics(capsys, tmp_path):
     """BCCD's val split from its ImageSets lists: perfect predictions score 1, and a
-    degraded set scores exactly what detect.metrics computes on the same boxes."""
+    degraded set scores exactly what detect.scoring.metrics computes on the same boxes."""
     files = discover(BCCD)
     es = load_eval_set(files, list(files.split_lists["val"]), split="val", split_source="ImageSets/Main")
     classes = sorted(es.class_counts)

@@ -1,4 +1,4 @@
-"""detect.export, detect.onnx_export, detect.onnx_backend: the ONNX export and its backend.
+"""detect.export, detect.inference.onnx_export, detect.inference.onnx_runtime: the ONNX export and its backend.
 
 One tiny untrained model (conftest ``tiny_export``: 128 px, batch-norm statistics set so
 that scores differ from box to box) is exported once per session; the tests compare it
@@ -41,8 +41,9 @@ def torch_outputs(pt: Path, images: list[np.ndarray], settings: dict) -> list[di
     """PyTorch's outputs with the inference settings an export fixed (``test_settings``)."""
     import torch
 
-    from detect.inference import image_tensor, set_test_settings
-    from detect.model import model_from_checkpoint
+    from detect.data.tensors import image_tensor
+    from detect.inference.torch_runtime import set_test_settings
+    from detect.model.build import model_from_checkpoint
 
     model, _ = model_from_checkpoint(pt)
     set_test_settings(model, **settings)
@@ -51,8 +52,8 @@ def torch_outputs(pt: Path, images: list[np.ndarray], settings: dict) -> list[di
 
 
 def test_onnx_matches_pytorch_on_blank_one_object_and_crowded_images(tiny_export) -> None:
-    from detect.onnx_backend import OnnxDetector
-    from detect.onnx_export import compare_detections
+    from detect.inference.onnx_runtime import OnnxDetector
+    from detect.inference.onnx_export import compare_detections
 
     rng = np.random.default_rng(0)
     images = [BLANK, one_object(), crowded(), rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)]
@@ -80,7 +81,7 @@ def test_no_proposal_surviving_gives_empty_outputs_not_a_reshape_error(tiny_expo
     from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from detect.onnx_backend import OPTIMIZATION_LEVELS, OnnxDetector
+    from detect.inference.onnx_runtime import OPTIMIZATION_LEVELS, OnnxDetector
 
     proto = onnx.load(str(tiny_export["onnx"]))
     [bias] = [i for i in proto.graph.initializer if i.name == "rpn.head.cls_logits.bias"]
@@ -101,7 +102,7 @@ def test_no_proposal_surviving_gives_empty_outputs_not_a_reshape_error(tiny_expo
 
 
 def test_metadata_carries_what_prediction_and_eval_need(tiny_export) -> None:
-    from detect.onnx_backend import OnnxDetector
+    from detect.inference.onnx_runtime import OnnxDetector
 
     d = OnnxDetector(tiny_export["onnx"])
     meta = d.meta
@@ -189,8 +190,9 @@ def test_export_options_become_the_settings_fixed_in_the_graph() -> None:
 def test_test_settings_change_what_the_model_does(tiny_export) -> None:
     import torch
 
-    from detect.model import model_from_checkpoint
-    from detect.inference import image_tensor, set_test_settings, test_settings
+    from detect.model.build import model_from_checkpoint
+    from detect.data.tensors import image_tensor
+    from detect.inference.torch_runtime import set_test_settings, test_settings
 
     model, _ = model_from_checkpoint(tiny_export["pt"])
     assert test_settings(model)["input_size"] == 128

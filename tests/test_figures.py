@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 
 from detect import train as T
-from detect.checkpoint import load_checkpoint, save_checkpoint
+from detect.model.checkpoint import load_checkpoint, save_checkpoint
 from detect.eval import main as eval_main
-from detect.evaluation import TRAINING_KEYS
-from detect.metrics import Detections, GroundTruth, detection_confusion
-from detect.report import (
+from detect.scoring.evaluation import TRAINING_KEYS
+from detect.common.types import Detections, GroundTruth
+from detect.scoring.metrics import detection_confusion
+from detect.scoring.report import (
     plot_easiest,
     plot_false_alarms,
     plot_gallery,
@@ -33,7 +34,7 @@ from detect.report import (
     select_false_alarms,
     select_hardest,
 )
-from detect.runs import RESULT_FIELDS, RunFolder, training_mode
+from detect.training.run_folder import RESULT_FIELDS, RunFolder, training_mode
 
 from conftest import REPO, TINY_TRAIN, make_devkit
 
@@ -148,11 +149,11 @@ def test_a_run_resumed_from_an_older_results_csv_keeps_its_columns(tmp_path: Pat
 def test_validation_loss_changes_neither_the_model_nor_the_random_streams(tmp_path: Path) -> None:
     from torch.utils.data import DataLoader
 
-    from detect.dataset import DetectionDataset, collate
-    from detect.engine import validation_loss
-    from detect.layout import discover
-    from detect.model import build_model
-    from detect.records import load_records
+    from detect.data.dataset import DetectionDataset, collate
+    from detect.training.engine import validation_loss
+    from detect.data.layout import discover
+    from detect.model.build import build_model
+    from detect.data.records import load_records
 
     data = make_devkit(tmp_path / "data", n=4)
     records = load_records(discover(data), None)
@@ -303,7 +304,7 @@ def test_galleries_are_written(tmp_path: Path) -> None:
 
 
 def test_train_modes_trains_three_ways_and_compares(tmp_path: Path) -> None:
-    from detect.model import build_model
+    from detect.model.build import build_model
 
     data = make_devkit(tmp_path / "data", n=6)
     torch.manual_seed(0)

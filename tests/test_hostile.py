@@ -22,11 +22,11 @@ from PIL import Image
 from detect import check_xml
 from detect import eval as E
 from detect import train as T
-from detect import trainer
-from detect.checkpoint import load_checkpoint
-from detect.dataset import collate
-from detect.layout import discover
-from detect.voc import Annotation, Box, VocObject, annotation_to_xml
+from detect.training import trainer
+from detect.model.checkpoint import load_checkpoint
+from detect.data.dataset import collate
+from detect.data.layout import discover
+from detect.data.voc import Annotation, Box, VocObject, annotation_to_xml
 
 from conftest import TINY_TRAIN, make_devkit, write_sample
 
@@ -151,8 +151,8 @@ def test_resume_restores_a_missing_best_and_never_lies_about_it(small: Path, tmp
 def test_a_full_disk_gives_one_line_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import resource, signal, sys, torch
-        from detect.checkpoint import save_checkpoint
-        from detect.errors import DetectError
+        from detect.model.checkpoint import save_checkpoint
+        from detect.common.errors import DetectError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)            # a write past the limit fails (EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # a disk with 200 kB left
         try:
@@ -362,7 +362,7 @@ def test_a_fifo_named_like_an_annotation_does_not_hang(tmp_path: Path) -> None:
 
 
 def test_a_fifo_image_does_not_hang_training_or_the_image_reader(tmp_path: Path) -> None:
-    from detect.images import ImageError, read_image
+    from detect.data.images import ImageError, read_image
 
     os.mkfifo(tmp_path / "x.jpg")
     with pytest.raises(ImageError, match="not a regular file"):
@@ -438,7 +438,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypat
 
 
 def test_a_second_ctrl_c_during_the_save_cannot_break_it(small: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import detect.runs as runs
+    import detect.training.run_folder as runs
 
     real = runs.save_checkpoint
     sent = {"n": 0}

@@ -1,15 +1,14 @@
-"""The package's layers: every module has one, nothing imports upward, no import cycles, and
-the core works on a machine without torch.
+"""The package's structure: sub-packages in one order, nothing imports upward, no import
+cycles, and the torch-free core works on a machine without torch.
 
-The layers (README, "Layout"), bottom up:
+Sub-packages, bottom up (docs/architecture.md): ``detect.common`` < ``detect.data`` <
+``detect.model`` < ``detect.scoring`` < ``detect.inference`` < ``detect.checks`` <
+``detect.training`` < the commands (``detect/train.py``, ``eval.py``, ... each
+``main(argv) -> int``). A module may import modules of its own sub-package or of one below.
 
-* ``core``: torch-free: VOC I/O, dataset discovery, records, metrics, the predictions format,
-  evaluation results and reports, the checker's rules, the backbone table;
-* ``torch``: dataset and augmentation, the model, checkpoints, inference, the training engine;
-* ``cli``: the commands, each ``main(argv) -> int``.
-
-A module may import modules of its own layer or below. Imports inside functions count too:
-a lazy import is still a dependency.
+Across that order runs a second rule: the modules in :data:`TORCH` may import torch; every
+other module is core and may import neither torch nor a torch module. Imports inside
+functions count too: a lazy import is still a dependency.
 """
 
 from __future__ import annotations
@@ -28,56 +27,45 @@ from conftest import NO_TORCH
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "detect"
 
-CORE, TORCH, CLI = 0, 1, 2
-LAYERS: dict[str, int] = {
-    "detect": CORE,
-    "detect.errors": CORE,
-    "detect.fsutil": CORE,
-    "detect.options": CORE,
-    "detect.logs": CORE,
-    "detect.voc": CORE,
-    "detect.layout": CORE,
-    "detect.images": CORE,
-    "detect.records": CORE,
-    "detect.metrics": CORE,
-    "detect.predictions": CORE,
-    "detect.evaluation": CORE,
-    "detect.report": CORE,
-    "detect.demo": CORE,
-    "detect.backbones": CORE,
-    "detect.checks": CORE,
-    "detect.checks.findings": CORE,
-    "detect.checks.file_rules": CORE,
-    "detect.checks.dataset_rules": CORE,
-    "detect.checks.check": CORE,
-    "detect.checks.fixes": CORE,
-    "detect.sources": CORE,
-    "detect.drawing": CORE,
-    "detect.predictor": CORE,
-    "detect.onnx_backend": CORE,
-    "detect.predict_outputs": CORE,
-    "detect.device": TORCH,
-    "detect.distributed": TORCH,
-    "detect.roi_pool": TORCH,
-    "detect.model": TORCH,
-    "detect.checkpoint": TORCH,
-    "detect.dataset": TORCH,
-    "detect.inference": TORCH,
-    "detect.anchor_fit": TORCH,
-    "detect.engine": TORCH,
-    "detect.runs": TORCH,
-    "detect.trainer": TORCH,
-    "detect.backends": TORCH,
-    "detect.onnx_export": TORCH,
-    "detect.train": CLI,
-    "detect.eval": CLI,
-    "detect.check_xml": CLI,
-    "detect.make_demo_data": CLI,
-    "detect.predict": CLI,
-    "detect.export": CLI,
-}
-NAMES = {CORE: "core", TORCH: "torch", CLI: "cli"}
+ORDER = ("detect.common", "detect.data", "detect.model", "detect.scoring", "detect.inference", "detect.checks",
+         "detect.training")
+COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
+            "detect.export")
+# The modules that may import torch (and those that import them); the rest is the core.
+TORCH = frozenset({
+    "detect.common.device",
+    "detect.data.dataset",
+    "detect.data.tensors",
+    "detect.model.build",
+    "detect.model.roi_align",
+    "detect.model.checkpoint",
+    "detect.inference.torch_runtime",
+    "detect.inference.loader",
+    "detect.inference.onnx_export",
+    "detect.checks.anchor_fit",
+    "detect.training",
+    "detect.training.trainer",
+    "detect.training.engine",
+    "detect.training.run_folder",
+    "detect.training.distributed",
+})
 TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
+
+
+def rank(module: str) -> int:
+    """Where a module stands in :data:`ORDER` (the commands above every sub-package)."""
+    if module == "detect":
+        return -1
+    for i, package in enumerate(ORDER):
+        if module == package or module.startswith(package + "."):
+            return i
+    if module in COMMANDS:
+        return len(ORDER)
+    raise KeyError(module)
+
+
+def is_core(module: str) -> bool:
+    return module not in TORCH and module not in COMMANDS
 
 
 def module_name(path: Path) -> str:
@@ -115,11 +103,16 @@ def project_imports(path: Path, known: set[str]) -> set[str]:
     return out
 
 
-def test_every_module_has_a_layer() -> None:
-    unassigned = sorted(set(modules()) - set(LAYERS))
-    assert not unassigned, f"give these modules a layer in LAYERS (and the README's Layout): {unassigned}"
-    gone = sorted(set(LAYERS) - set(modules()))
-    assert not gone, f"LAYERS names modules that no longer exist: {gone}"
+def test_every_module_has_a_place() -> None:
+    homeless = []
+    for name in modules():
+        try:
+            rank(name)
+        except KeyError:
+            homeless.append(name)
+    assert not homeless, f"put these modules in a sub-package of ORDER, or name them in COMMANDS: {homeless}"
+    gone = sorted(TORCH - set(modules()))
+    assert not gone, f"TORCH names modules that no longer exist: {gone}"
 
 
 def test_nothing_imports_upward() -> None:
@@ -127,15 +120,17 @@ def test_nothing_imports_upward() -> None:
     upward = []
     for name, path in mods.items():
         for dep in project_imports(path, set(mods)):
-            if LAYERS[dep] > LAYERS[name]:
-                upward.append(f"{name} ({NAMES[LAYERS[name]]}) imports {dep} ({NAMES[LAYERS[dep]]})")
+            if rank(dep) > rank(name):
+                upward.append(f"{name} imports {dep}, which sits above it")
+            elif is_core(name) and not is_core(dep):
+                upward.append(f"{name} (core) imports {dep} (torch)")
     assert not upward, "\n".join(upward)
 
 
 def test_core_names_no_torch_package() -> None:
     offenders = []
     for name, path in modules().items():
-        if LAYERS[name] == CORE:
+        if is_core(name):
             heavy = {m.split(".")[0] for m in imports_of(path)} & TORCH_PACKAGES
             if heavy:
                 offenders.append(f"{name} imports {sorted(heavy)}")
@@ -172,10 +167,10 @@ def test_no_import_cycles() -> None:
 
 def test_the_layer_check_sees_a_planted_upward_import(tmp_path: Path) -> None:
     """The checks above are not vacuous: an upward import and a cycle are found."""
-    (tmp_path / "a.py").write_text("def f():\n    from detect.trainer import train\n")
-    assert "detect.trainer" in project_imports(tmp_path / "a.py", set(LAYERS))
+    (tmp_path / "a.py").write_text("def f():\n    from detect.training.trainer import train\n")
+    assert "detect.training.trainer" in project_imports(tmp_path / "a.py", set(modules()))
     (tmp_path / "b.py").write_text("from detect import checks\nimport torch.nn\n")
-    assert {"detect.checks"} == project_imports(tmp_path / "b.py", set(LAYERS))
+    assert {"detect.checks"} == project_imports(tmp_path / "b.py", set(modules()))
     assert "torch" in {m.split(".")[0] for m in imports_of(tmp_path / "b.py")}
 
 
@@ -185,7 +180,7 @@ def _run(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_importing_the_core_does_not_import_torch() -> None:
-    core = sorted(m for m, layer in LAYERS.items() if layer == CORE)
+    core = sorted(m for m in modules() if is_core(m))
     done = _run(f"""
         import importlib, json, sys
         for name in {core!r}:
@@ -216,8 +211,7 @@ print("exit", code_eval, code_check)
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("module", ["detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data",
-                                    "detect.predict", "detect.export"])
+@pytest.mark.parametrize("module", COMMANDS)
 def test_each_command_has_main_argv_returning_int(module: str) -> None:
     import importlib
     import inspect

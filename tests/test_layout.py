@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detect.layout import DatasetError, discover, resolve_splits, split_by_name
-from detect.voc import parse_voc
+from detect.data.layout import DatasetError, discover, resolve_splits, split_by_name
+from detect.data.voc import parse_voc
 
 from conftest import BCCD, make_devkit, random_objects, write_sample
 

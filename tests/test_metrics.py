@@ -1,4 +1,4 @@
-"""detect.metrics: hand-computed cases, and agreement with independent reference implementations."""
+"""detect.scoring.metrics: hand-computed cases, and agreement with independent reference implementations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from detect.metrics import (
+from detect.scoring.metrics import (
     COCO_STATS,
     Detections,
     GroundTruth,

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torchvision.models.detection.faster_rcnn import FasterRCNN_MobileNet_V3_Large_FPN_Weights
 
-from detect.model import (
+from detect.model.build import (
     WeightsError,
     _cached_path,
     anchors_per_location,
@@ -20,7 +20,7 @@ from detect.model import (
     make_anchor_generator,
     model_from_checkpoint,
 )
-from detect.backbones import get_backbone
+from detect.model.backbones import get_backbone
 
 
 @pytest.mark.parametrize("backbone,levels", [("mobilenet", 4), ("resnet50", 5)])
@@ -198,12 +198,12 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sampling_ratio", [1, 2])
 def test_roi_pool_gradient_is_torchvisions(sampling_ratio: int) -> None:
-    """The pooling's sparse-matrix gradient (detect/roi_pool.py) against torchvision's own
+    """The pooling's sparse-matrix gradient (detect/model/roi_align.py) against torchvision's own
     kernel: the same values forward, the same feature gradient backward, on boxes of every
     size, at the image's edges, one cell wide, and a level that gets no box."""
     from torchvision.ops import MultiScaleRoIAlign
 
-    from detect.roi_pool import FastGradMultiScaleRoIAlign
+    from detect.model.roi_align import FastGradMultiScaleRoIAlign
 
     torch.manual_seed(0)
     image = (96, 128)  # features at strides 8, 16, 32, 64 of a 96x128 image
@@ -232,7 +232,7 @@ def test_roi_pool_gradient_is_torchvisions(sampling_ratio: int) -> None:
 def test_model_trains_through_the_fast_gradient() -> None:
     """The model's pooling is the fast-gradient one, and training through it gives the
     gradients torchvision's pooling gives."""
-    from detect.roi_pool import FastGradMultiScaleRoIAlign
+    from detect.model.roi_align import FastGradMultiScaleRoIAlign
 
     model = build_model(backbone="mobilenet", num_classes=3, input_size=96, weights="none")
     assert isinstance(model.roi_heads.box_roi_pool, FastGradMultiScaleRoIAlign)

@@ -1,4 +1,4 @@
-"""detect.predict, detect.predictor, detect.sources, detect.predict_outputs, detect.drawing.
+"""detect.predict, detect.inference.predictor, detect.inference.sources, detect.inference.outputs, detect.inference.drawing.
 
 Sources are tiny generated images and videos (cv2.VideoWriter); a "stream" is a video
 served over HTTP by a local server, which is what OpenCV's FFmpeg reads from a camera's
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, REPO
-from detect.metrics import Detections
+from detect.common.types import Detections
 from detect.predict import main
-from detect.predictor import ConfThresholds, Predictor, parse_conf
-from detect.sources import ImageSource, LiveSource, SourceError, VideoSource, open_source
+from detect.inference.predictor import ConfThresholds, Predictor, parse_conf
+from detect.inference.sources import ImageSource, LiveSource, SourceError, VideoSource, open_source
 
 
 def write_video(path: Path, frames: int = 6, *, size=(96, 80), fps: float = 5.0) -> Path:
@@ -257,7 +257,7 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_folder_with_every_output_and_no_overwrite_of_runs(tiny_export, tmp_path, capsys) -> None:
-    from detect.predictions import read_predictions
+    from detect.scoring.predictions_json import read_predictions
 
     images = tiny_export["data"] / "JPEGImages"
     out = tmp_path / "predictions"
@@ -322,8 +322,8 @@ def test_max_frames_stops_a_live_source_cleanly(tiny_export, camera_url, tmp_pat
 
 def test_pre_annotation_xml_parses_back_checks_clean_and_never_overwrites(tiny_export, tmp_path, capsys) -> None:
     from detect.checks.check import check_dataset
-    from detect.layout import discover
-    from detect.voc import parse_voc
+    from detect.data.layout import discover
+    from detect.data.voc import parse_voc
 
     lote = tmp_path / "lote2"
     for i in range(3):
@@ -457,7 +457,7 @@ def test_two_sources_with_the_same_file_name_keep_both_outputs(tiny_export, tmp_
 
 
 def test_the_readme_api_streams_results_from_a_folder(tiny_export) -> None:
-    from detect.backends import load_detector
+    from detect.inference.loader import load_detector
 
     predictor = Predictor(load_detector(tiny_export["onnx"]), conf=["0.2", "Lata_defectuosa=0.1"])
     stream = predictor.stream(str(tiny_export["data"] / "JPEGImages"))

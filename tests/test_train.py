@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from detect import dataset as D
+from detect.data import dataset as D
 from detect import train as T
-from detect import trainer
-from detect.checkpoint import load_checkpoint
-from detect.model import model_from_checkpoint
+from detect.training import trainer
+from detect.model.checkpoint import load_checkpoint
+from detect.model.build import model_from_checkpoint
 
 from conftest import TINY_TRAIN, make_devkit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detect.voc import Annotation, Box, VocError, VocObject, annotation_to_xml, parse_voc, parse_voc_bytes, write_voc
+from detect.data.voc import Annotation, Box, VocError, VocObject, annotation_to_xml, parse_voc, parse_voc_bytes, write_voc
 
 from conftest import BCCD, REPO
 

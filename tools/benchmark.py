@@ -8,13 +8,13 @@
 Both loops train the same model (the demo recipe's, from the same initialisation) on the
 same demo images at the same input size and batch size:
 
-* **ours**: ``detect.engine.train_one_epoch`` on ``detect.trainer.make_loaders``
+* **ours**: ``detect.training.engine.train_one_epoch`` on ``detect.training.trainer.make_loaders``
   (OpenCV decode, images shrunk to the input size before augmentation, the recipe's
   cache and augmentation, losses read back as the engine does);
 * **tutorial**: torchvision's detection tutorial loop: PIL decode, ``to_tensor``, a random
   horizontal flip, the default ``DataLoader``, ``loss.item()`` every step, and the model's
   RoI pooling as torchvision ships it (``MultiScaleRoIAlign``, whose CPU gradient is the
-  single-threaded kernel that ``detect/roi_pool.py`` replaces: same values, same weights).
+  single-threaded kernel that ``detect/model/roi_align.py`` replaces: same values, same weights).
 
 ``--amp`` trains ours under bfloat16 autocast (``detect.train --amp``; on the CPU it pays
 only where the CPU has bfloat16 instructions).
@@ -43,8 +43,8 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 
 import torch  # noqa: E402
 
-from detect.backbones import BACKBONES  # noqa: E402
-from detect.model import LEGACY_MOBILENET, build_model, count_parameters  # noqa: E402
+from detect.model.backbones import BACKBONES  # noqa: E402
+from detect.model.build import LEGACY_MOBILENET, build_model, count_parameters  # noqa: E402
 
 # The recipe the demo trained with before the speed work (README "The demo recipe",
 # 0.296 val mAP@0.5 after 8 epochs), on the model of that time (torchvision's MobileNet
@@ -65,7 +65,7 @@ def _setup(recipe: dict | None, seed: int, device: torch.device, tutorial: bool 
     AdamW optimizer, as both loops train from scratch."""
     from torchvision.ops import MultiScaleRoIAlign
 
-    from detect import engine, trainer
+    from detect.training import engine, trainer
 
     cfg = trainer.resolve_config(trainer.TrainConfig(weights="none", seed=seed, no_check=True, **(recipe or {})))
     cfg, data = trainer.prepare_data(cfg)
@@ -146,7 +146,7 @@ def _peak() -> dict:
 
 
 def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int, amp: bool) -> dict:
-    from detect import engine, trainer
+    from detect.training import engine, trainer
 
     device = torch.device(device_name)
     cfg, data, model, params, optimizer = _setup(None, seed, device, tutorial=kind == "tutorial")
@@ -173,8 +173,8 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int,
 
 
 def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str, seed: int, amp: bool) -> dict:
-    from detect import engine, trainer
-    from detect.records import ground_truths
+    from detect.training import engine, trainer
+    from detect.data.records import ground_truths
 
     device = torch.device(device_name)
     recipe = REFERENCE_RECIPE if kind == "tutorial" else None
@@ -214,7 +214,7 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) ->
     model's parts, and the loop's own phases (data, forward, backward, optimizer)."""
     from collections import defaultdict
 
-    from detect import trainer
+    from detect.training import trainer
 
     device = torch.device(device_name)
     cfg, data, model, params, optimizer = _setup(None, seed, device)

@@ -34,8 +34,8 @@ import _repo  # noqa: F401,E402  (makes `detect` importable from a clone)
 from PIL import Image, ImageDraw  # noqa: E402
 
 from detect.checks import check_dataset  # noqa: E402
-from detect.layout import discover  # noqa: E402
-from detect.voc import Annotation, Box, VocObject, annotation_to_xml  # noqa: E402
+from detect.data.layout import discover  # noqa: E402
+from detect.data.voc import Annotation, Box, VocObject, annotation_to_xml  # noqa: E402
 
 CLASSES = ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {args.n} XML + {width}x{height} JPEG pairs in {time.perf_counter() - t0:.1f} s under {root}")
         print(f"cores: {os.cpu_count()}, load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-        from detect.anchor_fit import anchor_rule  # torch: this figure is the checking alone
+        from detect.checks.anchor_fit import anchor_rule  # torch: this figure is the checking alone
 
         t0, c0 = time.perf_counter(), time.process_time()
         report = check_dataset(discover(root), classes=CLASSES, anchor_rule=lambda: anchor_rule)

@@ -1,4 +1,4 @@
-"""Time detect.metrics on a large random problem: VOC AP (ours, vectorised numpy) against
+"""Time detect.scoring.metrics on a large random problem: VOC AP (ours, vectorised numpy) against
 pycocotools' COCO pass on the same data, side by side.
 
     python tools/benchmark_metrics.py                      # 5,000 images x 50 detections
@@ -20,7 +20,8 @@ import numpy as np
 
 import _repo  # noqa: F401,E402  (makes `detect` importable from a clone)
 
-from detect.metrics import Detections, GroundTruth, coco_evaluate, detection_confusion, voc_evaluate  # noqa: E402
+from detect.common.types import Detections, GroundTruth
+from detect.scoring.metrics import coco_evaluate, detection_confusion, voc_evaluate  # noqa: E402
 
 
 def make_problem(*, images: int, detections: int, classes: int, objects: int, seed: int):
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     t_voc07, _ = best_of(lambda: voc_evaluate(truths, dets, classes=classes, use_07_metric=True), args.repeat)
     t_conf, _ = best_of(lambda: detection_confusion(truths, dets, classes=classes, score_threshold=0.5), args.repeat)
     rows = [
-        ("VOC AP@0.5, all-point (detect.metrics)", t_voc, f"mAP {voc.map:.4f}"),
-        ("VOC AP@0.5, 11-point (detect.metrics)", t_voc07, ""),
-        ("P/R/F1 + confusion @0.5 (detect.metrics)", t_conf, ""),
+        ("VOC AP@0.5, all-point (detect.scoring.metrics)", t_voc, f"mAP {voc.map:.4f}"),
+        ("VOC AP@0.5, 11-point (detect.scoring.metrics)", t_voc07, ""),
+        ("P/R/F1 + confusion @0.5 (detect.scoring.metrics)", t_conf, ""),
     ]
     if not args.no_coco:
         t0 = time.perf_counter()

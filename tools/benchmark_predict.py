@@ -43,13 +43,13 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 import numpy as np
 import torch
 
-from detect.checkpoint import load_checkpoint, save_checkpoint
-from detect.evaluation import EvalSettings, Evaluator
-from detect.images import read_image
-from detect.inference import TorchDetector, set_test_settings
-from detect.model import build_model, model_from_checkpoint
-from detect.onnx_backend import OnnxDetector
-from detect.onnx_export import export_onnx
+from detect.model.checkpoint import load_checkpoint, save_checkpoint
+from detect.scoring.evaluation import EvalSettings, Evaluator
+from detect.data.images import read_image
+from detect.inference.torch_runtime import TorchDetector, set_test_settings
+from detect.model.build import build_model, model_from_checkpoint
+from detect.inference.onnx_runtime import OnnxDetector
+from detect.inference.onnx_export import export_onnx
 
 
 def percentile(values: list[float], q: float) -> float:

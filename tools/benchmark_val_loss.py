@@ -4,12 +4,12 @@
     python tools/benchmark_val_loss.py --weights weights/demo/best.pt --train-batches 24
 
 On the demo data (generated into .cache/ on first use, as detect.train does) with the demo
-recipe's model and loaders (``detect.trainer``), one run times, in this order and on the
+recipe's model and loaders (``detect.training.trainer``), one run times, in this order and on the
 same model:
 
 * ``train``: ``--train-batches`` training iterations (forward, backward, AdamW step);
-* ``val mAP``: :func:`detect.engine.evaluate` on the whole val split;
-* ``val loss``: :func:`detect.engine.validation_loss` on the whole val split;
+* ``val mAP``: :func:`detect.training.engine.evaluate` on the whole val split;
+* ``val loss``: :func:`detect.training.engine.validation_loss` on the whole val split;
 
 and prints each, an epoch's estimated training time (the train rate times the train split),
 and the val loss's share of an epoch (train + val mAP + val loss). This is a benchmark, not
@@ -27,9 +27,9 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 
 import torch  # noqa: E402
 
-from detect import trainer  # noqa: E402
-from detect.engine import evaluate, make_optimizer, validation_loss  # noqa: E402
-from detect.records import ground_truths  # noqa: E402
+from detect.training import trainer  # noqa: E402
+from detect.training.engine import evaluate, make_optimizer, validation_loss  # noqa: E402
+from detect.data.records import ground_truths  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

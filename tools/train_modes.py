@@ -34,8 +34,8 @@ from pathlib import Path
 
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
 
-from detect.backbones import BACKBONES  # noqa: E402
-from detect.fsutil import unique_folder  # noqa: E402
+from detect.model.backbones import BACKBONES  # noqa: E402
+from detect.common.files import unique_folder  # noqa: E402
 
 MODES = ("scratch", "finetune", "features")
 
@@ -53,7 +53,7 @@ def mode_args(mode: str, *, weights: str, backbone: str) -> list[str]:
 
 def checkpoint_backbone(path: Path) -> str | None:
     """The backbone a detect.train checkpoint records (None for other weight files)."""
-    from detect.checkpoint import CheckpointError, load_checkpoint
+    from detect.model.checkpoint import CheckpointError, load_checkpoint
 
     try:
         return str(load_checkpoint(path)["model_config"]["backbone"])

@@ -1,6 +1,6 @@
 """Annotation checks: every mistake a VOC dataset can carry into training, as findings.
 
-:func:`check_dataset` reads each XML once with the lenient parser of :mod:`detect.voc`,
+:func:`check_dataset` reads each XML once with the lenient parser of :mod:`detect.data.voc`,
 reads each image's header (size, EXIF orientation; the whole image with ``deep=True``), and
 returns a :class:`CheckReport` of :class:`Finding` records, each with a stable code
 (:data:`CODES`). :func:`plan_fixes` and :func:`apply_fixes` repair what can be repaired.
@@ -15,7 +15,7 @@ The package, one job per module:
   for large datasets);
 * :mod:`~detect.checks.fixes`: the fixes.
 
-The anchor-fit checks (VOC6xx) need torch and live in :mod:`detect.anchor_fit`, passed in as
+The anchor-fit checks (VOC6xx) need torch and live in :mod:`detect.checks.anchor_fit`, passed in as
 ``check_dataset(..., anchor_rule=...)``: everything here is torch-free, so annotations can
 be checked on a machine without torch. This package logs and never prints;
 ``python -m detect.check_xml`` (``tools/check_xml.py``) is the command line.

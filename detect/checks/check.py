@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from detect.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
+from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
 from detect.checks.dataset_rules import dataset_findings
 from detect.checks.file_rules import Context, FileResult, check_file
 from detect.checks.findings import AnchorFit, CheckReport, Finding
-from detect.layout import DatasetFiles
+from detect.data.layout import DatasetFiles
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ PARALLEL_MIN_FILES = 1000  # below this, starting workers costs more than it sav
 
 AnchorRule = Callable[..., tuple[AnchorFit, list[Finding]]]
 """``rule(boxes, box_paths, root, *, backbone, input_size, scales, ratios) -> (fit, findings)``:
-the VOC6xx checks (:func:`detect.anchor_fit.anchor_rule`)."""
+the VOC6xx checks (:func:`detect.checks.anchor_fit.anchor_rule`)."""
 
 _WORKER: Context | None = None
 
@@ -84,7 +84,7 @@ def check_dataset(
     jobs: int = 1,
     anchor_rule: Callable[[], AnchorRule] | None = None,
 ) -> CheckReport:
-    """Run every check on a dataset found by :func:`detect.layout.discover`.
+    """Run every check on a dataset found by :func:`detect.data.layout.discover`.
 
     Args:
         files: the dataset.
@@ -92,12 +92,12 @@ def check_dataset(
             (then unknown names cannot be told, but case variants still are).
         deep: decode every image fully (slow), catching truncated files.
         backbone, input_size, anchor_scales, anchor_ratios: the model the data is meant for,
-            as in :func:`detect.model.build_model`; used by the small-box and anchor checks.
+            as in :func:`detect.model.build.build_model`; used by the small-box and anchor checks.
         jobs: processes for the per-file checks (XML parsing, image headers); used from
             :data:`PARALLEL_MIN_FILES` files on, where ``fork`` is available.
         anchor_rule: a function that returns the anchor-fit rule (VOC6xx), called while the
             workers read the files: loading the rule imports torch, and this core never
-            imports it itself. ``lambda: detect.anchor_fit.anchor_rule`` is the rule; None
+            imports it itself. ``lambda: detect.checks.anchor_fit.anchor_rule`` is the rule; None
             leaves the VOC6xx checks out (on a machine without torch).
 
     Returns:

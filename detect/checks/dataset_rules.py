@@ -17,11 +17,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from detect.backbones import get_backbone
+from detect.model.backbones import get_backbone
 from detect.checks.file_rules import Context, FileResult, class_key, describe
 from detect.checks.findings import Finding, box_text, finding, num
-from detect.errors import show
-from detect.layout import DatasetFiles
+from detect.common.errors import show
+from detect.data.layout import DatasetFiles
 
 __all__ = ["DUPLICATE_IOU", "IMBALANCE_RATIO", "DatasetResult", "dataset_findings"]
 

@@ -1,6 +1,6 @@
 """The per-file checks: one XML file against itself, its image and the class list.
 
-:func:`check_file` reads one XML with the lenient parser of :mod:`detect.voc` and the header
+:func:`check_file` reads one XML with the lenient parser of :mod:`detect.data.voc` and the header
 of its image (size, EXIF orientation; the whole image with ``deep``) and returns a
 :class:`FileResult`: the findings of codes VOC1xx-VOC4xx, and what the dataset-level checks
 need (class names, boxes). Everything in a :class:`FileResult` is plain data, cheap to send
@@ -20,10 +20,10 @@ from lxml import etree
 from PIL import Image
 
 from detect.checks.findings import Finding, Fix, box_text, finding, num
-from detect.errors import show
-from detect.fsutil import is_regular, read_regular
-from detect.layout import DatasetFiles, file_name
-from detect.voc import Annotation, VocError, VocObject, parse_voc_bytes, parse_xml_tree
+from detect.common.errors import show
+from detect.common.files import is_regular, read_regular
+from detect.data.layout import DatasetFiles, file_name
+from detect.data.voc import Annotation, VocError, VocObject, parse_voc_bytes, parse_xml_tree
 
 __all__ = ["Context", "FileResult", "ImageInfo", "Obj", "check_file", "class_key", "read_image_info"]
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detect.errors import show
-from detect.layout import DatasetFiles
-from detect.voc import format_number
+from detect.common.errors import show
+from detect.data.layout import DatasetFiles
+from detect.data.voc import format_number
 
 __all__ = [
     "CODES",

@@ -26,9 +26,9 @@ from typing import Iterable
 from lxml import etree
 
 from detect.checks.findings import CheckReport, Finding
-from detect.errors import DetectError
-from detect.fsutil import read_regular, write_atomic, write_new
-from detect.voc import VocError, detect_encoding, format_number, parse_xml_tree
+from detect.common.errors import DetectError
+from detect.common.files import read_regular, write_atomic, write_new
+from detect.data.voc import VocError, detect_encoding, format_number, parse_xml_tree
 
 log = logging.getLogger(__name__)
 

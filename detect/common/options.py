@@ -1,0 +1,151 @@
+"""Command-line pieces every CLI shares: the parser class, value parsers, the device option.
+
+* :class:`CliParser`: argparse with one-line usage errors (exit status 2) instead of a
+  usage block, so every command fails the same way: ``--lr must be a finite number > 0,
+  got nan (see --help)``.
+* :class:`Number`: every numeric option's allowed range, checked when the command line is
+  parsed (``type=Number(int, lo=1)``) and again by the library for values set from Python
+  (:meth:`Number.check`); NaN and infinities are refused everywhere.
+* :func:`number_list`: ``"0.5,1,2"`` or ``"0.5 1 2"`` -> ``[0.5, 1.0, 2.0]``, positive and
+  finite (anchor scales and ratios).
+* :data:`DEVICE_DEFAULT` / :func:`add_device_option`: ``--device``, ``auto`` everywhere
+  (CUDA when present, else the CPU); :func:`detect.common.device.resolve_device` turns the name
+  into a torch device.
+
+This module is torch-free: the evaluation of a predictions file and the annotation
+checker parse their options here on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import re
+from dataclasses import dataclass
+
+from detect.common.errors import UsageError
+
+__all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "given_options", "number_list"]
+
+DEVICE_DEFAULT = "auto"
+DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, mps"
+
+
+class CliParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line and exit with 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        # "argument --lr: must be ..." -> "--lr must be ...": the option, then what is wrong.
+        found = re.match(r"argument ([^:]+?): (.*)$", message, re.S)
+        if found:
+            option = found.group(1).split("/")[0]
+            message = f"{option} {found.group(2)}"
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+@dataclass(frozen=True)
+class Number:
+    """The allowed values of one numeric option: ``kind`` (``int`` or ``float``), finite,
+    within ``lo``..``hi`` (either may be None), the ends excluded when ``lo_open`` /
+    ``hi_open``.
+
+    An instance is an argparse ``type`` (it parses the text and raises
+    ``ArgumentTypeError``) and a library check (:meth:`check` raises
+    :class:`~detect.common.errors.UsageError`), so a command line and a config built in Python are
+    held to the same range.
+    """
+
+    kind: type = float
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        """The range in words: ``"at least 1"``, ``"from 1 to 64"``, ``"a finite number > 0"``,
+        ``"a finite number in [0, 1)"``."""
+        lo, hi = self.lo, self.hi
+        if self.kind is int:
+            if lo is not None and hi is not None:
+                return f"from {lo:g} to {hi:g}"
+            if lo is not None:
+                return f"at least {lo:g}"
+            return f"at most {hi:g}" if hi is not None else "a whole number"
+        if lo is not None and hi is not None:
+            return f"a finite number in {'(' if self.lo_open else '['}{lo:g}, {hi:g}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"a finite number {'>' if self.lo_open else '>='} {lo:g}"
+        if hi is not None:
+            return f"a finite number {'<' if self.hi_open else '<='} {hi:g}"
+        return "a finite number"
+
+    def _wrong_kind(self, value) -> str:
+        what = self.describe()
+        if self.kind is int and what != "a whole number":
+            what = f"a whole number, {what}"
+        return f"must be {what}, got {value!r}"
+
+    def _problem(self, value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return self._wrong_kind(value)
+        if self.kind is int and not (isinstance(value, int) or float(value).is_integer()):
+            return self._wrong_kind(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            return f"must be {self.describe()}, got {value}"
+        lo_bad = self.lo is not None and (number <= self.lo if self.lo_open else number < self.lo)
+        hi_bad = self.hi is not None and (number >= self.hi if self.hi_open else number > self.hi)
+        if lo_bad or hi_bad:
+            return f"must be {self.describe()}, got {value:g}" if self.kind is float else \
+                f"must be {self.describe()}, got {value}"
+        return None
+
+    def __call__(self, text: str):
+        """Parse ``text`` (argparse ``type``)."""
+        try:
+            value = int(text) if self.kind is int else float(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(self._wrong_kind(text)) from None
+        problem = self._problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    def check(self, option: str, value):
+        """``value`` unchanged when allowed; else :class:`UsageError` ``"--option must be ..."``.
+        None (unset) passes."""
+        if value is None:
+            return value
+        problem = self._problem(value)
+        if problem:
+            raise UsageError(f"{option} {problem}")
+        return self.kind(value)
+
+
+def number_list(text: str) -> list[float]:
+    """An argparse type: positive finite numbers separated by commas or spaces."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like '0.5,1,2', got {text!r}") from None
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The destinations of the options ``argv`` sets explicitly (defaults left out), e.g.
+    to tell ``--resume last.pt --epochs 12`` from a plain ``--resume last.pt``."""
+    probe = copy.deepcopy(parser)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``, with the default every command shares."""
+    parser.add_argument("--device", default=DEVICE_DEFAULT, help=f"{DEVICE_HELP} (default: {DEVICE_DEFAULT})")

@@ -1,0 +1,88 @@
+"""``--weights`` -> a detector: ``.onnx`` on onnxruntime, anything else a PyTorch checkpoint.
+
+:func:`load_detector` is the one place that picks the backend, for ``detect.predict``,
+``detect.eval`` and users' scripts. It sits in the torch layer because the ``.pt`` branch
+needs :mod:`detect.inference.torch_runtime` and :mod:`detect.model.checkpoint`, but it imports them (and so
+torch) only inside that branch: the ``.onnx`` branch loads
+:class:`detect.inference.onnx_runtime.OnnxDetector`, which is torch-free, and a box with only
+onnxruntime installed runs ``detect.predict --weights best.onnx`` without torch ever
+being imported. (The core may not import this module, so the choice cannot live lower
+down; the predictor in the core takes any :class:`detect.inference.predictor.Detector`.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from detect.common.errors import UsageError
+from detect.inference.predictor import Detector, ModelError
+
+__all__ = ["is_onnx", "load_detector"]
+
+
+def is_onnx(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_detector(
+    weights: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int = 1,
+    optimization: str = "all",
+    test_settings: dict[str, Any] | None = None,
+) -> Detector:
+    """Load ``weights`` as a :class:`~detect.inference.predictor.Detector`.
+
+    Args:
+        weights: an ``.onnx`` export (``detect.export``) or a ``.pt`` checkpoint (``detect.train``).
+        device: ``auto``, ``cpu``, ``cuda``...
+        threads: CPU threads for inference (None: the library's default).
+        batch_size: images per forward pass (PyTorch; an ONNX export runs one at a time).
+        optimization: onnxruntime graph optimisation level (ONNX only).
+        test_settings: PyTorch only: inference-time settings to change
+            (:data:`detect.inference.torch_runtime.TEST_SETTINGS`); an ONNX export has them fixed at export.
+
+    Raises:
+        UsageError: the file does not exist, or an option does not apply.
+        ModelError: the file exists but cannot be used (corrupt, not ours, no metadata).
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise UsageError(f"--weights {path}: no such file; give a .pt checkpoint or an .onnx export")
+    if is_onnx(path):
+        from detect.inference.onnx_runtime import OnnxDetector
+
+        if any(v is not None for v in (test_settings or {}).values()):
+            raise UsageError("proposal counts and thresholds of an .onnx model are fixed when it is exported: "
+                             "pass them to `python -m detect.export` instead")
+        return OnnxDetector(path, threads=threads, optimization=optimization, device=device)
+
+    # PyTorch: the only branch that imports torch.
+    import torch
+
+    from detect.model.checkpoint import CheckpointError, load_checkpoint
+    from detect.common.device import resolve_device
+    from detect.inference.torch_runtime import TorchDetector, set_test_settings
+    from detect.model.build import model_from_checkpoint
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:  # the file is there but unusable: a failure, not a usage error
+        raise ModelError(f"{exc}; train it again or pick another file (an .onnx export works too)") from None
+    dev = resolve_device(device)
+    try:
+        model, _ = model_from_checkpoint(ckpt, device=dev)
+    except Exception as exc:  # a checkpoint written by other code, or for another torchvision
+        raise ModelError(f"{path}: the model it describes cannot be rebuilt ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300]})") from None
+    set_test_settings(model, **(test_settings or {}))
+    config = ckpt.get("model_config") or {}
+    info = {"path": str(path), "backbone": ckpt.get("backbone") or config.get("backbone"),
+            "run": ckpt.get("run") or path.parent.name, "threads": torch.get_num_threads()}
+    return TorchDetector(model, classes=[str(c) for c in ckpt["classes"]], device=dev, batch_size=batch_size, info=info)

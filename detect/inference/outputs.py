@@ -1,0 +1,335 @@
+"""What ``detect.predict`` writes: annotated images and videos, JSON, CSV, crops, VOC XML, a summary.
+
+:class:`PredictionWriter` takes :class:`~detect.inference.predictor.Result` objects one at a time
+(so an endless camera never piles up in memory beyond the per-detection rows) and writes
+into one run folder, ``predictions/<name>/``:
+
+=====================  ===================================================================
+file                   what
+=====================  ===================================================================
+``<image name>``       each image with its boxes drawn (``--no-save-images``: none)
+``<video stem>.mp4``   each video, camera or stream, annotated, at the source's frame rate
+``predictions.json``   ``--save-json``: the predictions format ``detect.eval --predictions`` scores
+``predictions.csv``    ``--save-csv``: one row per detection
+``crops/<class>/``     ``--save-crops``: each detection cut out of the original frame
+``summary.json``       images or frames seen, detections per class, images with a defect,
+                       failed inputs, dropped frames
+=====================  ===================================================================
+
+``--save-xml`` writes Pascal VOC pre-annotation: one XML per image **beside the image**
+(where LabelImg looks for it), boxes rounded to whole pixels inside the image, so an
+annotator corrects instead of drawing; an existing XML is left alone (and listed) unless
+``overwrite``. Video and camera frames have no image file: the frame is saved as a JPEG
+in ``frames/`` with its XML beside it.
+
+Every file goes through :mod:`detect.common.files` (a temporary file renamed into place). A
+video is recorded into a hidden temporary file and renamed when it is closed, which
+:meth:`PredictionWriter.close` does on every way out, Ctrl-C included, so what was
+recorded stays playable.
+
+Torch-free (OpenCV, numpy).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from detect.common.files import write_atomic
+from detect.common.types import Detections
+from detect.scoring.predictions_json import write_predictions
+from detect.inference.predictor import Result
+from detect.inference.sources import Source
+from detect.data.voc import Annotation, Box, VocObject, write_voc
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CSV_FIELDS", "PredictionWriter", "Summary", "voc_annotation"]
+
+CSV_FIELDS = ["image", "source", "frame", "label", "score", "xmin", "ymin", "xmax", "ymax", "defect"]
+_IMAGE_WRITE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_MAX_REPEAT = 300  # a live recording repeats a frame for the frames dropped before it, up to this many
+
+
+@dataclass
+class Summary:
+    """Counts of one prediction run (written as ``summary.json``)."""
+
+    images: int = 0
+    frames: int = 0
+    failed: list[str] = field(default_factory=list)
+    detections: Counter = field(default_factory=Counter)
+    with_defect: int = 0
+    with_detection: int = 0
+    dropped: int = 0
+    xml_written: int = 0
+    xml_skipped: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: list[str] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return self.images + self.frames
+
+    def as_dict(self, classes: Sequence[str], defect_classes: Sequence[str]) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "frames": self.frames,
+            "failed": self.failed,
+            "detections": {c: self.detections.get(c, 0) for c in classes},
+            "defect_classes": list(defect_classes),
+            "with_defect": self.with_defect,
+            "with_detection": self.with_detection,
+            "dropped_frames": self.dropped,
+            "xml_written": self.xml_written,
+            "xml_skipped": self.xml_skipped,
+            "videos": self.videos,
+            "stopped": self.stopped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def voc_annotation(result: Result, *, image_path: Path) -> Annotation:
+    """A result as a LabelImg-style annotation of ``image_path``: boxes rounded to whole
+    pixels and kept inside the image, boxes under 1 px dropped, exact duplicates after
+    rounding dropped, ``truncated`` set where a box touches the image border."""
+    h, w = result.image.shape[:2]
+    objects: list[VocObject] = []
+    seen: set[tuple] = set()
+    for name, box in zip(result.names, result.detections.boxes):
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 - x0 < 1 or y1 - y0 < 1 or (name, x0, y0, x1, y1) in seen:
+            continue
+        seen.add((name, x0, y0, x1, y1))
+        touches = x0 <= 1 or y0 <= 1 or x1 >= w - 1 or y1 >= h - 1
+        objects.append(VocObject(name, Box(float(x0), float(y0), float(x1), float(y1)), truncated=touches))
+    return Annotation(filename=image_path.name, width=w, height=h, depth=3, objects=tuple(objects),
+                      folder=image_path.parent.name, path=str(image_path.resolve()))
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
+def _encode(image_rgb: np.ndarray, suffix: str) -> bytes:
+    ok, data = cv2.imencode(suffix, _bgr(image_rgb), [cv2.IMWRITE_JPEG_QUALITY, 90] if suffix in (".jpg", ".jpeg") else [])
+    if not ok:
+        raise OSError(f"OpenCV cannot encode a {suffix} image")
+    return data.tobytes()
+
+
+class _Video:
+    """An annotated video recorded into a temporary file, renamed into place on close."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            raise OSError(f"OpenCV cannot write an MP4 video to {path.parent}")
+        self.size = size
+        self.last_index: int | None = None
+        self.frames = 0
+
+    def write(self, frame_rgb: np.ndarray, index: int) -> None:
+        bgr = _bgr(frame_rgb)
+        if (bgr.shape[1], bgr.shape[0]) != self.size:  # a stream that changes resolution mid-way
+            bgr = cv2.resize(bgr, self.size)
+        # Live sources skip frames; repeating this one for them keeps the recording in real time.
+        repeat = 1 if self.last_index is None else max(1, min(index - self.last_index, _MAX_REPEAT))
+        for _ in range(repeat):
+            self.writer.write(bgr)
+        self.frames += repeat
+        self.last_index = index
+
+    def close(self) -> Path | None:
+        self.writer.release()
+        if self.frames == 0:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+class PredictionWriter:
+    """Writes the outputs of a prediction run into ``folder`` (see the module docstring).
+
+    Args:
+        folder: the run folder (created on the first write).
+        classes: class names of the model; defect_classes: those that count as defects.
+        save_images: annotated images and videos; save_json, save_csv, save_xml,
+            save_crops: the other outputs; overwrite: replace existing XML annotations.
+        line_width: box line width in pixels (None: from the image size).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        classes: Sequence[str],
+        defect_classes: Sequence[str] = (),
+        save_images: bool = True,
+        save_json: bool = False,
+        save_csv: bool = False,
+        save_xml: bool = False,
+        save_crops: bool = False,
+        overwrite: bool = False,
+        line_width: int | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.classes = tuple(classes)
+        self.defect_classes = tuple(defect_classes)
+        self.save_images, self.save_json, self.save_csv = save_images, save_json, save_csv
+        self.save_xml, self.save_crops, self.overwrite = save_xml, save_crops, overwrite
+        self.line_width = line_width
+        self.summary = Summary()
+        self._json: list[Detections] = []
+        self._csv: list[list[Any]] = []
+        self._videos: dict[str, _Video] = {}
+        self._names: set[str] = set()
+        self._written: set[str] = set()
+        self._closed = False
+
+    # -- per result
+
+    def add(self, result: Result, source: Source) -> None:
+        """Write what ``result`` gives; a frame that failed to read is counted in ``summary.failed``."""
+        s = self.summary
+        if result.error:
+            s.failed.append(result.error)
+            return
+        if source.kind == "images":
+            s.images += 1
+        else:
+            s.frames += 1
+        names = result.names
+        s.detections.update(names)
+        s.with_detection += bool(names)
+        s.with_defect += result.has_defect
+        video = source.kind != "images"
+        if names:
+            if self.save_json:
+                self._json.append(result.detections)
+            if self.save_csv:
+                frame = result.frame.index if video else ""
+                for rec in result.records():
+                    self._csv.append([result.key, source.name, frame, rec["label"], f"{rec['score']:.6f}",
+                                      *(f"{v:.2f}" for v in rec["bbox"]), int(rec["defect"])])
+            if self.save_crops:
+                self._crops(result)
+        if self.save_images:
+            drawn = result.plot(line_width=self.line_width)
+            if video:
+                self._video_frame(drawn, result, source)
+            else:
+                path = self._image_path(result.key)
+                write_atomic(path, _encode(drawn, path.suffix.lower()), fsync=False)
+        if self.save_xml:
+            self._xml(result, video=video)
+
+    def _image_path(self, key: str) -> Path:
+        """Where the annotated image of ``key`` goes; two sources with an image of the same
+        name (``a/x.jpg``, ``b/x.jpg``) get ``x.jpg`` and ``x_2.jpg``, never one over the other."""
+        path = self.folder / key
+        if path.suffix.lower() not in _IMAGE_WRITE_EXTENSIONS:
+            path = path.with_name(path.name + ".jpg")
+        candidate, n = path, 2
+        while str(candidate) in self._written:
+            candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+            n += 1
+        self._written.add(str(candidate))
+        return candidate
+
+    def _video_frame(self, drawn: np.ndarray, result: Result, source: Source) -> None:
+        video = self._videos.get(source.spec)
+        if video is None:
+            name = source.stem
+            while name in self._names:  # two sources with the same stem: conveyor.mp4, conveyor2.mp4
+                name += "_"
+            self._names.add(name)
+            h, w = drawn.shape[:2]
+            video = _Video(self.folder / f"{name}.mp4", source.fps or 25.0, (w, h))
+            self._videos[source.spec] = video
+        video.write(drawn, result.frame.index)
+
+    def _crops(self, result: Result) -> None:
+        image = result.image
+        h, w = image.shape[:2]
+        stem = Path(result.key).stem if result.frame.path is not None else result.key
+        for i, (name, box) in enumerate(zip(result.names, result.detections.boxes)):
+            x0, y0 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+            x1, y1 = min(w, int(np.ceil(box[2]))), min(h, int(np.ceil(box[3])))
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                continue
+            path = self.folder / "crops" / name / f"{stem.replace('/', '_')}_{i}.jpg"
+            write_atomic(path, _encode(image[y0:y1, x0:x1], ".jpg"), fsync=False)
+
+    def _xml(self, result: Result, *, video: bool) -> None:
+        if video:
+            image_path = self.folder / "frames" / f"{result.key}.jpg"
+            write_atomic(image_path, _encode(result.image, ".jpg"), fsync=False)
+        else:
+            image_path = result.frame.path
+        xml = image_path.with_suffix(".xml")
+        if xml.exists() and not self.overwrite:
+            self.summary.xml_skipped.append(str(xml))
+            return
+        try:
+            write_voc(voc_annotation(result, image_path=image_path), xml)
+        except OSError as exc:
+            self.summary.failed.append(f"{xml}: cannot write the annotation ({exc.strerror or exc}); "
+                                       "check that the image folder is writable")
+            return
+        self.summary.xml_written += 1
+
+    # -- per source and at the end
+
+    def end_source(self, source: Source, *, stopped: str | None = None) -> None:
+        """Close the source's video (if one is being recorded); count its dropped frames, and
+        ``stopped``: why a live source stopped before it was asked to."""
+        video = self._videos.pop(source.spec, None)
+        if video is not None:
+            path = video.close()
+            if path is not None:
+                self.summary.videos.append(str(path))
+        self.summary.dropped += getattr(source, "dropped", 0)
+        if stopped:
+            self.summary.stopped.append(stopped)
+
+    def close(self, *, seconds: float = 0.0) -> Summary:
+        """Close every open video and write the JSON, CSV and summary files. Safe to call twice."""
+        if self._closed:
+            return self.summary
+        self._closed = True
+        for spec in list(self._videos):
+            video = self._videos.pop(spec)
+            path = video.close()
+            if path is not None:
+                self.summary.videos.append(str(path))
+        self.summary.seconds = seconds
+        if self.save_json:
+            write_predictions(self.folder / "predictions.json", self._json, self.classes)
+        if self.save_csv:
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(CSV_FIELDS)
+            w.writerows(self._csv)
+            write_atomic(self.folder / "predictions.csv", buf.getvalue())
+        if self.summary.seen or self.summary.failed:
+            write_atomic(self.folder / "summary.json",
+                         json.dumps(self.summary.as_dict(self.classes, self.defect_classes), indent=1) + "\n")
+        return self.summary

@@ -1,0 +1,330 @@
+"""The streaming predictor: source -> preprocess -> infer -> postprocess, one result per frame.
+
+Used by ``python -m detect.predict`` and from a user's own script::
+
+    from detect.inference.loader import load_detector
+    from detect.inference.predictor import Predictor
+
+    predictor = Predictor(load_detector("weights/mobilenet/best.onnx"), conf=0.5)
+    for result in predictor.stream("conveyor.mp4"):          # a generator: frame by frame
+        if result.has_defect:
+            print(result.key, result.names, result.detections.scores)
+
+:class:`Predictor` works with any :class:`Detector`: the onnxruntime one
+(:class:`detect.inference.onnx_runtime.OnnxDetector`, torch-free) or the PyTorch one
+(:class:`detect.inference.torch_runtime.TorchDetector`); :func:`detect.inference.loader.load_detector` picks by
+the file's suffix. It yields one :class:`Result` per image or frame as soon as it is
+ready, never a list built at the end, so it runs on an endless camera as well as on a
+folder.
+
+Boxes are ``(xmin, ymin, xmax, ymax)`` float64 in pixels of the frame as read (the model
+resizes internally and maps its boxes back). Labels are ``1..K``; ``classes[label - 1]``
+is the name.
+
+Torch-free: this module, the sources and the ONNX backend run on a box with onnxruntime
+and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from detect.inference.drawing import class_colours, draw_detections
+from detect.common.errors import DetectError, UsageError
+from detect.common.types import Detections
+from detect.inference.sources import Frame, Source, open_source
+
+__all__ = [
+    "ConfThresholds",
+    "Detector",
+    "ModelError",
+    "Predictor",
+    "RateMeter",
+    "Result",
+    "default_defect_classes",
+    "parse_conf",
+]
+
+
+class ModelError(DetectError):
+    """A model file that exists but cannot be used (corrupt, not ours, no metadata): exit 1."""
+
+
+class Detector(Protocol):
+    """What :class:`Predictor` needs from a backend.
+
+    Attributes:
+        classes: class names; label ``i`` is ``classes[i - 1]``.
+        info: what the model file says about itself (``backbone``, ``input_size``,
+            ``box_score_thresh``, ``run``, ``format``, ...), for summaries.
+        batch_size: images per :meth:`detect` call that suit it (1 for ONNX exports).
+    """
+
+    classes: tuple[str, ...]
+    info: Mapping[str, Any]
+    batch_size: int
+
+    def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
+        """Detections for ``H x W x 3`` uint8 RGB images, keyed ``keys``, in input order."""
+        ...
+
+
+_DEFECT_WORDS = ("defect", "damage", "broken", "crack")
+
+
+def default_defect_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """The classes drawn in the warning colour and counted as defects, by name
+    (a name containing defect, damage, broken or crack: ``Lata_defectuosa``,
+    ``bottle_defective``, ``broken_neck``); ``--defect-classes``
+    names them explicitly."""
+    return tuple(c for c in classes if any(w in c.lower() for w in _DEFECT_WORDS))
+
+
+@dataclass(frozen=True)
+class ConfThresholds:
+    """A score threshold per class: ``default``, except where ``per_class`` names the class."""
+
+    default: float = 0.5
+    per_class: Mapping[str, float] = field(default_factory=dict)
+
+    def vector(self, classes: Sequence[str]) -> np.ndarray:
+        """Threshold of label ``i`` at index ``i`` (index 0, background, is unused)."""
+        return np.array([self.default] + [self.per_class.get(c, self.default) for c in classes], dtype=np.float64)
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{c} {v:g}" for c, v in self.per_class.items())
+        return f"{self.default:g}" + (f" ({extra})" if extra else "")
+
+
+def parse_conf(values: Sequence[str] | float | None, classes: Sequence[str], *, default: float = 0.5) -> ConfThresholds:
+    """``--conf`` values: one number, and/or ``CLASS=number`` items (``["0.5", "Lata_defectuosa=0.3"]``).
+
+    Raises:
+        UsageError: a value is not a number in [0, 1], a class is unknown, or two plain
+            numbers are given.
+    """
+    if values is None:
+        return ConfThresholds(default)
+    if isinstance(values, (int, float)):
+        values = [str(values)]
+    plain: list[float] = []
+    per_class: dict[str, float] = {}
+
+    def number(text: str, item: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise UsageError(f"--conf {item}: '{text}' is not a number; use --conf 0.5 or --conf CLASS=0.3") from None
+        if not (0.0 <= v <= 1.0 and math.isfinite(v)):
+            raise UsageError(f"--conf {item}: {v:g} is outside [0, 1]")
+        return v
+
+    for item in values:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                name, _, text = part.partition("=")
+                name = name.strip()
+                if name not in classes:
+                    raise UsageError(f"--conf {part}: the model has no class '{name}' (it has {', '.join(classes)})")
+                per_class[name] = number(text.strip(), part)
+            else:
+                plain.append(number(part, part))
+    if len(plain) > 1:
+        raise UsageError(f"--conf given {len(plain)} plain thresholds ({', '.join(f'{v:g}' for v in plain)}); "
+                         "give one, and CLASS=value for the classes that differ")
+    return ConfThresholds(plain[0] if plain else default, per_class)
+
+
+@dataclass
+class Result:
+    """What the detector found in one frame (after the thresholds and the class filter).
+
+    Attributes:
+        frame: the :class:`~detect.inference.sources.Frame` (its ``image`` is the RGB array predicted on).
+        detections: boxes ``(M, 4)`` float64 xmin/ymin/xmax/ymax in frame pixels, scores
+            ``(M,)``, labels ``(M,)`` in ``1..K``, by descending score; empty when
+            ``frame.error`` is set.
+        classes: the class names (label ``i`` is ``classes[i - 1]``).
+        defect_classes: the classes that count as defects.
+        infer_seconds: time in the detector for this frame (its share of a batch).
+        latency: seconds from reading the frame to this result.
+    """
+
+    frame: Frame
+    detections: Detections
+    classes: tuple[str, ...]
+    defect_classes: tuple[str, ...] = ()
+    infer_seconds: float = 0.0
+    latency: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return self.frame.key
+
+    @property
+    def image(self) -> np.ndarray | None:
+        return self.frame.image
+
+    @property
+    def error(self) -> str | None:
+        return self.frame.error
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection."""
+        return [self.classes[int(i) - 1] for i in self.detections.labels]
+
+    @property
+    def has_defect(self) -> bool:
+        return any(n in self.defect_classes for n in self.names)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per detection: ``image``, ``label``, ``score``, ``bbox``, ``defect``."""
+        d = self.detections
+        return [
+            {"image": self.key, "label": name, "score": float(s), "bbox": [float(v) for v in b],
+             "defect": name in self.defect_classes}
+            for name, s, b in zip(self.names, d.scores, d.boxes)
+        ]
+
+    def plot(self, *, line_width: int | None = None) -> np.ndarray:
+        """The frame with its boxes drawn (a new ``H x W x 3`` uint8 RGB array)."""
+        if self.image is None:
+            raise ValueError(f"{self.key}: no image to draw on ({self.error})")
+        return draw_detections(self.image, self.detections.boxes, self.names, self.detections.scores,
+                               defect_classes=self.defect_classes, line_width=line_width,
+                               colours=class_colours(self.classes, self.defect_classes))
+
+
+def _empty(key: str) -> Detections:
+    return Detections(key, np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+
+
+class Predictor:
+    """Runs a :class:`Detector` over sources, yielding one :class:`Result` per frame.
+
+    Args:
+        detector: the backend (:func:`detect.inference.loader.load_detector`).
+        conf: a score threshold, a :class:`ConfThresholds`, or ``--conf`` strings
+            (``["0.5", "Lata_defectuosa=0.3"]``).
+        classes: keep only these class names (None: all).
+        defect_classes: classes that count as defects (None: :func:`default_defect_classes`).
+        batch_size: frames per detector call on finite sources (live sources always take
+            one, the newest); None takes the detector's own.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        conf: float | ConfThresholds | Sequence[str] = 0.5,
+        classes: Sequence[str] | None = None,
+        defect_classes: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.detector = detector
+        self.classes = tuple(detector.classes)
+        self.conf = conf if isinstance(conf, ConfThresholds) else parse_conf(
+            [conf] if isinstance(conf, (int, float)) else conf, self.classes)
+        unknown = [c for c in (classes or ()) if c not in self.classes]
+        unknown += [c for c in (defect_classes or ()) if c not in self.classes]
+        if unknown:
+            raise UsageError(f"the model has no class {', '.join(repr(c) for c in unknown)} (it has {', '.join(self.classes)})")
+        self.keep = tuple(classes) if classes else self.classes
+        self.defect_classes = tuple(defect_classes) if defect_classes is not None else default_defect_classes(self.classes)
+        self.batch_size = batch_size or getattr(detector, "batch_size", 1) or 1
+        self._thresholds = self.conf.vector(self.classes)
+        self._wanted = np.array([False] + [c in self.keep for c in self.classes])
+
+    def postprocess(self, dets: Detections) -> Detections:
+        """Keep the detections at or above their class's threshold and of the classes
+        asked for, by descending score."""
+        labels = dets.labels
+        ok = (labels >= 1) & (labels <= len(self.classes))
+        idx = np.clip(labels, 0, len(self.classes))
+        ok &= self._wanted[idx] & (dets.scores >= self._thresholds[idx])
+        order = np.flatnonzero(ok)
+        order = order[np.argsort(-dets.scores[order], kind="stable")]
+        return Detections(dets.image, dets.boxes[order], dets.scores[order], dets.labels[order])
+
+    def _run(self, frames: list[Frame]) -> Iterator[Result]:
+        good = [f for f in frames if f.image is not None]
+        found: dict[int, Detections] = {}
+        seconds = 0.0
+        if good:
+            t0 = time.perf_counter()
+            dets = self.detector.detect([f.image for f in good], [f.key for f in good])
+            seconds = (time.perf_counter() - t0) / len(good)
+            found = {id(f): d for f, d in zip(good, dets)}
+        for f in frames:
+            d = found.get(id(f))
+            now = time.perf_counter()
+            yield Result(
+                frame=f, detections=self.postprocess(d) if d is not None else _empty(f.key), classes=self.classes,
+                defect_classes=self.defect_classes, infer_seconds=seconds if d is not None else 0.0,
+                latency=now - f.captured if f.captured and d is not None else 0.0,
+            )
+
+    def predict_frames(self, frames: Iterable[Frame], *, live: bool = False) -> Iterator[Result]:
+        """Results for ``frames`` in order, ``batch_size`` frames per detector call (one when ``live``)."""
+        size = 1 if live else self.batch_size
+        batch: list[Frame] = []
+        for frame in frames:
+            batch.append(frame)
+            if len(batch) >= size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def stream(self, source: str | Source | np.ndarray, *, recursive: bool = False) -> Iterator[Result]:
+        """Results for a SOURCE string (see :mod:`detect.inference.sources`), an opened
+        :class:`~detect.inference.sources.Source`, or one ``H x W x 3`` uint8 RGB array.
+
+        Raises:
+            detect.inference.sources.SourceError: the source cannot be opened.
+        """
+        if isinstance(source, np.ndarray):
+            yield from self._run([Frame(source, "image", "<array>", captured=time.perf_counter())])
+            return
+        src = open_source(source, recursive=recursive) if isinstance(source, str) else source
+        try:
+            yield from self.predict_frames(src, live=src.live)
+        finally:
+            src.close()
+
+    __call__ = stream
+
+
+class RateMeter:
+    """Frames per second and latency over a sliding window, for the live status line."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every = every
+        self._start = time.perf_counter()
+        self._frames = 0
+        self._latency: list[float] = []
+        self._infer: list[float] = []
+
+    def add(self, result: Result) -> str | None:
+        """Count a result; every ``every`` seconds, return the status line (else None)."""
+        self._frames += 1
+        self._latency.append(result.latency)
+        self._infer.append(result.infer_seconds)
+        now = time.perf_counter()
+        if now - self._start < self.every:
+            return None
+        fps = self._frames / (now - self._start)
+        lat = np.asarray(self._latency) * 1000
+        line = (f"{fps:.1f} FPS, latency {np.median(lat):.0f} ms median / {lat.max():.0f} ms max, "
+                f"model {1000 * float(np.mean(self._infer)):.0f} ms/frame")
+        self._start, self._frames, self._latency, self._infer = now, 0, [], []
+        return line
