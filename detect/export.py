@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from detect.common.errors import DetectError, UsageError, printable
+from detect.common.errors import UsageError
 from detect.common.logs import setup_logging
-from detect.common.options import CliParser, Number
+from detect.common.options import CliParser, Number, add_inference_options, run_command, settings_from
 
 
 def build_parser() -> CliParser:
@@ -40,47 +40,26 @@ def build_parser() -> CliParser:
     return p
 
 
-def add_inference_options(parser, *, what: str) -> None:
-    """The inference-time settings (speed levers) ``detect.export`` and ``detect.predict`` share."""
-    g = parser.add_argument_group(f"inference settings, {what} (default: the checkpoint's)")
-    g.add_argument("--input-size", type=Number(int, 32, 8192), metavar="PX", help="longest side the model resizes images to")
-    g.add_argument("--pre-nms", type=Number(int, 1), metavar="N", help="RPN proposals per level before NMS")
-    g.add_argument("--proposals", type=Number(int, 1), metavar="N", help="RPN proposals kept after NMS (box-head work)")
-    g.add_argument("--detections", type=Number(int, 1), metavar="N", help="most detections per image")
-    g.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), metavar="S",
-                   help="lowest score the model outputs (keep it low; --conf of detect.predict filters further)")
-
-
-def settings_from(args) -> dict:
-    """The inference settings given on the command line (None where not given)."""
-    return {"input_size": args.input_size, "rpn_pre_nms_top_n_test": args.pre_nms,
-            "rpn_post_nms_top_n_test": args.proposals, "box_detections_per_img": args.detections,
-            "box_score_thresh": args.score_thresh}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.export``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    try:
-        settings = settings_from(args)
-        source = Path(args.weights)
-        if not source.is_file():
-            raise UsageError(f"--weights {source}: no such checkpoint file")
-        target = Path(args.out) if args.out else source.with_suffix(".onnx")
-        if target.suffix.lower() != ".onnx":
-            raise UsageError(f"--out {target}: the file name must end in .onnx")
-        if target.exists() and not args.overwrite:
-            raise UsageError(f"{target} exists; pass --overwrite to replace it, or --out another file")
-        from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
+    return run_command(lambda: _export(args), interrupted="interrupted; nothing was written")
 
-        result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
-    except DetectError as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+
+def _export(args) -> int:
+    settings = settings_from(args)
+    source = Path(args.weights)
+    if not source.is_file():
+        raise UsageError(f"--weights {source}: no such checkpoint file")
+    target = Path(args.out) if args.out else source.with_suffix(".onnx")
+    if target.suffix.lower() != ".onnx":
+        raise UsageError(f"--out {target}: the file name must end in .onnx")
+    if target.exists() and not args.overwrite:
+        raise UsageError(f"{target} exists; pass --overwrite to replace it, or --out another file")
+    from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
+
+    result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
     meta = result.metadata
     s = meta["test_settings"]
     print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {meta['opset']}): {meta['backbone']}, "

@@ -30,11 +30,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from detect.common.errors import DetectError, UsageError, printable, show
-from detect.export import add_inference_options, settings_from
+from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
 from detect.common.logs import setup_logging
-from detect.common.options import CliParser, Number, add_device_option
+from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.predict``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    try:
-        _check_args(args)
-        settings = settings_from(args)
-        from detect.inference.loader import load_detector  # torch only for a .pt file
+    return run_command(lambda: _predict(args))
 
-        detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                                 optimization=args.optimization, test_settings=settings)
-        from detect.inference.predictor import Predictor
 
-        predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
-                              defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
-    except DetectError as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code
+def _predict(args) -> int:
+    _check_args(args)
+    settings = settings_from(args)
+    from detect.inference.loader import load_detector  # torch only for a .pt file
+
+    detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
+                             optimization=args.optimization, test_settings=settings)
+    from detect.inference.predictor import Predictor
+
+    predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
+                          defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
     return _run(args, detector, predictor)
 
 

@@ -24,10 +24,9 @@ from tqdm import tqdm
 
 from detect.model.backbones import BACKBONES
 from detect.data.dataset import AUGMENT_CHOICES, CACHE_CHOICES
-from detect.common.errors import DetectError, printable
 from detect.common.logs import setup_logging
 from detect.model.build import FPN_NORMS, WEIGHT_CHOICES
-from detect.common.options import CliParser, add_device_option, given_options, number_list
+from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
 from detect.training.trainer import TrainConfig, TrainResult, resume_config, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
@@ -121,20 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(logging.INFO)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.resume is not None:
             given = given_options(parser, argv if argv is not None else sys.argv[1:])
             cfg = resume_config(args.resume, {k: getattr(args, k) for k in given})
         else:
             cfg = config_from_args(args)
-        result = train(cfg, echo=_echo, progress=sys.stderr.isatty())
-    except DetectError as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:  # before the first epoch: nothing to save yet
-        print("\nInterrupted before training started; nothing was saved.", file=sys.stderr)
-        return 130
-    return _report(result)
+        return _report(train(cfg, echo=_echo, progress=sys.stderr.isatty()))
+
+    # train() handles Ctrl-C itself once training runs: this is for the setup before it.
+    return run_command(body, interrupted="\nInterrupted before training started; nothing was saved.")
 
 
 def _report(r: TrainResult) -> int:

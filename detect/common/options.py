@@ -8,6 +8,9 @@
   (:meth:`Number.check`); NaN and infinities are refused everywhere.
 * :func:`number_list`: ``"0.5,1,2"`` or ``"0.5 1 2"`` -> ``[0.5, 1.0, 2.0]``, positive and
   finite (anchor scales and ratios).
+* :func:`add_inference_options` / :func:`settings_from`: the test-time speed levers
+  (``--input-size``, ``--proposals``, ...) that ``detect.export`` and ``detect.predict`` share.
+* :func:`run_command`: the one error and Ctrl-C tail of every command.
 * :data:`DEVICE_DEFAULT` / :func:`add_device_option`: ``--device``, ``auto`` everywhere
   (CUDA when present, else the CPU); :func:`detect.common.device.resolve_device` turns the name
   into a torch device.
@@ -22,11 +25,14 @@ import argparse
 import copy
 import math
 import re
+import sys
 from dataclasses import dataclass
+from typing import Callable
 
-from detect.common.errors import UsageError
+from detect.common.errors import DetectError, UsageError, printable
 
-__all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "given_options", "number_list"]
+__all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "add_inference_options",
+           "given_options", "number_list", "run_command", "settings_from"]
 
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, mps"
@@ -149,3 +155,37 @@ def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
 def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--device``, with the default every command shares."""
     parser.add_argument("--device", default=DEVICE_DEFAULT, help=f"{DEVICE_HELP} (default: {DEVICE_DEFAULT})")
+
+
+def add_inference_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """The inference-time settings (speed levers) ``detect.export`` and ``detect.predict`` share."""
+    g = parser.add_argument_group(f"inference settings, {what} (default: the checkpoint's)")
+    g.add_argument("--input-size", type=Number(int, 32, 8192), metavar="PX", help="longest side the model resizes images to")
+    g.add_argument("--pre-nms", type=Number(int, 1), metavar="N", help="RPN proposals per level before NMS")
+    g.add_argument("--proposals", type=Number(int, 1), metavar="N", help="RPN proposals kept after NMS (box-head work)")
+    g.add_argument("--detections", type=Number(int, 1), metavar="N", help="most detections per image")
+    g.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), metavar="S",
+                   help="lowest score the model outputs (keep it low; --conf of detect.predict filters further)")
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """The inference settings given on the command line (None where not given), by the names
+    of :func:`detect.inference.torch_runtime.set_test_settings`."""
+    return {"input_size": args.input_size, "rpn_pre_nms_top_n_test": args.pre_nms,
+            "rpn_post_nms_top_n_test": args.proposals, "box_detections_per_img": args.detections,
+            "box_score_thresh": args.score_thresh}
+
+
+def run_command(body: Callable[[], int], *, interrupted: str = "interrupted") -> int:
+    """Run a command's body with the tail every command shares: a :class:`DetectError` is one
+    line ``error: ...`` on stderr and its exit status (2 usage, 1 failure); Ctrl-C that the
+    body does not handle itself prints ``interrupted`` (what was or was not kept) and gives 130.
+    For the commands only: library code raises and logs, it never prints."""
+    try:
+        return body()
+    except DetectError as exc:
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
