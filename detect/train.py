@@ -25,7 +25,8 @@ from tqdm import tqdm
 from detect.model.backbones import BACKBONES
 from detect.data.dataset import AUGMENT_CHOICES, CACHE_CHOICES
 from detect.common.logs import setup_logging
-from detect.model.build import FPN_NORMS, WEIGHT_CHOICES
+from detect.model.build import WEIGHT_CHOICES
+from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
 from detect.training.trainer import TrainConfig, TrainResult, resume_config, train
 
@@ -48,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo-images", type=int, help="images in the generated demo dataset (no --data)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.backbone)
+    g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.model.backbone)
     g.add_argument("--weights", default=_DEFAULTS.weights, help=f"{', '.join(WEIGHT_CHOICES)} or a checkpoint path")
     g.add_argument("--trainable-layers", type=int, help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
     g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256; data: the "
                    "images' median longest side, rounded up to 32, at most 640 on a CPU and 1024 with CUDA)")
     g.add_argument("--anchor-scales", type=number_list, help="anchor size multipliers per level, e.g. '1,1.26,1.59' (default per backbone)")
     g.add_argument("--anchor-ratios", type=number_list, help="anchor height/width ratios (demo: 0.5,1.5,3; data: 0.5,1,2)")
-    g.add_argument("--rpn-fg-iou", type=float, default=_DEFAULTS.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
-    g.add_argument("--rpn-bg-iou", type=float, default=_DEFAULTS.rpn_bg_iou, help="IoU below which an anchor is background")
+    g.add_argument("--rpn-fg-iou", type=float, default=_DEFAULTS.model.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
+    g.add_argument("--rpn-bg-iou", type=float, default=_DEFAULTS.model.rpn_bg_iou, help="IoU below which an anchor is background")
     g.add_argument("--rpn-pre-nms", type=int, help="proposals kept per level before NMS (training and inference)")
     g.add_argument("--rpn-post-nms", type=int, help="proposals kept after NMS (training and inference)")
     g.add_argument("--rpn-batch", type=int, help="anchors sampled per image for the RPN loss")
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The parsed command line as a :class:`TrainConfig` (whose ranges
     :func:`detect.training.trainer.resolve_config` checks, for this CLI and for Python callers alike)."""
-    return TrainConfig(**vars(args))
+    return TrainConfig.from_dict(vars(args))
 
 
 def _echo(text: str, *, err: bool = False) -> None:

@@ -127,7 +127,7 @@ def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed:
     model.eval()
     ids = sorted(p.stem for p in (data / "Annotations").glob("*.xml"))
     return save_checkpoint({
-        "model": model.state_dict(), "model_config": model.config, "classes": list(CLASSES), "epoch": 0,
+        "model": model.state_dict(), "model_config": model.config.as_dict(), "classes": list(CLASSES), "epoch": 0,
         "metrics": {"map50": 0.0}, "args": {"val_fraction": 0.2}, "run": "tiny", "backbone": "mobilenet",
         "data": {"root": str(data), "images": None, "layout": "devkit",
                  "splits": {"train": ids[2:], "val": ids[:2]}},

@@ -71,7 +71,7 @@ def make_checkpoint(path: Path, data: Path, *, run: str, classes=CLASSES, splits
     model = build_model(backbone="mobilenet", num_classes=len(classes) + 1, input_size=128, weights="none",
                         rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30, box_detections_per_img=20)
     return save_checkpoint({
-        "model": model.state_dict(), "model_config": model.config, "classes": list(classes),
+        "model": model.state_dict(), "model_config": model.config.as_dict(), "classes": list(classes),
         "epoch": 0, "metrics": {"map50": 0.0}, "args": {"val_fraction": 0.2}, "run": run,
         "backbone": "mobilenet",
         "data": {"root": str(data), "images": None, "layout": "devkit",

@@ -109,7 +109,7 @@ def test_metadata_carries_what_prediction_and_eval_need(tiny_export) -> None:
     assert meta["format"] == "detect-onnx/1"
     assert d.classes == ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
     assert meta["input_size"] == 128 and meta["backbone"] == "mobilenet" and meta["opset"] == 17
-    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30 and meta["model_config"]["box_detections_per_img"] == 20
+    assert meta["test_settings"]["rpn_post_nms_top_n_test"] == 30 and meta["model_config"]["detector"]["box_detections_per_img"] == 20
     assert meta["test_settings"]["box_score_thresh"] == 0.0
     assert meta["model_config"]["num_classes"] == 5
     assert meta["data"]["root"] == str(tiny_export["data"]) and meta["data"]["splits"]["val"]

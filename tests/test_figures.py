@@ -309,7 +309,7 @@ def test_train_modes_trains_three_ways_and_compares(tmp_path: Path) -> None:
     data = make_devkit(tmp_path / "data", n=6)
     torch.manual_seed(0)
     start = build_model(backbone="mobilenet", num_classes=5, input_size=96, weights="none")
-    save_checkpoint({"model": start.state_dict(), "model_config": start.config, "classes": ["a", "b", "c", "d"]},
+    save_checkpoint({"model": start.state_dict(), "model_config": start.config.as_dict(), "classes": ["a", "b", "c", "d"]},
                     tmp_path / "start.pt")
     out = tmp_path / "w"
     proc = subprocess.run(

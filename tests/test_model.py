@@ -48,7 +48,7 @@ def test_custom_anchor_layout_and_description() -> None:
 
 def test_config_rebuilds_same_architecture() -> None:
     model = build_model(backbone="mobilenet", num_classes=3, input_size=160, rpn_batch_size_per_image=64)
-    again = build_model(**model.config)
+    again = build_model(model.config)
     assert [k for k in model.state_dict()] == [k for k in again.state_dict()]
     assert again.rpn.fg_bg_sampler.batch_size_per_image == 64 and again.transform.max_size == 160
 
@@ -60,7 +60,7 @@ def test_mobilenet_features_at_strides_8_to_64() -> None:
     # The backbone table's strides, and what the feature maps really are.
     assert feature_strides(model.config) == get_backbone("mobilenet").feature_strides == (8, 16, 32, 64)
     assert [f.shape[-1] for f in feats.values()] == [128 // s for s in (8, 16, 32, 64)]
-    assert model.config["feature_blocks"] == [6, 12, 16]
+    assert model.config.feature_blocks == (6, 12, 16)
 
 
 def test_demo_head_options_build_what_they_say() -> None:
@@ -69,7 +69,7 @@ def test_demo_head_options_build_what_they_say() -> None:
     assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.fpn.modules()) == 6  # 3 inner + 3 output
     assert model.roi_heads.box_head.fc7.out_features == 256 and model.roi_heads.box_predictor.cls_score.in_features == 256
     assert model.roi_heads.box_roi_pool.sampling_ratio == 1
-    again = build_model(**model.config)
+    again = build_model(model.config)
     assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in again.state_dict().items()]
     with pytest.raises(ValueError, match="fpn_norm"):
         build_model(backbone="mobilenet", num_classes=3, fpn_norm="bn")
@@ -79,11 +79,11 @@ def test_checkpoints_from_before_the_fine_layout_rebuild_as_they_were(tmp_path: 
     # Such a checkpoint's model_config has no feature_blocks or anchor_base_sizes: it was
     # torchvision's MobileNet extractor (stride 32, 32, 64) with base anchors 32, 64, 128.
     old = build_model(backbone="mobilenet", num_classes=3, input_size=128, feature_blocks=[], anchor_scales=[1, 2, 4])
-    config = {k: v for k, v in old.config.items() if k not in ("feature_blocks", "anchor_base_sizes", "fpn_norm",
+    config = {k: v for k, v in old.config.as_dict().items() if k not in ("feature_blocks", "anchor_base_sizes", "fpn_norm",
                                                                 "box_head_dim", "roi_sampling_ratio")}
     rebuilt, _ = model_from_checkpoint({"model_config": config, "model": old.state_dict()})
     assert rebuilt.rpn.anchor_generator.sizes == ((32, 64, 128), (64, 128, 256), (128, 256, 512))
-    assert feature_strides(config) == (32, 32, 64)
+    assert feature_strides(rebuilt.config) == (32, 32, 64)
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), old.state_dict().values()))
     # And as a starting point for the fine layout, its top FPN level carries over.
     torch.save(old.state_dict(), tmp_path / "old.pt")
@@ -150,7 +150,7 @@ def test_coco_weights_from_hub_cache_reinitialise_mismatched_layers(torch_home: 
     summary = report.summary()
     assert "backbone.fpn.inner_blocks.0.0" in summary and "rpn.head.cls_logits" in summary
     # Pretrained weights mean frozen batch norm and 3 trainable stages by default.
-    assert model.config["frozen_bn"] is True and model.config["trainable_layers"] == 3
+    assert model.config.frozen_bn is True and model.config.trainable_layers == 3
 
     # auto takes the cached file too.
     assert "coco" in build_model(backbone="mobilenet", num_classes=5, weights="auto").weights_report.source

@@ -202,15 +202,17 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
 
 def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
     demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
-    assert (demo.input_size, demo.epochs, demo.anchor_ratios, demo.val_loss) == (256, 12, [0.5, 1.5, 3.0], False)
-    assert (demo.fpn_norm, demo.box_head_dim, demo.roi_sampling_ratio, demo.roi_batch) == ("gn", 256, 1, 64)
+    m = demo.model
+    assert (m.input_size, demo.epochs, m.anchor_ratios, demo.val_loss) == (256, 12, (0.5, 1.5, 3.0), False)
+    assert (m.fpn_norm, m.box_head_dim, m.roi_sampling_ratio, m.roi_batch) == ("gn", 256, 1, 64)
     data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
     # A user's data gets its input size from its images (prepare_data), not a fixed 640.
-    assert (data.input_size, data.anchor_ratios) == (None, [1.0, 2.0])
+    assert (data.model.input_size, data.model.anchor_ratios) == (None, (1.0, 2.0))
     # The box head and FPN COCO weights fit.
-    assert (data.fpn_norm, data.box_head_dim, data.roi_sampling_ratio, data.val_loss) == ("none", 1024, 2, True)
+    m = data.model
+    assert (m.fpn_norm, m.box_head_dim, m.roi_sampling_ratio, data.val_loss) == ("none", 1024, 2, True)
     given = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--input-size", "320"])))
-    assert given.input_size == 320
+    assert given.model.input_size == 320
 
 
 @pytest.mark.parametrize("size, cuda, expected", [

@@ -44,7 +44,8 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 import torch  # noqa: E402
 
 from detect.model.backbones import BACKBONES  # noqa: E402
-from detect.model.build import LEGACY_MOBILENET, build_model, count_parameters  # noqa: E402
+from detect.model.build import build_model, count_parameters  # noqa: E402
+from detect.model.config import LEGACY_MOBILENET  # noqa: E402
 
 # The recipe the demo trained with before the speed work (README "The demo recipe",
 # 0.296 val mAP@0.5 after 8 epochs), on the model of that time (torchvision's MobileNet
@@ -67,13 +68,13 @@ def _setup(recipe: dict | None, seed: int, device: torch.device, tutorial: bool 
 
     from detect.training import engine, trainer
 
-    cfg = trainer.resolve_config(trainer.TrainConfig(weights="none", seed=seed, no_check=True, **(recipe or {})))
+    cfg = trainer.resolve_config(trainer.TrainConfig.from_dict(dict(weights="none", seed=seed, no_check=True, **(recipe or {}))))
     cfg, data = trainer.prepare_data(cfg)
     torch.manual_seed(seed)
     model = trainer.model_for_config(cfg, len(data.classes) + 1)
     if recipe is REFERENCE_RECIPE:
         torch.manual_seed(seed)
-        model = build_model(**{**model.config, **REFERENCE_MODEL})
+        model = build_model(model.config.replace(**REFERENCE_MODEL, trainable_layers=None, frozen_bn=None))
     if tutorial:
         pool = model.roi_heads.box_roi_pool
         model.roi_heads.box_roi_pool = MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio)
@@ -169,7 +170,7 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int,
             if epoch == 1:
                 seconds, waited, steps = state.seconds, state.data_seconds, state.iteration
     return {"kind": kind, "img_per_s": steps * batch / seconds, "data_share": waited / seconds, "steps": steps,
-            "batch": batch, "input_size": cfg.input_size, **_peak()}
+            "batch": batch, "input_size": cfg.model.input_size, **_peak()}
 
 
 def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str, seed: int, amp: bool) -> dict:
@@ -206,7 +207,7 @@ def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str,
             break
     reached = next((t for _, t, m in curve if m >= target), None)
     return {"kind": kind, "target": target, "seconds_to_target": reached, "curve": curve,
-            "epochs": cfg.epochs, "input_size": cfg.input_size, **_peak()}
+            "epochs": cfg.epochs, "input_size": cfg.model.input_size, **_peak()}
 
 
 def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) -> dict:
@@ -265,7 +266,7 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) ->
     averages = sorted(ops.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in averages)
     top = [(e.key, e.count, e.self_cpu_time_total / total) for e in averages[:8]]
-    return {"steps": steps, "batch": cfg.batch_size, "input_size": cfg.input_size, "amp": amp,
+    return {"steps": steps, "batch": cfg.batch_size, "input_size": cfg.model.input_size, "amp": amp,
             "ms": {k: 1000 * v / steps for k, v in timed.items()}, "top_ops": top}
 
 

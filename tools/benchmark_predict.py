@@ -48,6 +48,7 @@ from detect.scoring.evaluation import EvalSettings, Evaluator
 from detect.data.images import read_image
 from detect.inference.torch_runtime import TorchDetector, set_test_settings
 from detect.model.build import build_model, model_from_checkpoint
+from detect.model.config import ModelConfig
 from detect.inference.onnx_runtime import OnnxDetector
 from detect.inference.onnx_export import export_onnx
 
@@ -83,22 +84,22 @@ def calibrated_resnet(config: dict, classes: list[str], out: Path) -> Path:
     """An untrained ResNet-50 detector with the MobileNet checkpoint's proposal settings,
     batch-norm statistics set from random images (untrained, activations vanish and every
     box scores the same, which would make NMS unrealistically cheap or costly)."""
-    keep = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
-            "box_detections_per_img", "box_score_thresh", "anchor_ratios", "input_size")
-    kwargs = {k: config[k] for k in keep if k in config}
+    mobilenet = ModelConfig.from_dict(config)
     torch.manual_seed(0)
-    model = build_model(backbone="resnet50", num_classes=len(classes) + 1, weights="none", **kwargs)
+    model = build_model(backbone="resnet50", num_classes=len(classes) + 1, anchor_ratios=mobilenet.anchor_ratios,
+                        input_size=mobilenet.input_size, rpn_pre_nms=mobilenet.rpn_pre_nms,
+                        rpn_post_nms=mobilenet.rpn_post_nms, detector=mobilenet.detector)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
     model.train()
-    size = int(kwargs.get("input_size", 320))
+    size = int(mobilenet.input_size or 320)
     with torch.no_grad():
         for _ in range(3):
             model.backbone(model.transform.normalize(torch.rand(3, size * 3 // 4, size))[None])
     model.eval()
-    return save_checkpoint({"model": model.state_dict(), "model_config": model.config, "classes": classes,
+    return save_checkpoint({"model": model.state_dict(), "model_config": model.config.as_dict(), "classes": classes,
                             "epoch": 0, "metrics": {}, "run": "resnet50-untrained", "backbone": "resnet50"}, out)
 
 

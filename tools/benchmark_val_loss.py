@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
     # The demo recipe's data, model and loaders, as detect.train builds them.
-    cfg = trainer.resolve_config(trainer.TrainConfig(weights=args.weights, no_check=True,
-                                                     trainable_layers=None if args.weights == "none" else 6))
+    cfg = trainer.resolve_config(trainer.TrainConfig.from_dict(
+        dict(weights=args.weights, no_check=True, trainable_layers=None if args.weights == "none" else 6)))
     cfg, data = trainer.prepare_data(cfg)
     classes, train_records, val_records = data.classes, data.train, data.val
     torch.manual_seed(0)

@@ -52,6 +52,7 @@ from detect.common.errors import DetectError, UsageError
 from detect.common.files import write_atomic
 from detect.data.tensors import image_tensor
 from detect.inference.torch_runtime import set_test_settings
+from detect.model.config import ModelConfig
 from detect.model.build import model_from_checkpoint
 from detect.inference.onnx_runtime import METADATA_FORMAT, METADATA_KEY, OnnxDetector
 
@@ -132,16 +133,16 @@ class ExportResult:
 def onnx_metadata(ckpt: dict[str, Any], settings: dict[str, Any], *, source: Path, opset: int) -> dict[str, Any]:
     """The ``detect`` metadata of an export: what prediction needs, and what ``detect.eval``
     reads from a checkpoint (classes, data root and splits, training args)."""
-    config = dict(ckpt.get("model_config") or {})
-    config.update({k: v for k, v in settings.items() if k != "input_size"})
-    config["input_size"] = settings["input_size"]
+    config = ModelConfig.from_dict(ckpt.get("model_config") or {})
+    config = config.replace(input_size=settings["input_size"],
+                            detector={**config.detector, **{k: v for k, v in settings.items() if k != "input_size"}})
     return {
         "format": METADATA_FORMAT,
         "classes": [str(c) for c in ckpt["classes"]],
         "input_size": int(settings["input_size"]),
-        "backbone": ckpt.get("backbone") or config.get("backbone"),
+        "backbone": ckpt.get("backbone") or config.backbone,
         "test_settings": settings,
-        "model_config": config,
+        "model_config": config.as_dict(),
         "run": ckpt.get("run") or source.parent.name,
         "epoch": ckpt.get("epoch"),
         "metrics": ckpt.get("metrics") or {},

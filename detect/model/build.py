@@ -23,6 +23,7 @@ maps its predictions back to the input image.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -42,41 +43,32 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detect.model.backbones import BACKBONES as BACKBONE_TABLE
+from detect.common.errors import UsageError
 from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
 from detect.model.checkpoint import CheckpointError, load_checkpoint, safe_load
-from detect.common.errors import UsageError
+from detect.model.config import FPN_NORMS, ModelConfig
 from detect.model.roi_align import FastGradMultiScaleRoIAlign
 
 log = logging.getLogger(__name__)
 
-BACKBONES = tuple(BACKBONE_TABLE)
 WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")
-FPN_NORMS = ("none", "gn")
-
-# The MobileNet layout of checkpoints written before the backbone table's feature_blocks
-# (torchvision's extractor: strides 32, 32, 64): what their model_config lacks.
-LEGACY_MOBILENET: dict[str, Any] = {"feature_blocks": [], "anchor_base_sizes": [32, 64, 128]}
 
 __all__ = [
-    "BACKBONES",
-    "DEFAULT_ANCHOR_RATIOS",
-    "FPN_NORMS",
-    "LEGACY_MOBILENET",
     "WEIGHT_CHOICES",
+    "StartWeights",
     "WeightsError",
     "WeightsReport",
     "align_fpn_levels",
     "anchor_sizes",
     "anchors_per_location",
     "build_model",
-    "checkpoint_model_config",
     "count_parameters",
     "describe_anchors",
     "feature_strides",
     "load_matching",
     "make_anchor_generator",
     "model_from_checkpoint",
+    "start_weights",
 ]
 
 
@@ -221,106 +213,51 @@ def align_fpn_levels(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor
     return out
 
 
-def build_model(
-    *,
-    backbone: str,
-    num_classes: int,
-    anchor_scales: Sequence[float] | None = None,
-    anchor_ratios: Sequence[float] = DEFAULT_ANCHOR_RATIOS,
-    input_size: int = 800,
-    weights: str = "none",
-    trainable_layers: int | None = None,
-    rpn_fg_iou: float = 0.7,
-    rpn_bg_iou: float = 0.3,
-    frozen_bn: bool | None = None,
-    feature_blocks: Sequence[int] | None = None,
-    anchor_base_sizes: Sequence[int] | None = None,
-    fpn_norm: str = "none",
-    box_head_dim: int = 1024,
-    roi_sampling_ratio: int = 2,
-    **detector_kwargs: Any,
-) -> FasterRCNN:
-    """Build a Faster R-CNN detector.
+@dataclass
+class StartWeights:
+    """The weights a model starts from: a detector state dict (COCO or a file), an ImageNet
+    backbone (torchvision fetches it while building), or nothing."""
 
-    Args:
-        backbone: ``"mobilenet"`` (MobileNetV3-Large-FPN) or ``"resnet50"`` (ResNet-50-FPN).
-        num_classes: number of outputs of the box predictor **including background**
-            (torchvision's convention): a dataset with K classes needs ``K + 1``; the model
-            predicts labels ``1..K``.
-        anchor_scales: multipliers of each level's base anchor size; defaults per backbone
-            (``default_scales`` in :data:`detect.model.backbones.BACKBONES`).
-        anchor_ratios: anchor height/width ratios. Anchors per location =
-            ``len(anchor_scales) * len(anchor_ratios)``.
-        input_size: the longest image side the model works at (the image is resized so
-            it fits in ``input_size x input_size``, aspect kept).
-        weights: ``"coco"`` (COCO-trained detector), ``"imagenet"`` (ImageNet backbone),
-            ``"none"`` (random init; never touches the network), ``"auto"`` (COCO when
-            cached or downloadable, else random with a warning), or a path to a checkpoint
-            or state dict.
-        trainable_layers: backbone stages to train (0 = frozen feature extractor; up to 5
-            for ResNet-50, 6 for MobileNet). Default: 3 with pretrained weights, all without.
-        rpn_fg_iou, rpn_bg_iou: IoU thresholds for RPN anchor matching.
-        frozen_bn: use frozen batch norm in the backbone; default True with pretrained
-            weights (their statistics are kept), False from scratch.
-        feature_blocks: (MobileNet) blocks of the classifier's ``features`` that feed the
-            FPN; default the backbone table's; ``[]`` is torchvision's own extractor (the
-            layout of older checkpoints, :data:`LEGACY_MOBILENET`).
-        anchor_base_sizes: base anchor size per FPN level; default the backbone table's.
-        fpn_norm: ``"gn"`` puts GroupNorm (32 groups) after each FPN convolution, which
-            trains faster from scratch; ``"none"`` is torchvision's FPN (what COCO
-            weights were trained with).
-        box_head_dim: width of the box head's two fully connected layers (torchvision:
-            1024, the size COCO weights have; 256 is a quarter of the box-head cost).
-        roi_sampling_ratio: RoIAlign sampling points per bin side (torchvision: 2).
-        **detector_kwargs: passed to torchvision's ``FasterRCNN`` (e.g.
-            ``rpn_batch_size_per_image``, ``box_batch_size_per_image``,
-            ``rpn_post_nms_top_n_train``, ``box_detections_per_img``, ``image_mean``).
+    detector_state: dict[str, torch.Tensor] | None = None
+    backbone_weights: Any = None  # a torchvision weights enum
+    report: WeightsReport = field(default_factory=WeightsReport)
 
-    Returns:
-        ``FasterRCNN`` in train mode. In training it takes a list of ``[3, H, W]`` float
-        images in ``[0, 1]`` and targets ``{"boxes": FloatTensor[N, 4], "labels":
-        Int64Tensor[N]}`` and returns a dict of losses; in eval mode it returns one dict
-        per image with ``boxes [M, 4]``, ``scores [M]``, ``labels [M]``. Two attributes
-        are added: ``config`` (the keyword arguments that rebuild this architecture with
-        ``build_model(**config)``) and ``weights_report`` (:class:`WeightsReport`).
+    @property
+    def pretrained(self) -> bool:
+        return self.detector_state is not None or self.backbone_weights is not None
+
+
+def start_weights(backbone: str, weights: str = "none") -> StartWeights:
+    """Fetch (or find in the torch hub cache) the weights ``weights`` names for ``backbone``.
+
+    ``weights``: ``"coco"`` (COCO-trained detector), ``"imagenet"`` (ImageNet backbone),
+    ``"none"`` (random init; never touches the network), ``"auto"`` (COCO when cached or
+    downloadable, else none with a warning), or a path to a checkpoint or state dict.
 
     Raises:
-        ValueError: bad backbone, class count or layer count.
-        WeightsError: ``coco``/``imagenet``/a path was asked for and cannot be loaded.
+        WeightsError: ``coco``/``imagenet``/a path was asked for and cannot be had.
     """
     spec = get_backbone(backbone)
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes}")
     weights = str(weights)
-    scales = tuple(float(s) for s in anchor_scales) if anchor_scales else spec.default_scales
-    ratios = tuple(float(r) for r in anchor_ratios)
-    blocks = [int(b) for b in (spec.feature_blocks if feature_blocks is None else feature_blocks)]
-    bases = [int(b) for b in (anchor_base_sizes or (spec.base_sizes if blocks or spec.family != "mobilenet"
-                                                    else LEGACY_MOBILENET["anchor_base_sizes"]))]
-    if fpn_norm not in FPN_NORMS:
-        raise ValueError(f"fpn_norm must be one of {', '.join(FPN_NORMS)}, got {fpn_norm!r}")
-
-    report = WeightsReport()
-    detector_state: dict[str, torch.Tensor] | None = None
-    backbone_weights = None
+    out = StartWeights()
     coco = _weights_enum(spec.coco_weights)
     if weights == "auto":
         try:
-            detector_state = _fetch_state_dict(coco)
-            report.source = f"coco ({coco})"
+            out.detector_state = _fetch_state_dict(coco)
+            out.report.source = f"coco ({coco})"
         except WeightsError as exc:
-            report.warning = (
+            out.report.warning = (
                 f"no pretrained weights could be had ({exc}); training from scratch, which "
                 "needs far more epochs. Run once online (or put the file in the torch hub cache) "
                 "to start from COCO weights."
             )
-            log.warning(report.warning)
+            log.warning(out.report.warning)
     elif weights == "coco":
-        detector_state = _fetch_state_dict(coco)
-        report.source = f"coco ({coco})"
+        out.detector_state = _fetch_state_dict(coco)
+        out.report.source = f"coco ({coco})"
     elif weights == "imagenet":
-        backbone_weights = _weights_enum(spec.imagenet_weights)
-        report.source = f"imagenet backbone ({backbone_weights})"
+        out.backbone_weights = _weights_enum(spec.imagenet_weights)
+        out.report.source = f"imagenet backbone ({out.backbone_weights})"
     elif weights != "none":
         path = Path(weights)
         if not path.is_file():
@@ -331,78 +268,111 @@ def build_model(
             loaded = safe_load(path)
         except CheckpointError as exc:  # its message names the file and what is wrong with it
             raise WeightsError(f"--weights: not a loadable weights file: {exc}") from None
-        detector_state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
-        if not isinstance(detector_state, dict):
+        state = loaded.get("model", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict):
             raise WeightsError(f"{path}: holds no state dict")
-        report.source = str(path)
+        out.detector_state = state
+        out.report.source = str(path)
+    return out
 
-    pretrained = detector_state is not None or backbone_weights is not None
-    if frozen_bn is None:
-        frozen_bn = pretrained
+
+def build_model(config: ModelConfig | None = None, *, weights: str | StartWeights = "none",
+                **fields: Any) -> FasterRCNN:
+    """Build a Faster R-CNN detector.
+
+    Args:
+        config: the architecture (:class:`detect.model.config.ModelConfig`); ``fields``
+            replace its fields (``build_model(backbone="mobilenet", num_classes=3)`` is
+            ``build_model(ModelConfig(backbone="mobilenet", num_classes=3))``). Unset
+            fields take the backbone table's and torchvision's defaults.
+            ``num_classes`` counts **background too** (torchvision's convention): a
+            dataset with K classes needs ``K + 1``; the model predicts labels ``1..K``.
+        weights: where the starting weights come from: a :func:`start_weights` choice or
+            what it returned. Layers whose shapes differ from the source (the box
+            predictor for another class count; the RPN head for another anchor count; FPN
+            levels the source lacks) keep their fresh initialisation and are listed in
+            ``model.weights_report``.
+
+    Returns:
+        ``FasterRCNN`` in train mode. In training it takes a list of ``[3, H, W]`` float
+        images in ``[0, 1]`` and targets ``{"boxes": FloatTensor[N, 4] (xmin, ymin, xmax,
+        ymax pixels), "labels": Int64Tensor[N]}`` and returns a dict of losses; in eval
+        mode it returns one dict per image with ``boxes [M, 4]``, ``scores [M]``,
+        ``labels [M]``. Two attributes are added: ``config`` (the :class:`ModelConfig`
+        with every field resolved, which rebuilds this architecture) and
+        ``weights_report`` (:class:`WeightsReport`).
+
+    Raises:
+        ValueError: bad backbone, class count, FPN norm or layer count.
+        WeightsError: ``coco``/``imagenet``/a path was asked for and cannot be loaded.
+    """
+    config = config or ModelConfig()
+    if fields:
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
+        extra = {k: v for k, v in fields.items() if k not in known}
+        config = config.replace(**{k: v for k, v in fields.items() if k in known})
+        if extra:
+            config = config.replace(detector={**config.detector, **extra})
+    spec = get_backbone(config.backbone)
+    if config.num_classes is None or config.num_classes < 2:
+        raise ValueError(f"num_classes counts background too and must be >= 2, got {config.num_classes}")
+    if config.fpn_norm is not None and config.fpn_norm not in FPN_NORMS:
+        raise ValueError(f"fpn_norm must be one of {', '.join(FPN_NORMS)}, got {config.fpn_norm!r}")
+    config = config.with_defaults()
+    start = weights if isinstance(weights, StartWeights) else start_weights(config.backbone, weights)
+    report = WeightsReport(source=start.report.source, warning=start.report.warning)
+
+    frozen_bn = start.pretrained if config.frozen_bn is None else config.frozen_bn
     max_layers = spec.max_trainable_layers
+    trainable_layers = config.trainable_layers
     if trainable_layers is None:
-        trainable_layers = 3 if pretrained else max_layers
+        trainable_layers = 3 if start.pretrained else max_layers
     if not 0 <= trainable_layers <= max_layers:
-        raise ValueError(f"trainable_layers for {backbone} must be 0..{max_layers}, got {trainable_layers}")
+        raise ValueError(f"trainable_layers for {config.backbone} must be 0..{max_layers}, got {trainable_layers}")
     norm_layer = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
 
     classifier = getattr(torchvision.models, spec.classifier)
     try:
         # torchvision's classification builders fetch through the same hub cache.
-        body = classifier(weights=backbone_weights, norm_layer=norm_layer)
+        body = classifier(weights=start.backbone_weights, norm_layer=norm_layer)
     except Exception as exc:
-        if backbone_weights is None:
+        if start.backbone_weights is None:
             raise
-        raise WeightsError(f"could not load {backbone_weights}: {exc}") from exc
-    fpn_norm_layer = (lambda channels: nn.GroupNorm(32, channels)) if fpn_norm == "gn" else None
+        raise WeightsError(f"could not load {start.backbone_weights}: {exc}") from exc
+    fpn_norm_layer = (lambda channels: nn.GroupNorm(32, channels)) if config.fpn_norm == "gn" else None
     if spec.family == "mobilenet":
-        features = _mobilenet_fpn(body, trainable_layers, blocks, fpn_norm_layer)
+        features = _mobilenet_fpn(body, trainable_layers, list(config.feature_blocks), fpn_norm_layer)
     else:
         features = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm_layer)
-    generator = make_anchor_generator(backbone=backbone, scales=scales, ratios=ratios, base_sizes=bases)
+    generator = make_anchor_generator(backbone=config.backbone, scales=config.anchor_scales,
+                                      ratios=config.anchor_ratios, base_sizes=config.anchor_base_sizes)
     if len(generator.sizes) != _feature_levels(features):
-        raise ValueError(f"{len(bases)} anchor base sizes for {_feature_levels(features)} feature levels")
+        raise ValueError(f"{len(config.anchor_base_sizes)} anchor base sizes for {_feature_levels(features)} "
+                         "feature levels")
 
-    kwargs = {**spec.detector_defaults, **detector_kwargs}
-    # torchvision's RoI pooling (with a faster CPU gradient, detect/model/roi_align.py) and box head,
-    # with their width and sampling as options. Names "0".."3": every FPN level but the
+    kwargs = {**spec.detector_defaults, **config.detector_kwargs()}
+    # torchvision's RoI pooling (with a faster CPU gradient, detect/model/roi_align.py) and box
+    # head, with their width and sampling as options. Names "0".."3": every FPN level but the
     # max-pool one, as in torchvision.
     kwargs.setdefault("box_roi_pool", FastGradMultiScaleRoIAlign(["0", "1", "2", "3"], 7,
-                                                                 sampling_ratio=roi_sampling_ratio))
-    kwargs.setdefault("box_head", TwoMLPHead(features.out_channels * 7 * 7, box_head_dim))
-    kwargs.setdefault("box_predictor", FastRCNNPredictor(box_head_dim, num_classes))
+                                                                 sampling_ratio=config.roi_sampling_ratio))
+    kwargs.setdefault("box_head", TwoMLPHead(features.out_channels * 7 * 7, config.box_head_dim))
+    kwargs.setdefault("box_predictor", FastRCNNPredictor(config.box_head_dim, config.num_classes))
     model = FasterRCNN(
         features,
         num_classes=None,
-        min_size=input_size,
-        max_size=input_size,
+        min_size=config.input_size,
+        max_size=config.input_size,
         rpn_anchor_generator=generator,
-        rpn_fg_iou_thresh=rpn_fg_iou,
-        rpn_bg_iou_thresh=rpn_bg_iou,
+        rpn_fg_iou_thresh=config.rpn_fg_iou,
+        rpn_bg_iou_thresh=config.rpn_bg_iou,
         **kwargs,
     )
-    if detector_state is not None:
-        found = load_matching(model, detector_state, source=report.source)
+    if start.detector_state is not None:
+        found = load_matching(model, start.detector_state, source=report.source)
         report.loaded, report.reinitialised = found.loaded, found.reinitialised
 
-    model.config = dict(
-        backbone=backbone,
-        num_classes=num_classes,
-        anchor_scales=list(scales),
-        anchor_ratios=list(ratios),
-        input_size=input_size,
-        weights="none",
-        trainable_layers=trainable_layers,
-        rpn_fg_iou=rpn_fg_iou,
-        rpn_bg_iou=rpn_bg_iou,
-        frozen_bn=frozen_bn,
-        feature_blocks=blocks,
-        anchor_base_sizes=bases,
-        fpn_norm=fpn_norm,
-        box_head_dim=box_head_dim,
-        roi_sampling_ratio=roi_sampling_ratio,
-        **detector_kwargs,
-    )
+    model.config = config.replace(trainable_layers=trainable_layers, frozen_bn=frozen_bn)
     model.weights_report = report
     return model
 
@@ -434,13 +404,11 @@ def _feature_levels(features: BackboneWithFPN) -> int:
     return len(features.body.return_layers) + 1  # + the max-pool level
 
 
-def feature_strides(config: dict[str, Any]) -> tuple[int, ...]:
-    """Strides (input pixels) of the FPN levels of the model ``build_model(**config)`` builds."""
-    spec = get_backbone(config["backbone"])
-    if spec.family == "mobilenet" and not config.get("feature_blocks"):
-        # Empty, or absent as in checkpoints from before the table had feature_blocks:
-        # torchvision's extractor (LEGACY_MOBILENET).
-        return (32, 32, 64)
+def feature_strides(config: ModelConfig) -> tuple[int, ...]:
+    """Strides (input pixels) of the FPN levels of the model ``build_model(config)`` builds."""
+    spec = get_backbone(config.backbone)
+    if spec.family == "mobilenet" and config.feature_blocks is not None and not config.feature_blocks:
+        return (32, 32, 64)  # torchvision's extractor, the layout of old checkpoints (LEGACY_MOBILENET)
     return spec.feature_strides
 
 
@@ -453,26 +421,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def checkpoint_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The ``build_model`` arguments that rebuild a checkpoint's architecture (no weights
-    fetched); a MobileNet checkpoint from before ``feature_blocks`` gets its old layout."""
-    config = dict(ckpt["model_config"])
-    config["weights"] = "none"
-    if "feature_blocks" not in config and get_backbone(config["backbone"]).family == "mobilenet":
-        config.update(LEGACY_MOBILENET)
-    return config
-
-
 def model_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *, device: str | torch.device = "cpu"):
-    """Rebuild the model a checkpoint describes (:mod:`detect.model.checkpoint`), load its weights,
-    and put it in eval mode.
+    """Rebuild the model a checkpoint describes (:mod:`detect.model.checkpoint`; its
+    ``model_config`` is a :meth:`ModelConfig.as_dict`), load its weights, and put it in eval mode.
 
     Returns:
         ``(model, ckpt)``: the ``FasterRCNN`` on ``device`` and the checkpoint dict.
     """
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = build_model(**checkpoint_model_config(ckpt))
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     return model, ckpt

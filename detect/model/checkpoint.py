@@ -5,8 +5,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (so
 
 ``format``        ``"detect-checkpoint/1"``
 ``model``         the model's ``state_dict``
-``model_config``  keyword arguments of :func:`detect.model.build.build_model` that rebuild the
-                  architecture (``weights`` is always ``"none"`` there)
+``model_config``  the architecture, :meth:`detect.model.config.ModelConfig.as_dict` (older
+                  checkpoints: ``build_model`` keywords, which ``ModelConfig.from_dict`` reads)
 ``classes``       class names; model label ``i`` is ``classes[i - 1]`` (0 is background)
 ``epoch``         last finished epoch (0-based)
 ``metrics``       e.g. ``{"map50": 0.71, "best_map50": 0.73, "best_epoch": 12}``

@@ -57,15 +57,8 @@ from detect.common.errors import DetectError, UsageError, show
 from detect.data.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.model.backbones import get_backbone
 from detect.common.files import check_writable
-from detect.model.build import (
-    FPN_NORMS,
-    WEIGHT_CHOICES,
-    anchors_per_location,
-    build_model,
-    checkpoint_model_config,
-    describe_anchors,
-    feature_strides,
-)
+from detect.model.build import WEIGHT_CHOICES, anchors_per_location, build_model, describe_anchors, feature_strides
+from detect.model.config import FPN_NORMS, ModelConfig
 from detect.common.options import Number
 from detect.data.records import Record, check_classes, class_names_from, ground_truths, load_records, median_image_size
 from detect.training.run_folder import RunFolder, join_numbers, training_mode, training_record
@@ -121,6 +114,10 @@ DATA_RECIPE = dict(
 DEMO_SEED = 0
 DEMO_IMAGE_SIZE = (320, 240)
 
+# The options that are the model's (:class:`ModelConfig` fields the command line sets).
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+MODEL_OPTIONS = MODEL_FIELDS - {"num_classes", "detector", "anchor_base_sizes", "feature_blocks", "frozen_bn"}
+
 # The allowed values of every numeric option: the CLI parses with these, and
 # resolve_config checks a config built in Python against the same ranges.
 LIMITS: dict[str, Number] = {
@@ -171,22 +168,9 @@ class TrainConfig:
     augment: str | None = None
     skip_invalid: bool = False
     demo_images: int | None = None
-    # model
-    backbone: str = "mobilenet"
+    # model: the architecture; None fields come from the recipe (num_classes from the data)
+    model: ModelConfig = field(default_factory=ModelConfig)
     weights: str = "auto"
-    trainable_layers: int | None = None
-    input_size: int | None = None
-    anchor_scales: list[float] | None = None
-    anchor_ratios: list[float] | None = None
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_pre_nms: int | None = None
-    rpn_post_nms: int | None = None
-    rpn_batch: int | None = None
-    roi_batch: int | None = None
-    box_head_dim: int | None = None
-    roi_sampling_ratio: int | None = None
-    fpn_norm: str | None = None
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -215,15 +199,24 @@ class TrainConfig:
     no_check: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (paths as strings): what ``args.json`` and checkpoints store."""
-        return {f.name: (str(v) if isinstance(v, Path) else v)
-                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+        """JSON-ready (paths as strings, the model as :meth:`ModelConfig.as_dict`): what
+        ``args.json`` and checkpoints store."""
+        out = {f.name: (str(v) if isinstance(v, Path) else v)
+               for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+        out["model"] = self.model.as_dict()
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """The inverse of :meth:`as_dict`; keys this version does not know are ignored."""
+        """The inverse of :meth:`as_dict`; also takes the flat form (the command line's options,
+        and ``args.json`` of runs from before :class:`ModelConfig`), whose model options go
+        into ``model``. Keys this version does not know are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
-        cfg = cls(**{k: v for k, v in values.items() if k in known})
+        model = values.get("model")
+        model = dict(model) if isinstance(model, dict) else {}
+        model.update({k: v for k, v in values.items() if k in MODEL_OPTIONS})
+        cfg = cls(**{k: v for k, v in values.items() if k in known and k != "model"},
+                  model=ModelConfig(**{k: v for k, v in model.items() if k in MODEL_FIELDS}))
         for key in ("data", "images", "classes", "out", "resume"):
             value = getattr(cfg, key)
             if value is not None:
@@ -240,18 +233,20 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg)
     recipe = DEMO_RECIPE if cfg.data is None else DATA_RECIPE
     for key, value in recipe.items():
-        if getattr(cfg, key, None) is None:
-            setattr(cfg, key, value)
+        holder = cfg.model if key in MODEL_FIELDS else cfg
+        if getattr(holder, key, None) is None:
+            _set(cfg, key, value)
     for key, limit in LIMITS.items():
-        setattr(cfg, key, limit.check(f"--{key.replace('_', '-')}", getattr(cfg, key)))
-    spec = get_backbone(cfg.backbone)
-    if cfg.trainable_layers is not None and cfg.trainable_layers > spec.max_trainable_layers:
-        raise UsageError(f"--trainable-layers for {cfg.backbone} must be from 0 to {spec.max_trainable_layers}, "
-                         f"got {cfg.trainable_layers}")
-    if not 0 <= cfg.rpn_bg_iou <= cfg.rpn_fg_iou <= 1:
+        holder = cfg.model if key in MODEL_FIELDS else cfg
+        _set(cfg, key, limit.check(f"--{key.replace('_', '-')}", getattr(holder, key)))
+    spec = get_backbone(cfg.model.backbone)
+    if cfg.model.trainable_layers is not None and cfg.model.trainable_layers > spec.max_trainable_layers:
+        raise UsageError(f"--trainable-layers for {cfg.model.backbone} must be from 0 to {spec.max_trainable_layers}, "
+                         f"got {cfg.model.trainable_layers}")
+    if not 0 <= cfg.model.rpn_bg_iou <= cfg.model.rpn_fg_iou <= 1:
         raise UsageError("need 0 <= --rpn-bg-iou <= --rpn-fg-iou <= 1")
-    if cfg.fpn_norm not in FPN_NORMS:
-        raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.fpn_norm!r}")
+    if cfg.model.fpn_norm not in FPN_NORMS:
+        raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.model.fpn_norm!r}")
     if cfg.cache not in CACHE_CHOICES:
         raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
     if cfg.resume is None and cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():
@@ -260,6 +255,14 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         cores = os.cpu_count() or 1
         cfg.workers = 0 if (cores <= 2 and not torch.cuda.is_available()) else min(4, cores - 1)
     return cfg
+
+
+def _set(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set an option, on the model config when it is one of its fields."""
+    if key in MODEL_FIELDS:
+        cfg.model = cfg.model.replace(**{key: value})
+    else:
+        setattr(cfg, key, value)
 
 
 class Echo(Protocol):
@@ -328,9 +331,9 @@ def prepare_data(cfg: TrainConfig, echo: Echo = _log_echo, *, dist: Dist = Dist(
             cfg.classes = root / "classes.txt"
     files = discover(cfg.data, images=cfg.images)
     input_note = ""
-    if cfg.input_size is None:
+    if cfg.model.input_size is None:
         median = median_image_size(files)
-        cfg.input_size = input_size_for(median, cuda=cuda)
+        cfg.model = cfg.model.replace(input_size=input_size_for(median, cuda=cuda))
         input_note = (f" (from the data: median image {median[0]}x{median[1]}; --input-size to change)"
                       if median else "")
     listed = read_classes(cfg.classes) if cfg.classes is not None else None
@@ -365,10 +368,10 @@ def run_checker(files: DatasetFiles, classes: list[str] | None, cfg: TrainConfig
     report = check_dataset(
         files,
         classes=classes,
-        backbone=cfg.backbone,
-        input_size=cfg.input_size,
-        anchor_scales=cfg.anchor_scales,
-        anchor_ratios=cfg.anchor_ratios,
+        backbone=cfg.model.backbone,
+        input_size=cfg.model.input_size,
+        anchor_scales=cfg.model.anchor_scales,
+        anchor_ratios=cfg.model.anchor_ratios,
         anchor_rule=lambda: anchor_rule,
     )
     if not report.errors:
@@ -493,28 +496,7 @@ class _GracefulStop:
 
 def model_for_config(cfg: TrainConfig, num_classes: int):
     """The detector a (resolved) config describes, with ``num_classes`` outputs (background included)."""
-    return build_model(
-        backbone=cfg.backbone,
-        num_classes=num_classes,
-        anchor_scales=cfg.anchor_scales,
-        anchor_ratios=cfg.anchor_ratios,
-        input_size=cfg.input_size,
-        weights=cfg.weights,
-        trainable_layers=cfg.trainable_layers,
-        rpn_fg_iou=cfg.rpn_fg_iou,
-        rpn_bg_iou=cfg.rpn_bg_iou,
-        # The same proposal budget at test time: inference cost is mostly the box head
-        # running on every proposal.
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms,
-        rpn_batch_size_per_image=cfg.rpn_batch,
-        box_batch_size_per_image=cfg.roi_batch,
-        fpn_norm=cfg.fpn_norm,
-        box_head_dim=cfg.box_head_dim,
-        roi_sampling_ratio=cfg.roi_sampling_ratio,
-    )
+    return build_model(cfg.model.replace(num_classes=num_classes), weights=cfg.weights)
 
 
 def train(cfg: TrainConfig, *, echo: Echo = _log_echo, progress: bool = False) -> TrainResult:
@@ -561,13 +543,13 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
     if ckpt is not None and list(ckpt["classes"]) != data.classes:
         raise UsageError(f"{cfg.resume}: trained on classes {ckpt['classes']}, but the data now has {data.classes}")
     # Rank 0 picks the run folder (a new name when the default is taken); the others follow.
-    run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.backbone).path if dist.main else None)
+    run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.model.backbone).path if dist.main else None)
     run = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main)
     cfg.name = run.name
 
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
     # starts from the same seed, and DDP broadcasts rank 0's weights besides.
-    model = build_model(**checkpoint_model_config(ckpt)) if ckpt else model_for_config(cfg, len(data.classes) + 1)
+    model = build_model(ModelConfig.from_dict(ckpt["model_config"])) if ckpt else model_for_config(cfg, len(data.classes) + 1)
     if cfg.optimizer is None:
         # Measured here: from scratch, AdamW reaches in 8 epochs what SGD needs far longer
         # for; fine-tuning pretrained weights, SGD with momentum is the torchvision recipe.
@@ -581,7 +563,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
     earlier = (ckpt or {}).get("training")
     mode = earlier or training_mode(
         weights=model.weights_report.source if not ckpt else None if cfg.weights == "auto" else cfg.weights,
-        backbone=cfg.backbone, trainable_layers=model.config["trainable_layers"])
+        backbone=cfg.model.backbone, trainable_layers=model.config.trainable_layers)
     final_loss = (earlier or {}).get("final_loss")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -623,9 +605,9 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
     else:
         run.start(cfg.as_dict(), data.split_info)
     run.checkpoint_base = {
-        "model_config": model.config,
+        "model_config": model.config.as_dict(),
         "classes": data.classes,
-        "backbone": cfg.backbone,
+        "backbone": cfg.model.backbone,
         "run": run.name,
         "args": cfg.as_dict(),
         "data": {
@@ -731,9 +713,9 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
     finally:
         if last_done >= start_epoch or status != "finished":
             run.log_run({
-                "backbone": cfg.backbone, "data": str(data.root), "epochs": cfg.epochs, "batch": cfg.batch_size,
-                "lr": cfg.lr, "input_size": cfg.input_size, "anchor_scales": join_numbers(cfg.anchor_scales),
-                "anchor_ratios": join_numbers(cfg.anchor_ratios), "weights": weights_source,
+                "backbone": cfg.model.backbone, "data": str(data.root), "epochs": cfg.epochs, "batch": cfg.batch_size,
+                "lr": cfg.lr, "input_size": cfg.model.input_size, "anchor_scales": join_numbers(cfg.model.anchor_scales),
+                "anchor_ratios": join_numbers(cfg.model.anchor_ratios), "weights": weights_source,
                 "best_val_map50": f"{max(best_map, 0):.4f}" if data.val else "-",
                 "train_time_min": f"{train_time / 60:.2f}", "status": status,
             })
@@ -760,8 +742,8 @@ def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torc
     """The train set and loader (this process's share of each epoch, in batches of like-shaped
     images), its sampler, the val loader (rank 0 validates) and the loader's generator."""
     cache_dir = Path(os.environ.get("DETECT_CACHE", ".cache")) / "decoded"
-    train_set = DetectionDataset(data.train, data.classes, build_transforms(cfg.augment, input_size=cfg.input_size),
-                                 cache=cfg.cache, resize_to=cfg.input_size, cache_dir=cache_dir)
+    train_set = DetectionDataset(data.train, data.classes, build_transforms(cfg.augment, input_size=cfg.model.input_size),
+                                 cache=cfg.cache, resize_to=cfg.model.input_size, cache_dir=cache_dir)
     val_set = DetectionDataset(data.val, data.classes, None, cache=cfg.cache, cache_dir=cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     # One sampler for one process or many: the epoch's order comes from (seed, epoch).
@@ -808,13 +790,19 @@ def _resume_checkpoint(cfg: TrainConfig, dist: Dist = Dist()) -> dict[str, Any] 
                          f"process(es); resume it with as many (torchrun --nproc_per_node {partial.get('world', 1)})")
     if "train_state" not in ckpt:
         raise UsageError(f"{cfg.resume}: has no training state to resume from; pass the run's last.pt")
-    stored, given = TrainConfig.from_dict(ckpt["args"]).as_dict(), cfg.as_dict()
+    stored, given = _flat(TrainConfig.from_dict(ckpt["args"])), _flat(cfg)
     changed = sorted(k for k in given if k not in RESUMABLE and given[k] != stored.get(k))
     if changed:
         raise UsageError(f"{cfg.resume}: resuming with other settings ({', '.join(changed)}); build the config "
                          "with detect.training.trainer.resume_config, which allows only --epochs, --patience, --device, "
                          "--workers to change")
     return ckpt
+
+
+def _flat(cfg: TrainConfig) -> dict[str, Any]:
+    """Every option by its command-line name: the model's fields beside the others."""
+    values = cfg.as_dict()
+    return {**{k: v for k, v in values.items() if k != "model"}, **values["model"]}
 
 
 def _repair_best(run: RunFolder, ckpt: dict[str, Any], best_epoch: int, partial: EpochState | None,
@@ -835,17 +823,17 @@ def _repair_best(run: RunFolder, ckpt: dict[str, Any], best_epoch: int, partial:
 def _banner(echo: Echo, cfg: TrainConfig, run: RunFolder, data: Data, model, device, iters_per_epoch: int,
             dist: Dist, amp_dtype) -> None:
     procs = f" x {dist.world} processes (DistributedDataParallel)" if dist.active else ""
-    echo(f"Run {run.path}: {cfg.backbone}, {len(data.classes)} classes ({', '.join(map(show, data.classes))}), "
-         f"{len(data.train)} train / {len(data.val)} val images, input {cfg.input_size}px{data.input_note}, "
+    echo(f"Run {run.path}: {cfg.model.backbone}, {len(data.classes)} classes ({', '.join(map(show, data.classes))}), "
+         f"{len(data.train)} train / {len(data.val)} val images, input {cfg.model.input_size}px{data.input_note}, "
          f"device {device}{procs}" + (f", AMP {str(amp_dtype).replace('torch.', '')}" if amp_dtype else ""))
     mc = model.config
-    blocks = f" (MobileNetV3 blocks {'/'.join(map(str, mc['feature_blocks']))} + max-pool)" if mc["feature_blocks"] else ""
-    echo(f"Features: FPN at strides {'/'.join(map(str, feature_strides(mc)))}{blocks}, FPN norm {mc['fpn_norm']}; "
-         f"box head {mc['box_head_dim']} wide, RoIAlign sampling {mc['roi_sampling_ratio']}, "
-         f"{cfg.rpn_post_nms} proposals, {cfg.roi_batch} sampled per image")
+    blocks = f" (MobileNetV3 blocks {'/'.join(map(str, mc.feature_blocks))} + max-pool)" if mc.feature_blocks else ""
+    echo(f"Features: FPN at strides {'/'.join(map(str, feature_strides(mc)))}{blocks}, FPN norm {mc.fpn_norm}; "
+         f"box head {mc.box_head_dim} wide, RoIAlign sampling {mc.roi_sampling_ratio}, "
+         f"{cfg.model.rpn_post_nms} proposals, {cfg.model.roi_batch} sampled per image")
     echo(f"RPN anchors ({'/'.join(str(n) for n in anchors_per_location(model))} per location):")
     echo("  " + describe_anchors(model.rpn.anchor_generator).replace("\n", "\n  "))
-    echo(f"  matched by IoU: foreground >= {cfg.rpn_fg_iou}, background < {cfg.rpn_bg_iou}")
+    echo(f"  matched by IoU: foreground >= {cfg.model.rpn_fg_iou}, background < {cfg.model.rpn_bg_iou}")
     echo(f"  {model.weights_report.summary()}")
     if not data.val:
         echo("No val split: val mAP is not measured, and best.pt is the last epoch (pass --val-fraction, or "
