@@ -334,13 +334,15 @@ def prepare_data(cfg: TrainConfig, echo: Echo = _log_echo, *, dist: Dist = Dist(
         input_note = (f" (from the data: median image {median[0]}x{median[1]}; --input-size to change)"
                       if median else "")
     listed = read_classes(cfg.classes) if cfg.classes is not None else None
+    if listed is None and files.classes:  # a COCO/YOLO source states its class order: keep it
+        listed = list(files.classes)
     skip = set() if cfg.no_check else run_checker(files, listed, cfg, echo)
     splits, source = resolve_splits(files, val_fraction=cfg.val_fraction)
     train = load_records(files, splits["train"], skip=skip)
     val = load_records(files, splits["val"], skip=skip)
     if listed is not None:
         classes = listed
-        check_classes(train + val, classes, classes_file=str(cfg.classes))
+        check_classes(train + val, classes, classes_file=str(cfg.classes or cfg.data))
     else:
         classes = class_names_from(train + val)
     if not classes:
