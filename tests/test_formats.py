@@ -261,3 +261,31 @@ def test_training_on_coco_and_yolo_sees_the_voc_records(fmt: str, tmp_path: Path
     assert T.main(argv) == 0, capsys.readouterr().err
     split = json.loads((out / fmt / "split.json").read_text())
     assert split["val"] == ["img_000"] and (out / fmt / "best.pt").is_file()
+
+
+def test_predict_save_ls_writes_label_studio_tasks_with_predictions(tmp_path: Path, capsys) -> None:
+    """Label Studio's import schema: data.image, predictions[].model_version/score/result, each
+    result a rectanglelabels value in percent of original_width/height."""
+    from conftest import make_tiny_checkpoint
+    from detect import predict
+
+    data = make_devkit(tmp_path / "data", n=3)
+    pt = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
+    ls = tmp_path / "tasks.json"
+    argv = ["--weights", str(pt), str(data / "JPEGImages"), "--save-ls", str(ls), "--conf", "0.0",
+            "--no-save-images", "--out", str(tmp_path / "pred"), "--name", "p", "--no-progress"]
+    assert predict.main(argv) == 0, capsys.readouterr().err
+    tasks = json.loads(ls.read_text())
+    assert len(tasks) == 3
+    for task in tasks:
+        assert task["data"]["image"].startswith("/data/local-files/?d=")
+        assert Path("/" + task["data"]["image"].split("?d=", 1)[1]).is_file()
+        (pred,) = task["predictions"]
+        assert "best.pt" in pred["model_version"] and 0 <= pred["score"] <= 1
+        assert pred["result"], "the tiny model detects at conf 0"
+        for r in pred["result"]:
+            assert r["type"] == "rectanglelabels" and r["from_name"] == "label" and r["to_name"] == "image"
+            assert (r["original_width"], r["original_height"]) == (96, 80)
+            v = r["value"]
+            assert v["rectanglelabels"][0] in CLASSES and 0 <= r["score"] <= 1
+            assert 0 <= v["x"] <= 100 and 0 <= v["x"] + v["width"] <= 100 + 1e-9
