@@ -170,6 +170,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     augment: str | None = None
     skip_invalid: bool = False
+    tensorboard: bool = False  # also log results.csv's rows and the settings for TensorBoard
     demo_images: int | None = None
     # model
     backbone: str = "mobilenet"
@@ -564,7 +565,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
         raise UsageError(f"{cfg.resume}: trained on classes {ckpt['classes']}, but the data now has {data.classes}")
     # Rank 0 picks the run folder (a new name when the default is taken); the others follow.
     run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.backbone).path if dist.main else None)
-    run = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main)
+    run = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main,
+                    tensorboard=cfg.tensorboard)
     cfg.name = run.name
 
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
@@ -739,6 +741,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                 "best_val_map50": f"{max(best_map, 0):.4f}" if data.val else "-",
                 "train_time_min": f"{train_time / 60:.2f}", "status": status,
             })
+        run.close()
     return TrainResult(run=run, status=status, best_map50=max(best_map, 0.0) if data.val else None,
                        best_epoch=best_epoch + 1, train_time=train_time, config=cfg, stopped_in=stopped_in,
                        resume_exact=exact, model=model, iterations=iterations)
