@@ -25,7 +25,7 @@ import sys
 
 from detect.model.backbones import BACKBONES
 from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, plan_fixes, plural
-from detect.common.errors import DetectError, printable, show
+from detect.common.errors import UsageError, DetectError, printable, show
 from detect.data.layout import discover, read_classes
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, number_list
@@ -140,6 +140,10 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     try:
         classes = read_classes(args.classes) if args.classes is not None else None
         files = discover(args.data, images=args.images)
+        if files.format != "voc" and (args.fix or args.unsafe_fixes or args.diff):
+            raise UsageError(f"{args.data}: fixes rewrite VOC XML only and this is a {files.format.upper()} "
+                             "dataset; fix the file the finding names, or convert it (python -m detect.convert "
+                             "SRC DST --to voc) and fix that")
     except DetectError as exc:
         print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code, ""

@@ -59,6 +59,11 @@ def build_parser() -> CliParser:
     p.add_argument("--save-xml", action="store_true",
                    help="pre-annotation: a Pascal VOC XML beside each image, for LabelImg")
     p.add_argument("--overwrite", action="store_true", help="with --save-xml: replace existing XML annotations")
+    p.add_argument("--save-ls", metavar="FILE", default=None,
+                   help="pre-annotation for Label Studio: its task import JSON with the boxes as predictions")
+    p.add_argument("--ls-prefix", metavar="URL", default="/data/local-files/?d=",
+                   help="with --save-ls: what goes before each image path in data.image (default: Label Studio's "
+                        "local-files URL; serve the images with LOCAL_FILES_DOCUMENT_ROOT=/)")
     p.add_argument("--save-crops", action="store_true", help="write each detection's crop into crops/<class>/")
     p.add_argument("--no-save-images", action="store_true", help="write no annotated images or videos")
     p.add_argument("--show", action="store_true", help="show the annotated frames in a window (needs a GUI OpenCV)")
@@ -144,6 +149,8 @@ def _run(args, detector, predictor) -> int:
         folder, classes=predictor.classes, defect_classes=predictor.defect_classes,
         save_images=not args.no_save_images, save_json=args.save_json, save_csv=args.save_csv,
         save_xml=args.save_xml, save_crops=args.save_crops, overwrite=args.overwrite,
+        save_ls=Path(args.save_ls) if args.save_ls else None, ls_prefix=args.ls_prefix,
+        model_version=f"{run} ({Path(args.weights).name})",
     )
     print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "

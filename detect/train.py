@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write the results.csv numbers and the settings as TensorBoard events into the run "
+                        "folder (tensorboard --logdir weights); needs pip install 'can-detect[tensorboard]'")
     g.add_argument("--resume", type=Path, help="continue from a last.pt, with the run's own settings "
                    "(only --epochs, --patience, --device, --workers may be given with it)")
     g.add_argument("--no-check", action="store_true", help="skip the annotation checker pass before training")

@@ -172,14 +172,19 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
     def add(code: str, line: int | None, message: str, **kw) -> None:
         out.append(finding(code, xml, line, message, **kw))
 
-    try:
-        data = read_regular(xml)
-    except OSError as exc:
-        add("VOC100", None, f"cannot read the file ({exc.strerror or exc}); check its permissions")
-        return result
     problems: list[VocError] = []
+    data = b""
+    foreign = ctx.files.foreign.get(xml)  # a COCO/YOLO sample, read (and its format checked) by discover
     try:
-        ann = parse_voc_bytes(data, source=xml, problems=problems)
+        if foreign is not None:
+            ann = foreign
+        else:
+            try:
+                data = read_regular(xml)
+            except OSError as exc:
+                add("VOC100", None, f"cannot read the file ({exc.strerror or exc}); check its permissions")
+                return result
+            ann = parse_voc_bytes(data, source=xml, problems=problems)
     except VocError as err:
         add(_error_code(err), err.line, err.message, col=err.column)
         # The image beside it is annotated, only badly: no "image without XML" for it too.
@@ -256,7 +261,7 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
                         f"own name instead: check that this XML describes that image and set "
                         f"<filename>{image.name}</filename>",
                     )
-            elif PurePosixPath(base).stem != xml.stem:
+            elif foreign is None and PurePosixPath(base).stem != xml.stem:
                 add(
                     "VOC403",
                     fname_line,
@@ -334,7 +339,7 @@ def _check_objects(ann: Annotation, data: bytes, ref, ctx: Context, add, result:
         first = seen.get(obj)
         if first is not None:
             if tree_objects is None:
-                tree_objects = _object_bytes(data)
+                tree_objects = _object_bytes(data) if data else None
             same_bytes = (
                 tree_objects is not None
                 and max(first.index, obj.index) < len(tree_objects)

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from detect.common.errors import UsageError
+from detect.data import coco, yolo
+from detect.data.foreign import ForeignData
+from detect.data.voc import Annotation, VocError, parse_voc
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,23 @@ class DatasetFiles:
     images_override: Path | None = None
     _by_name: dict[str, tuple[Path, ...]] = field(default_factory=dict, repr=False, compare=False)
     split_lines: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
+    format: str = "voc"
+    classes: tuple[str, ...] = ()
+    split_source: str = "ImageSets/Main"
+    foreign: dict[Path, Annotation] = field(default_factory=dict, repr=False, compare=False)
+    _ids: dict[Path, str] = field(default_factory=dict, repr=False, compare=False)
+    _images: dict[Path, Path | None] = field(default_factory=dict, repr=False, compare=False)
+
+    def annotation(self, xml: Path, *, problems: list[VocError] | None = None) -> Annotation:
+        """The record of an annotation file: parsed VOC XML, or the COCO/YOLO sample read by
+        :func:`discover` (``xml`` is then its label file or ``file.json#images[i]``)."""
+        found = self.foreign.get(xml)
+        return found if found is not None else parse_voc(xml, problems=problems)
 
     def sample_id(self, xml: Path) -> str:
         """The id of the sample annotated by ``xml`` (relative path without ``.xml``)."""
+        if self._ids:
+            return self._ids[xml]
         path = os.fspath(xml)
         prefix = os.path.join(os.fspath(self.annotation_dir), "")
         # Files from discover() lie under annotation_dir as spelled there: a prefix cut is
@@ -84,6 +101,8 @@ class DatasetFiles:
 
     def find_image(self, xml: Path, filename: str | None) -> Path | None:
         """The image ``xml`` annotates, from its ``<filename>`` or else its stem."""
+        if self.foreign:
+            return self._images.get(xml)
         if filename:
             found = self._lookup(file_name(filename), xml)
             if found is not None:
@@ -155,17 +174,61 @@ def _special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | None = None) -> DatasetFiles:
+FORMATS = ("voc", "coco", "yolo")
+
+
+def detect_format(data: Path) -> str:
+    """``voc``, ``coco`` or ``yolo`` for ``--data``: a ``.json`` file is COCO, a ``.yaml``
+    YOLO; a folder with ``data.yaml`` or ``labels/`` beside ``images/`` is YOLO, one with
+    COCO JSON and no XML is COCO, anything else VOC."""
+    if data.is_file():
+        suffix = data.suffix.lower()
+        if suffix == ".json":
+            return "coco"
+        if suffix in (".yaml", ".yml"):
+            return "yolo"
+        raise DatasetError(f"{data}: a file given as data must be a COCO .json or a YOLO .yaml; "
+                           "otherwise pass the dataset folder")
+    if data.is_dir():
+        if yolo.is_yolo_folder(data):
+            return "yolo"
+        if coco.find_coco_files(data) and not any(data.glob("*.xml")) and not (data / "Annotations").is_dir():
+            return "coco"
+    return "voc"
+
+
+def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | None = None,
+             format: str | None = None) -> DatasetFiles:
     """Find the annotation files, images and split lists under ``data``.
 
     Args:
-        data: the dataset folder, in any of the three layouts.
+        data: the dataset folder, in any of the three VOC layouts, or a COCO JSON file (or a
+            folder of them, one per split), or a YOLO dataset folder or its ``data.yaml``.
         images: a folder to look for images in first (``--images``).
+        format: ``voc``, ``coco`` or ``yolo``; None detects it (:func:`detect_format`).
 
     Raises:
         DatasetError: ``data`` (or ``images``) is not a folder, or holds no XML file.
+        detect.data.foreign.FormatError: a COCO or YOLO file that cannot be read.
     """
     root = Path(data)
+    if images is not None and not Path(images).is_dir():
+        raise DatasetError(f"{images}: no such folder (given as --images)")
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder or file; pass the dataset folder (VOC, YOLO), "
+                           "a COCO .json or a YOLO data.yaml")
+    fmt = format or detect_format(root)
+    if fmt == "coco":
+        paths = [root] if root.is_file() else coco.find_coco_files(root)
+        if not paths:
+            raise DatasetError(f"{root}: no COCO .json file found (looked in annotations/ and the folder)")
+        folder = root.parent.parent if root.is_file() and root.parent.name == "annotations" else (
+            root.parent if root.is_file() else root)
+        return _foreign_files(coco.read_coco(paths, root=folder, images=Path(images) if images else None),
+                              Path(images) if images else None)
+    if fmt == "yolo":
+        return _foreign_files(yolo.read_yolo(root, images=Path(images) if images else None),
+                              Path(images) if images else None)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder; pass the folder that holds your VOC XML files")
     override = None
@@ -242,6 +305,26 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
     return files
 
 
+def _foreign_files(found: ForeignData, override: Path | None) -> DatasetFiles:
+    if not found.samples:
+        raise DatasetError(f"{found.root}: no images in this {found.format.upper()} dataset")
+    return DatasetFiles(
+        root=found.root,
+        layout=found.format,
+        annotation_dir=found.root,
+        xml_files=tuple(s.source for s in found.samples),
+        image_files=tuple(sorted(found.image_files)),
+        split_lists=dict(found.split_lists),
+        images_override=override,
+        format=found.format,
+        classes=found.classes,
+        split_source=found.split_source,
+        foreign={s.source: s.annotation for s in found.samples},
+        _ids={s.source: s.sample_id for s in found.samples},
+        _images={s.source: s.image for s in found.samples},
+    )
+
+
 def _hash_key(sample_id: str) -> str:
     return hashlib.sha1(sample_id.encode("utf-8")).hexdigest()
 
@@ -274,6 +357,7 @@ def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2) -> tuple[d
     """
     known = {files.sample_id(x) for x in files.xml_files}
     lists = files.split_lists
+    where = "ImageSets/Main/%s.txt" if files.format == "voc" else f"the {files.format.upper()} %s split"
     if "val" in lists and ("train" in lists or "trainval" in lists):
         val = list(lists["val"])
         train = list(lists["train"]) if "train" in lists else [i for i in lists["trainval"] if i not in set(val)]
@@ -284,11 +368,11 @@ def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2) -> tuple[d
             missing = [i for i in ids if i not in known]
             if missing:
                 log.warning(
-                    "ImageSets/Main/%s.txt lists %d id(s) with no XML (first: %s); they are skipped",
+                    where + " lists %d id(s) with no annotation (first: %s); they are skipped",
                     name, len(missing), missing[0],
                 )
             splits[name] = [i for i in ids if i in known]
-        return splits, "ImageSets/Main"
+        return splits, files.split_source
     return split_by_name(sorted(known), val_fraction=val_fraction), f"hash of file name, val_fraction={val_fraction}"
 
 

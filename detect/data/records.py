@@ -102,7 +102,7 @@ def load_records(
         if xml in skip:
             continue
         try:
-            ann = parse_voc(xml)
+            ann = files.annotation(xml)
         except VocError as exc:
             problems.append(str(exc))
             continue
@@ -201,7 +201,7 @@ def classes_in(files: DatasetFiles) -> list[str]:
     names: set[str] = set()
     for xml in files.xml_files:
         try:
-            names.update(o.name for o in parse_voc(xml).objects)
+            names.update(o.name for o in files.annotation(xml).objects)
         except VocError:
             continue
     return sorted(names)

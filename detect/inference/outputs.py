@@ -16,6 +16,14 @@ file                   what
                        failed inputs, dropped frames
 =====================  ===================================================================
 
+``--save-ls FILE`` writes the same pre-annotation for Label Studio: its task import JSON, one
+task per image with ``data.image`` (the image path after ``ls_prefix``, by default Label
+Studio's local-files URL) and ``predictions`` (``model_version``, the lowest box score as the
+task's ``score``, and one ``rectanglelabels`` result per box in percent of the image, with
+its score and ``original_width``/``original_height``), for the labeling config
+``<Image name="image" value="$image"/>`` + ``<RectangleLabels name="label" toName="image">``.
+Video and camera frames are left out of it (they have no image file).
+
 ``--save-xml`` writes Pascal VOC pre-annotation: one XML per image **beside the image**
 (where LabelImg looks for it), boxes rounded to whole pixels inside the image, so an
 annotator corrects instead of drawing; an existing XML is left alone (and listed) unless
@@ -165,6 +173,30 @@ class _Video:
         return self.path
 
 
+LS_LOCAL_FILES = "/data/local-files/?d="
+
+
+def label_studio_task(result: Result, image_url: str, model_version: str) -> dict:
+    """One Label Studio import task with the result's boxes as a prediction (percent
+    coordinates of the image, as Label Studio stores rectangles)."""
+    h, w = result.image.shape[:2]
+    det = result.detections
+    boxes = []
+    for i, (name, box, score) in enumerate(zip(result.names, det.boxes, det.scores)):
+        x0, y0 = max(float(box[0]), 0.0), max(float(box[1]), 0.0)
+        x1, y1 = min(float(box[2]), w), min(float(box[3]), h)
+        boxes.append({
+            "id": f"r{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+            "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+            "value": {"x": 100 * x0 / w, "y": 100 * y0 / h, "width": 100 * (x1 - x0) / w,
+                      "height": 100 * (y1 - y0) / h, "rotation": 0, "rectanglelabels": [name]},
+            "score": float(score),
+        })
+    lowest = float(min(det.scores)) if len(det.scores) else 1.0
+    return {"data": {"image": image_url},
+            "predictions": [{"model_version": model_version, "score": lowest, "result": boxes}]}
+
+
 class PredictionWriter:
     """Writes the outputs of a prediction run into ``folder`` (see the module docstring).
 
@@ -189,6 +221,9 @@ class PredictionWriter:
         save_crops: bool = False,
         overwrite: bool = False,
         line_width: int | None = None,
+        save_ls: Path | None = None,
+        ls_prefix: str = LS_LOCAL_FILES,
+        model_version: str = "",
     ) -> None:
         self.folder = Path(folder)
         self.classes = tuple(classes)
@@ -196,6 +231,8 @@ class PredictionWriter:
         self.save_images, self.save_json, self.save_csv = save_images, save_json, save_csv
         self.save_xml, self.save_crops, self.overwrite = save_xml, save_crops, overwrite
         self.line_width = line_width
+        self.save_ls, self.ls_prefix, self.model_version = save_ls, ls_prefix, model_version
+        self._ls: list[dict] = []
         self.summary = Summary()
         self._json: list[Detections] = []
         self._csv: list[list[Any]] = []
@@ -240,6 +277,9 @@ class PredictionWriter:
                 write_atomic(path, _encode(drawn, path.suffix.lower()), fsync=False)
         if self.save_xml:
             self._xml(result, video=video)
+        if self.save_ls is not None and not video and result.frame.path is not None:
+            self._ls.append(label_studio_task(result, self.ls_prefix + result.frame.path.resolve().as_posix().lstrip("/"),
+                                              self.model_version))
 
     def _image_path(self, key: str) -> Path:
         """Where the annotated image of ``key`` goes; two sources with an image of the same
@@ -329,6 +369,8 @@ class PredictionWriter:
             w.writerow(CSV_FIELDS)
             w.writerows(self._csv)
             write_atomic(self.folder / "predictions.csv", buf.getvalue())
+        if self.save_ls is not None:
+            write_atomic(self.save_ls, json.dumps(self._ls, ensure_ascii=False, indent=1) + "\n")
         if self.summary.seen or self.summary.failed:
             write_atomic(self.folder / "summary.json",
                          json.dumps(self.summary.as_dict(self.classes, self.defect_classes), indent=1) + "\n")

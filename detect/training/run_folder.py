@@ -36,6 +36,7 @@ import torch
 
 from detect.model.backbones import get_backbone
 from detect.model.checkpoint import save_checkpoint
+from detect.common.errors import UsageError
 from detect.common.files import remove_stale_temps, unique_folder, write_atomic
 from detect.scoring.report import plot_training_curves, read_results
 
@@ -45,6 +46,8 @@ __all__ = ["RESULT_FIELDS", "RUN_FIELDS", "RunFolder", "peak_memory", "training_
 
 RESULT_FIELDS = ["epoch", "loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg",
                  "lr", "val_loss", "val_map50", "epoch_time_s"]
+# results.csv column -> TensorBoard tag (the losses go under train/<name>)
+TB_TAGS = {"lr": "train/lr", "val_loss": "val/loss", "val_map50": "val/map50", "epoch_time_s": "time/epoch_s"}
 RUN_FIELDS = ["run", "backbone", "data", "epochs", "batch", "lr", "input_size", "anchor_scales",
               "anchor_ratios", "weights", "best_val_map50", "train_time_min", "status", "finished"]
 
@@ -61,10 +64,13 @@ class RunFolder:
             only rank 0 writes).
     """
 
-    def __init__(self, path: Path, checkpoint_base: Mapping[str, Any] | None = None, *, writes: bool = True) -> None:
+    def __init__(self, path: Path, checkpoint_base: Mapping[str, Any] | None = None, *, writes: bool = True,
+                 tensorboard: bool = False) -> None:
         self.path = Path(path)
         self.checkpoint_base = dict(checkpoint_base or {})
         self.writes = writes
+        self.tensorboard = tensorboard
+        self._tb = None
 
     @classmethod
     def new(cls, out: Path, name: str) -> "RunFolder":
@@ -89,6 +95,10 @@ class RunFolder:
             return
         write_atomic(self.path / "args.json", json.dumps(_jsonable(args), indent=2) + "\n")
         write_atomic(self.path / "split.json", json.dumps(dict(split), indent=1) + "\n")
+        writer = self._writer()
+        if writer is not None:  # the run's settings, as TensorBoard's text and hparams views show them
+            writer.add_text("args", "```\n" + json.dumps(_jsonable(args), indent=2) + "\n```", 0)
+            writer.flush()
 
     @property
     def results(self) -> Path:
@@ -130,7 +140,41 @@ class RunFolder:
             if new:
                 w.writerow(fields)
             w.writerow([row.get(k, "") for k in fields])
+        self._scalars(row)
         self.plot()
+
+    def _writer(self):
+        """TensorBoard's writer on the run folder (``--tensorboard``), opened on first use."""
+        if not (self.tensorboard and self.writes):
+            return None
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UsageError("--tensorboard needs the tensorboard package: pip install 'can-detect[tensorboard]'") \
+                    from None
+            self._tb = SummaryWriter(log_dir=str(self.path))
+        return self._tb
+
+    def _scalars(self, row: Mapping[str, Any]) -> None:
+        """The ``results.csv`` row as TensorBoard scalars at step = epoch: the same record, no
+        second copy of the numbers (``train/<loss>``, ``train/lr``, ``val/loss``, ``val/map50``,
+        ``time/epoch_s``)."""
+        writer = self._writer()
+        if writer is None:
+            return
+        epoch = int(row["epoch"])
+        for key, value in row.items():
+            if key == "epoch" or value in ("", None):
+                continue
+            writer.add_scalar(TB_TAGS.get(key, f"train/{key}"), float(value), epoch)
+        writer.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (if one was opened)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def plot(self) -> Path | None:
         """Draw ``results.png`` from ``results.csv``; a figure that cannot be drawn is logged,

@@ -167,6 +167,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     augment: str | None = None
     skip_invalid: bool = False
+    tensorboard: bool = False  # also log results.csv's rows and the settings for TensorBoard
     demo_images: int | None = None
     # model: the architecture; None fields come from the recipe (num_classes from the data)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -337,13 +338,15 @@ def prepare_data(cfg: TrainConfig, echo: Echo = _log_echo, *, dist: Dist = Dist(
         input_note = (f" (from the data: median image {median[0]}x{median[1]}; --input-size to change)"
                       if median else "")
     listed = read_classes(cfg.classes) if cfg.classes is not None else None
+    if listed is None and files.classes:  # a COCO/YOLO source states its class order: keep it
+        listed = list(files.classes)
     skip = set() if cfg.no_check else run_checker(files, listed, cfg, echo)
     splits, source = resolve_splits(files, val_fraction=cfg.val_fraction)
     train = load_records(files, splits["train"], skip=skip)
     val = load_records(files, splits["val"], skip=skip)
     if listed is not None:
         classes = listed
-        check_classes(train + val, classes, classes_file=str(cfg.classes))
+        check_classes(train + val, classes, classes_file=str(cfg.classes or cfg.data))
     else:
         classes = class_names_from(train + val)
     if not classes:
@@ -544,7 +547,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
         raise UsageError(f"{cfg.resume}: trained on classes {ckpt['classes']}, but the data now has {data.classes}")
     # Rank 0 picks the run folder (a new name when the default is taken); the others follow.
     run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.model.backbone).path if dist.main else None)
-    run = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main)
+    run = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main,
+                    tensorboard=cfg.tensorboard)
     cfg.name = run.name
 
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
@@ -719,6 +723,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, progr
                 "best_val_map50": f"{max(best_map, 0):.4f}" if data.val else "-",
                 "train_time_min": f"{train_time / 60:.2f}", "status": status,
             })
+        run.close()
     return TrainResult(run=run, status=status, best_map50=max(best_map, 0.0) if data.val else None,
                        best_epoch=best_epoch + 1, train_time=train_time, config=cfg, stopped_in=stopped_in,
                        resume_exact=exact, model=model, iterations=iterations)
