@@ -17,8 +17,9 @@ file                   what
 =====================  ===================================================================
 
 ``--save-xml`` writes Pascal VOC pre-annotation: one XML per image **beside the image**
-(where LabelImg looks for it), boxes rounded to whole pixels inside the image, so an
-annotator corrects instead of drawing; an existing XML is left alone (and listed) unless
+(where LabelImg looks for it), written as LabelImg 1.8.4+ would save it (upright frame,
+whole pixels, ``xmin``/``ymin`` at least 1, its ``truncated`` rule), so an annotator
+corrects instead of drawing; an existing XML is left alone (and listed) unless
 ``overwrite``. Video and camera frames have no image file: the frame is saved as a JPEG
 in ``frames/`` with its XML beside it.
 
@@ -102,19 +103,23 @@ class Summary:
 
 
 def voc_annotation(result: Result, *, image_path: Path) -> Annotation:
-    """A result as a LabelImg-style annotation of ``image_path``: boxes rounded to whole
-    pixels and kept inside the image, boxes under 1 px dropped, exact duplicates after
-    rounding dropped, ``truncated`` set where a box touches the image border."""
+    """A result as the annotation LabelImg would save for ``image_path``, so that opening an
+    untouched pre-annotation in LabelImg and saving it changes nothing: boxes in the upright
+    frame LabelImg shows (the frame :func:`~detect.data.images.read_image` decodes, with
+    ``<size>`` from it), rounded to whole pixels inside the image with ``xmin``/``ymin`` at
+    least 1 (LabelImg's lower bound), ``truncated`` by LabelImg's rule (``xmin`` or ``ymin``
+    is 1, or ``xmax``/``ymax`` reaches the width/height); boxes under 1 px and exact
+    duplicates after rounding are dropped."""
     h, w = result.image.shape[:2]
     objects: list[VocObject] = []
     seen: set[tuple] = set()
     for name, box in zip(result.names, result.detections.boxes):
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        x0, y0, x1, y1 = max(1, x0), max(1, y0), min(w, x1), min(h, y1)
         if x1 - x0 < 1 or y1 - y0 < 1 or (name, x0, y0, x1, y1) in seen:
             continue
         seen.add((name, x0, y0, x1, y1))
-        touches = x0 <= 1 or y0 <= 1 or x1 >= w - 1 or y1 >= h - 1
+        touches = x0 == 1 or y0 == 1 or x1 == w or y1 == h
         objects.append(VocObject(name, Box(float(x0), float(y0), float(x1), float(y1)), truncated=touches))
     return Annotation(filename=image_path.name, width=w, height=h, depth=3, objects=tuple(objects),
                       folder=image_path.parent.name, path=str(image_path.resolve()))
