@@ -139,7 +139,12 @@ def _run(args, detector, predictor) -> int:
 
     info = detector.info
     run = str(info.get("run") or Path(args.weights).stem)
-    folder = unique_folder(Path(args.out), args.name or run)
+    try:
+        folder = unique_folder(Path(args.out), args.name or run)
+    except OSError as exc:
+        print(f"error: {show(args.out)}: cannot create the output folder ({exc.strerror or exc}); "
+              "choose another --out", file=sys.stderr)
+        return 1
     writer = PredictionWriter(
         folder, classes=predictor.classes, defect_classes=predictor.defect_classes,
         save_images=not args.no_save_images, save_json=args.save_json, save_csv=args.save_csv,

@@ -23,7 +23,7 @@ from detect.checks.findings import Finding, Fix, box_text, finding, num
 from detect.common.errors import show
 from detect.common.files import is_regular, read_regular
 from detect.data.images import check_exif_mode, orientation_of, upright_size
-from detect.data.layout import DatasetFiles, file_name
+from detect.data.layout import IMAGE_EXTENSIONS, DatasetFiles, file_name
 from detect.data.voc import Annotation, VocError, VocObject, parse_voc_bytes, parse_xml_tree
 
 __all__ = ["Context", "FileResult", "ImageInfo", "Obj", "check_file", "class_key", "read_image_info"]
@@ -240,13 +240,31 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
     fname_line = ann.lines.get("filename")
     if image is None:
         looked = f"'{file_name(ann.filename)}' (<filename>) or " if ann.filename else ""
-        add(
-            "VOC401",
-            fname_line,
-            f"image missing: no {looked}'{xml.stem}' with an image extension was found; put the "
-            "image next to the XML (or in JPEGImages/), pass --images DIR, or delete this XML",
-        )
+        ambiguous = _case_variants(ctx.files, xml, ann.filename)
+        if ambiguous:
+            names = ", ".join(f"'{show(p.name)}'" for p in ambiguous)
+            add(
+                "VOC401",
+                fname_line,
+                f"image ambiguous: {names} differ only in case and none is named exactly as <filename> or this "
+                "XML; rename the images apart (on Windows and macOS they are one file) and set <filename>",
+            )
+        else:
+            add(
+                "VOC401",
+                fname_line,
+                f"image missing: no {looked}'{xml.stem}' with an image extension was found; put the "
+                "image next to the XML (or in JPEGImages/), pass --images DIR, or delete this XML",
+            )
     else:
+        twins = [p for p in ctx.files.case_variants(image.parent, image.name) if p != image]
+        if twins:
+            add(
+                "VOC403",
+                fname_line,
+                f"paired with '{show(image.name)}' (its exact name), but {', '.join(repr(show(p.name)) for p in twins)} "
+                "in the same folder differs only in case: on Windows and macOS the two are one file; rename one apart",
+            )
         if ann.filename:
             base = file_name(ann.filename)
             if image.name != base:
@@ -341,6 +359,16 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
     ref = real if real is not None else ((ann.width, ann.height) if ann.width > 0 and ann.height > 0 else None)
     _check_objects(ann, data, ref, ctx, add, result)
     return result
+
+
+def _case_variants(files: DatasetFiles, xml: Path, filename: str | None) -> list[Path]:
+    names = ([file_name(filename)] if filename else []) + [xml.stem + ext for ext in IMAGE_EXTENSIONS]
+    folders = [f for f in (files.images_override, xml.parent, files.root / "JPEGImages") if f is not None]
+    found: list[Path] = []
+    for folder in folders:
+        for name in names:
+            found += [p for p in files.case_variants(folder, name) if p not in found]
+    return found
 
 
 _WHOLE = re.compile(r"[+-]?\d+")
