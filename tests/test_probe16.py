@@ -59,3 +59,69 @@ def test_two_runs_started_at_once_never_share_a_folder(tmp_path: Path) -> None:
     assert sorted(p.name for p in got) == sorted(["run", *(f"run{i}" for i in range(2, n + 1))])
     (tmp_path / "out" / "empty").mkdir()
     assert unique_folder(tmp_path / "out", "empty").name == "empty2"  # never taken over
+
+
+class _StalledCapture:
+    """A stream whose read() blocks (a stalled HTTP/MJPEG server) until `unblock` is set;
+    releasing it while a read() is in progress is what crashed OpenCV with SIGSEGV."""
+
+    def __init__(self) -> None:
+        self.unblock = threading.Event()
+        self.reading = threading.Event()
+        self.released_during_read = False
+        self.released = 0
+
+    def read(self):
+        self.reading.set()
+        self.unblock.wait(10)
+        self.reading.clear()
+        return False, None
+
+    def release(self) -> None:
+        self.released_during_read |= self.reading.is_set()
+        self.released += 1
+
+
+def test_ctrl_c_on_a_stalled_stream_never_releases_the_capture_under_read(monkeypatch) -> None:
+    from detect.inference import sources
+
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: None)  # the 2 s wait, skipped
+    fake = _StalledCapture()
+    live = sources.LiveSource.__new__(sources.LiveSource)
+    live.__dict__.update(spec="http://cam/mjpg", kind="stream", live=True, target="http://cam/mjpg", read=0, taken=0,
+                         dropped=0, ended=None, _latest=None, _cond=threading.Condition(), _stop=threading.Event(),
+                         _thread=None, _release_lock=threading.Lock(), _released=False, _what="stream", capture=fake)
+    live._thread = threading.Thread(target=live._grab, daemon=True)
+    live._thread.start()
+    assert fake.reading.wait(5)
+    live.close()  # what Ctrl-C does, while the grabber is inside read()
+    assert fake.released == 0
+    fake.unblock.set()  # FFmpeg's timeout: read() returns, the grabber releases the capture
+    monkeypatch.undo()
+    live._thread.join(5)
+    assert fake.released == 1 and not fake.released_during_read
+    live.close()
+    assert fake.released == 1
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped() -> None:
+    from detect.inference.outputs import csv_cell
+
+    for cell in ("=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert csv_cell(cell) == "'" + cell
+    assert csv_cell("conveyor.jpg") == "conveyor.jpg" and csv_cell("") == ""
+
+
+def test_a_text_file_named_jpg_and_a_newline_in_a_name_give_one_clean_line(tmp_path: Path) -> None:
+    import pytest
+
+    from detect.data.images import ImageError, image_size, read_image
+
+    bad = tmp_path / "notes\nerror: forged.jpg"
+    bad.write_text("just text")
+    for reader in (read_image, image_size):
+        with pytest.raises(ImageError) as info:
+            reader(bad)
+        message = str(info.value)
+        assert "\n" not in message and "notes\\nerror: forged.jpg" in message
+        assert "BytesIO" not in message and "not an image file" in message

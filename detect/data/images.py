@@ -24,13 +24,14 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import warnings
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from detect.common.errors import UsageError
+from detect.common.errors import UsageError, show
 from detect.common.files import is_regular, read_regular
 
 __all__ = [
@@ -60,6 +61,15 @@ no camera at a production line takes larger)."""
 
 class ImageError(UsageError):
     """An image file that cannot be read or decoded; the message names it and the fix."""
+
+
+def _reason(exc: BaseException) -> str:
+    """Pillow's words without the in-memory buffer it names (``cannot identify image file
+    <_io.BytesIO object at 0x...>``): the message names the file already."""
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+    if text.startswith("cannot identify image file"):
+        return "not an image file, or a format Pillow does not know"
+    return show(text)
 
 
 def check_exif_mode(exif: str) -> str:
@@ -137,18 +147,18 @@ def _header(path: str | os.PathLike[str], data: bytes | None = None) -> tuple[in
                 orientation = orientation_of(im)
     except Image.DecompressionBombError as exc:
         raise ImageError(
-            f"{path}: the image is too large to decode safely ({exc}); a file like this is damaged or a "
+            f"{show(path)}: the image is too large to decode safely ({exc}); a file like this is damaged or a "
             "decompression bomb: resize it or remove it"
         ) from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot be read as an image ({exc.strerror or exc}); "
+        raise ImageError(f"{show(path)}: cannot be read as an image ({exc.strerror or _reason(exc)}); "
                          "re-export it or remove it") from None
     except Exception as exc:  # Pillow raises many kinds for damaged files; all mean "unreadable"
-        raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}); "
+        raise ImageError(f"{show(path)}: cannot be read as an image ({type(exc).__name__}: {_reason(exc)}); "
                          "re-export it or remove it") from None
     if width * height > MAX_PIXELS:  # a limit Pillow was told to lift elsewhere in this process
         raise ImageError(
-            f"{path}: the image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+            f"{show(path)}: the image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
             f"{MAX_PIXELS / 1e6:.0f}-megapixel limit (a file this large is damaged or a decompression bomb); "
             "resize it or remove it"
         )
@@ -172,12 +182,12 @@ def read_image(path: str | os.PathLike[str], *, exif: str = "apply") -> np.ndarr
     try:
         data = read_regular(path)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc}); check the file") from None
+        raise ImageError(f"{show(path)}: cannot be read ({exc.strerror or exc}); check the file") from None
     check_exif_mode(exif)
     _, _, orientation = _header(path, data)  # the size is checked before OpenCV allocates the pixels
     buffer = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if buffer.size else None
     if image is None:
-        raise ImageError(f"{path}: cannot be decoded as an image; re-export it or remove it from the dataset")
+        raise ImageError(f"{show(path)}: cannot be decoded as an image; re-export it or remove it from the dataset")
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return _upright(image, orientation) if exif == "apply" else image

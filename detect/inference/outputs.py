@@ -102,6 +102,14 @@ class Summary:
         }
 
 
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that begins with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return would be a formula, so it gets a leading ``'``
+    (OWASP's CSV-injection advice). Only names go through here; numbers stay numbers."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def voc_annotation(result: Result, *, image_path: Path) -> Annotation:
     """A result as the annotation LabelImg would save for ``image_path``, so that opening an
     untouched pre-annotation in LabelImg and saving it changes nothing: boxes in the upright
@@ -232,7 +240,8 @@ class PredictionWriter:
             if self.save_csv:
                 frame = result.frame.index if video else ""
                 for rec in result.records():
-                    self._csv.append([result.key, source.name, frame, rec["label"], f"{rec['score']:.6f}",
+                    self._csv.append([csv_cell(result.key), csv_cell(source.name), frame, csv_cell(rec["label"]),
+                                      f"{rec['score']:.6f}",
                                       *(f"{v:.2f}" for v in rec["bbox"]), int(rec["defect"])])
             if self.save_crops:
                 self._crops(result)
