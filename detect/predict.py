@@ -172,7 +172,10 @@ def _run(args, detector, predictor) -> int:
                 for result in predictor.predict_frames(source, live=source.live):
                     if result.error:
                         bar.write(f"error: {printable(result.error)}", file=sys.stderr)
+                    before = len(writer.summary.failed)
                     writer.add(result, source)
+                    for message in writer.summary.failed[before + bool(result.error):]:  # e.g. an XML not written
+                        bar.write(f"error: {printable(message)}", file=sys.stderr)
                     n += 1
                     if meter is not None:
                         line = meter.add(result)

@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from detect.common.errors import show
 from detect.common.files import write_atomic
 from detect.common.types import Detections
 from detect.scoring.predictions_json import write_predictions
@@ -212,6 +213,7 @@ class PredictionWriter:
         self.summary = Summary()
         self._json: list[Detections] = []
         self._csv: list[list[Any]] = []
+        self._xml_for: dict[str, str] = {}  # XML path -> the image it was written for
         self._videos: dict[str, _Video] = {}
         self._names: set[str] = set()
         self._written: set[str] = set()
@@ -299,13 +301,20 @@ class PredictionWriter:
         else:
             image_path = result.frame.path
         xml = image_path.with_suffix(".xml")
+        first = self._xml_for.setdefault(str(xml), str(image_path))
+        if first != str(image_path):  # x.jpg and x.png in one folder: LabelImg reads x.xml for both
+            self.summary.failed.append(
+                f"{show(image_path)}: no pre-annotation written: {show(xml.name)} was written for "
+                f"{show(Path(first).name)} in this run, and LabelImg pairs an XML with an image by name alone; "
+                "rename one of the images")
+            return
         if xml.exists() and not self.overwrite:
             self.summary.xml_skipped.append(str(xml))
             return
         try:
             write_voc(voc_annotation(result, image_path=image_path), xml)
         except OSError as exc:
-            self.summary.failed.append(f"{xml}: cannot write the annotation ({exc.strerror or exc}); "
+            self.summary.failed.append(f"{show(xml)}: cannot write the annotation ({exc.strerror or exc}); "
                                        "check that the image folder is writable")
             return
         self.summary.xml_written += 1
