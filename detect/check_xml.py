@@ -4,6 +4,7 @@ Usage::
 
     python -m detect.check_xml DATA [--classes annotations/classes.txt] [--images DIR]
         [--format {text,json,github}] [--fix | --unsafe-fixes] [--diff] [--deep] [--exit-zero]
+        [--exif {apply,ignore}]
         [--severity {info,warning,error}] [--jobs N]
         [--backbone B] [--input-size PX] [--anchor-scales S] [--anchor-ratios R]
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("--unsafe-fixes", action="store_true", help="safe fixes plus clamping boxes into the image, "
                      "rounding coordinates and renaming a class to its unambiguous closest match")
     p.add_argument("--diff", action="store_true", help="show what the fixes would change, write nothing")
+    p.add_argument("--exif", choices=("apply", "ignore"), default="apply",
+                   help="apply (default): boxes are in the upright frame LabelImg 1.8.4+, OpenCV and browsers show "
+                   "(the EXIF orientation applied); ignore: the whole dataset was annotated on the stored pixels "
+                   "(an EXIF-unaware tool); train it with the same switch")
     p.add_argument("--deep", action="store_true", help="decode every image fully (slow) to catch truncated files")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when errors are found (usage errors still exit 2)")
     p.add_argument("--jobs", type=Number(int, 0, 256), default=0, metavar="N",
@@ -157,6 +162,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         anchor_ratios=args.anchor_ratios,
         jobs=args.jobs if args.jobs > 0 else (os.cpu_count() or 1),
         anchor_rule=_anchor_rule(),
+        exif=args.exif,
     )
     report = check_dataset(files, **options)
     out: list[str] = []

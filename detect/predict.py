@@ -144,7 +144,12 @@ def _run(args, detector, predictor) -> int:
 
     info = detector.info
     run = str(info.get("run") or Path(args.weights).stem)
-    folder = unique_folder(Path(args.out), args.name or run)
+    try:
+        folder = unique_folder(Path(args.out), args.name or run)
+    except OSError as exc:
+        print(f"error: {show(args.out)}: cannot create the output folder ({exc.strerror or exc}); "
+              "choose another --out", file=sys.stderr)
+        return 1
     writer = PredictionWriter(
         folder, classes=predictor.classes, defect_classes=predictor.defect_classes,
         save_images=not args.no_save_images, save_json=args.save_json, save_csv=args.save_csv,
@@ -174,7 +179,10 @@ def _run(args, detector, predictor) -> int:
                 for result in predictor.predict_frames(source, live=source.live):
                     if result.error:
                         bar.write(f"error: {printable(result.error)}", file=sys.stderr)
+                    before = len(writer.summary.failed)
                     writer.add(result, source)
+                    for message in writer.summary.failed[before + bool(result.error):]:  # e.g. an XML not written
+                        bar.write(f"error: {printable(message)}", file=sys.stderr)
                     n += 1
                     if meter is not None:
                         line = meter.add(result)

@@ -497,17 +497,33 @@ def test_fill_missing_size_keeps_layout(data: Path):
 
 
 def test_exif_orientation(data: Path):
+    """The one rule: boxes in the upright frame. The checker recognises the stored frame of a
+    photo shown turned by 90 degrees (VOC409), says once per dataset what it cannot tell, and
+    keeps quiet about invalid tags."""
     balanced(data)
-    rotated = data / "rot.xml"
+    rotated = data / "rot.xml"  # an EXIF-unaware tool: the stored 64x48 frame
     rotated.write_text(voc_xml("rot.jpg"))
     write_image(data / "rot.jpg", orientation=6)
-    plain = data / "plain.xml"
-    plain.write_text(voc_xml("plain.jpg"))
-    write_image(data / "plain.jpg", orientation=1)
+    upright = data / "up.xml"  # LabelImg 1.8.4+: the upright 48x64 frame
+    upright.write_text(voc_xml("up.jpg", size=(48, 64), objects=(("Lata", (10, 10, 30, 40)),)))
+    write_image(data / "up.jpg", orientation=6)
+    for name, tag in (("turned.jpg", 3), ("mirror.jpg", 2), ("junk.jpg", 9)):
+        (data / name).with_suffix(".xml").write_text(voc_xml(name))
+        write_image(data / name, orientation=tag)
     report = check(data)
-    (f,) = only(report, "VOC406")
-    assert f.path == rotated and "orientation 6" in f.message
-    assert "90 degrees clockwise" in f.message and "counter-clockwise" in f.message
+    (f,) = only(report, "VOC409")
+    assert f.path == rotated and f.severity == "error" and "orientation 6" in f.message and f.fix.level == "safe"
+    assert "90 degrees clockwise" in f.message and "48x64" in f.message
+    assert not only(report, "VOC405") and not only(report, "VOC203") and codes(report, upright) == set()
+    (once,) = only(report, "VOC406")
+    assert once.path == data and "tag 2 x1, 3 x1" in once.message and "--exif ignore" in once.message
+    assert "9 x1" not in once.message and codes(report, data / "junk.xml") == set()
+
+    ignored = check(data, exif="ignore")
+    assert not only(ignored, "VOC406") and not only(ignored, "VOC409")
+    (swapped,) = only(ignored, "VOC405")
+    assert swapped.path == upright and "--exif ignore does not fit" in swapped.message
+    assert any("--exif ignore" in line for line in ignored.summary_lines())
 
 
 def test_unreadable_image(data: Path):

@@ -467,3 +467,29 @@ def test_the_readme_api_streams_results_from_a_folder(tiny_export) -> None:
     r = results[0]
     assert r.plot().shape == r.image.shape and r.detections.boxes.shape[1] == 4
     assert all(s >= (0.1 if n == "Lata_defectuosa" else 0.2) for n, s in zip(r.names, r.detections.scores))
+
+
+def test_save_xml_failures_are_printed_and_x_jpg_x_png_never_share_an_xml(tiny_export, tmp_path, capsys) -> None:
+    """Issue 16: a read-only image folder's failures are printed one line each (not only
+    counted), and x.png does not take over the x.xml written for x.jpg in the same run."""
+    import os
+
+    lote = tmp_path / "lote3"
+    write_image(lote / "x.jpg", 1, size=(120, 90))
+    write_image(lote / "x.png", 2, size=(120, 90))
+    args = ["--weights", str(tiny_export["onnx"]), str(lote), "--out", str(tmp_path / "p"), "--save-xml",
+            "--no-save-images", "--overwrite"]
+    code, stdout, err = run(args, capsys)
+    assert code == 1 and sorted(p.name for p in lote.glob("*.xml")) == ["x.xml"]
+    assert "x.png: no pre-annotation written: x.xml was written for x.jpg" in err
+    (lote / "x.xml").unlink()
+    (lote / "x.png").unlink()
+    os.chmod(lote, 0o555)
+    try:
+        if os.access(lote, os.W_OK):  # root ignores permissions
+            return
+        code, stdout, err = run(args, capsys)
+    finally:
+        os.chmod(lote, 0o755)
+    assert code == 1 and "1 input(s) failed" in stdout
+    assert [ln for ln in err.splitlines() if "x.xml: cannot write the annotation" in ln]

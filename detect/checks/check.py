@@ -19,6 +19,7 @@ from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
 from detect.checks.dataset_rules import dataset_findings
 from detect.checks.file_rules import Context, FileResult, check_file
 from detect.checks.findings import AnchorFit, CheckReport, Finding
+from detect.data.images import check_exif_mode
 from detect.data.layout import DatasetFiles
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def check_dataset(
     anchor_ratios: Sequence[float] | None = None,
     jobs: int = 1,
     anchor_rule: Callable[[], AnchorRule] | None = None,
+    exif: str = "apply",
 ) -> CheckReport:
     """Run every check on a dataset found by :func:`detect.data.layout.discover`.
 
@@ -99,6 +101,8 @@ def check_dataset(
             workers read the files: loading the rule imports torch, and this core never
             imports it itself. ``lambda: detect.checks.anchor_fit.anchor_rule`` is the rule; None
             leaves the VOC6xx checks out (on a machine without torch).
+        exif: the dataset's orientation rule, as for :func:`detect.data.records.load_records`:
+            ``"apply"`` (boxes in the upright frame LabelImg 1.8.4+ shows) or ``"ignore"``.
 
     Returns:
         a :class:`CheckReport`; it never raises for a problem in the data.
@@ -112,7 +116,8 @@ def check_dataset(
     scales = tuple(anchor_scales) if anchor_scales else spec.default_scales
     ratios = tuple(anchor_ratios) if anchor_ratios else DEFAULT_ANCHOR_RATIOS
     started = time.perf_counter()
-    ctx = Context(files=files, classes=tuple(classes) if classes is not None else None, deep=deep)
+    check_exif_mode(exif)
+    ctx = Context(files=files, classes=tuple(classes) if classes is not None else None, deep=deep, exif=exif)
     results, rule = _check_files(files.xml_files, ctx, jobs, anchor_rule)
     log.debug("%d XML files read in %.2f s", len(files.xml_files), time.perf_counter() - started)
     found = dataset_findings(files, results, ctx, backbone=backbone, input_size=input_size, scales=scales)
@@ -131,6 +136,7 @@ def check_dataset(
         images_used=found.images_used,
         anchor=fit,
         elapsed=time.perf_counter() - started,
+        exif=exif,
     )
     log.info("checked %d XML files in %.2f s: %d findings", len(files.xml_files), report.elapsed, len(report.findings))
     return report

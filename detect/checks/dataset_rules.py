@@ -287,6 +287,29 @@ class DatasetResult:
     box_paths: list[Path]
 
 
+def _unclear_orientations(files: DatasetFiles, results: Sequence[FileResult]) -> list[Finding]:
+    """One VOC406 for the dataset: images whose EXIF orientation the ``<size>`` cannot tell
+    apart from the stored frame (180 degrees, mirrored, square), so their boxes are taken in
+    the upright frame, as LabelImg 1.8.4+ draws them."""
+    tagged = [(res.image, res.unclear_orientation) for res in results if res.unclear_orientation and res.image]
+    if not tagged:
+        return []
+    by_tag = Counter(tag for _, tag in tagged)
+    tags = ", ".join(f"{tag} x{n}" for tag, n in sorted(by_tag.items()))
+    return [
+        finding(
+            "VOC406",
+            files.root,
+            None,
+            f"{len(tagged)} image(s) carry an EXIF orientation (tag {tags}; e.g. '{show(tagged[0][0].name)}') that "
+            "their <size> cannot tell apart from the stored pixels (turned 180 degrees, mirrored, or square): their "
+            "boxes are taken in the upright frame LabelImg 1.8.4+, OpenCV and browsers show. If this data was "
+            "annotated with a tool that shows the stored pixels (LabelImg before 1.8.4), check and train it with "
+            "--exif ignore",
+        )
+    ]
+
+
 def dataset_findings(
     files: DatasetFiles, results: Sequence[FileResult], ctx: Context, *, backbone: str, input_size: int,
     scales: Sequence[float],
@@ -337,6 +360,8 @@ def dataset_findings(
                 )
             )
     findings.extend(_check_splits(files, set(sample_ids), image_of, dup_groups))
+
+    findings.extend(_unclear_orientations(files, results))
 
     for stray in files.stray_files:
         what = _STRAY_HINT.get(stray.name) or (

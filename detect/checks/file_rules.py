@@ -22,7 +22,8 @@ from PIL import Image
 from detect.checks.findings import Finding, Fix, box_text, finding, num
 from detect.common.errors import show
 from detect.common.files import is_regular, read_regular
-from detect.data.layout import DatasetFiles, file_name
+from detect.data.images import check_exif_mode, orientation_of, upright_size
+from detect.data.layout import IMAGE_EXTENSIONS, DatasetFiles, file_name
 from detect.data.voc import Annotation, VocError, VocObject, parse_voc_bytes, parse_xml_tree
 
 __all__ = ["Context", "FileResult", "ImageInfo", "Obj", "check_file", "class_key", "read_image_info"]
@@ -32,19 +33,24 @@ BORDER_TOLERANCE = 1.0
 _MAX_SIDE = 100_000  # larger claimed image sides are nonsense; no anchors are built for them
 
 _ORIENTATION = {
-    2: ("mirrored left-right", "mirror left-right"),
-    3: ("rotated 180 degrees", "turn 180 degrees"),
-    4: ("mirrored top-bottom", "mirror top-bottom"),
-    5: ("transposed (mirrored and turned 90 degrees)", "transpose (mirror across the diagonal)"),
-    6: ("rotated 90 degrees clockwise", "turn 90 degrees counter-clockwise"),
-    7: ("transversed (mirrored and turned 90 degrees)", "transverse (mirror across the anti-diagonal)"),
-    8: ("rotated 90 degrees counter-clockwise", "turn 90 degrees clockwise"),
+    2: "mirrored left-right",
+    3: "turned 180 degrees",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored and turned 90 degrees)",
+    6: "turned 90 degrees clockwise",
+    7: "transversed (mirrored and turned 90 degrees)",
+    8: "turned 90 degrees counter-clockwise",
 }
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What an image's header says (``deep=True``: and whether it decodes)."""
+    """What an image's header says (``deep=True``: and whether it decodes).
+
+    ``width`` x ``height`` is the frame boxes refer to: upright (the EXIF orientation
+    applied, as LabelImg 1.8.4+ shows it) or, under ``exif="ignore"``, as stored;
+    ``stored`` is the size of the stored pixels; ``orientation`` the valid tag (2-8) or 1.
+    """
 
     path: Path
     width: int = 0
@@ -54,15 +60,17 @@ class ImageInfo:
     orientation: int = 1
     error: str | None = None
     deep_error: str | None = None
+    stored: tuple[int, int] | None = None
 
     @property
     def readable(self) -> bool:
         return self.error is None
 
 
-def read_image_info(path: Path, *, deep: bool = False) -> ImageInfo:
+def read_image_info(path: Path, *, deep: bool = False, exif: str = "apply") -> ImageInfo:
     """Size, bands, format and EXIF orientation from the image header (no decoding);
-    with ``deep=True`` the image is decoded too, catching truncated files."""
+    with ``deep=True`` the image is decoded too, catching truncated files. The size is the
+    one :func:`detect.data.images.image_size` gives under the same ``exif`` rule."""
     try:
         if not is_regular(path):  # Pillow would block forever on a FIFO
             return ImageInfo(path, error="not a regular file (a FIFO, a device or a folder)")
@@ -70,10 +78,7 @@ def read_image_info(path: Path, *, deep: bool = False) -> ImageInfo:
             width, height = im.size
             fmt = im.format
             bands = len(im.getbands())
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
-            except Exception:  # a broken EXIF block is not the image's problem
-                orientation = 1
+            orientation = orientation_of(im)  # invalid values (65537) are no rotation, as for every reader
             deep_error = None
             if deep:
                 try:
@@ -82,7 +87,8 @@ def read_image_info(path: Path, *, deep: bool = False) -> ImageInfo:
                     deep_error = str(exc) or type(exc).__name__
     except Exception as exc:  # PIL raises many kinds for bad files; all mean "unreadable"
         return ImageInfo(path, error=str(exc) or type(exc).__name__)
-    return ImageInfo(path, width, height, bands, fmt, orientation, None, deep_error)
+    shown = upright_size(width, height, orientation) if exif == "apply" else (width, height)
+    return ImageInfo(path, *shown, bands, fmt, orientation, None, deep_error, (width, height))
 
 
 def class_key(name: str) -> str:
@@ -117,13 +123,14 @@ class Context:
     files: DatasetFiles
     classes: tuple[str, ...] | None
     deep: bool
+    exif: str = "apply"
     images: dict[Path, ImageInfo] = field(default_factory=dict)
     names: dict[str, tuple] = field(default_factory=dict)
 
     def image_info(self, path: Path) -> ImageInfo:
         info = self.images.get(path)
         if info is None:
-            info = self.images[path] = read_image_info(path, deep=self.deep)
+            info = self.images[path] = read_image_info(path, deep=self.deep, exif=check_exif_mode(self.exif))
         return info
 
 
@@ -148,6 +155,9 @@ class FileResult:
     # its image, for the small-box check and the anchor fit
     boxes: list[tuple] = field(default_factory=list)
     valid: list[Obj] = field(default_factory=list)  # positive boxes, copies left out
+    # the EXIF orientation of an image whose <size> cannot tell which frame its boxes were
+    # drawn in (180 degrees, mirrored, or a square photo): reported once per dataset (VOC406)
+    unclear_orientation: int = 0
 
 
 # A parser problem's code: by kind for the whole document, else by the element it is
@@ -235,13 +245,31 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
     fname_line = ann.lines.get("filename")
     if image is None:
         looked = f"'{file_name(ann.filename)}' (<filename>) or " if ann.filename else ""
-        add(
-            "VOC401",
-            fname_line,
-            f"image missing: no {looked}'{xml.stem}' with an image extension was found; put the "
-            "image next to the XML (or in JPEGImages/), pass --images DIR, or delete this XML",
-        )
+        ambiguous = _case_variants(ctx.files, xml, ann.filename)
+        if ambiguous:
+            names = ", ".join(f"'{show(p.name)}'" for p in ambiguous)
+            add(
+                "VOC401",
+                fname_line,
+                f"image ambiguous: {names} differ only in case and none is named exactly as <filename> or this "
+                "XML; rename the images apart (on Windows and macOS they are one file) and set <filename>",
+            )
+        else:
+            add(
+                "VOC401",
+                fname_line,
+                f"image missing: no {looked}'{xml.stem}' with an image extension was found; put the "
+                "image next to the XML (or in JPEGImages/), pass --images DIR, or delete this XML",
+            )
     else:
+        twins = [p for p in ctx.files.case_variants(image.parent, image.name) if p != image]
+        if twins:
+            add(
+                "VOC403",
+                fname_line,
+                f"paired with '{show(image.name)}' (its exact name), but {', '.join(repr(show(p.name)) for p in twins)} "
+                "in the same folder differs only in case: on Windows and macOS the two are one file; rename one apart",
+            )
         if ann.filename:
             base = file_name(ann.filename)
             if image.name != base:
@@ -276,6 +304,12 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
                 "or delete it and this XML",
             )
         else:
+            # An EXIF-unaware tool (LabelImg before 1.8.4) wrote the stored size of a photo that
+            # displays turned by 90 degrees: the one case the size can tell.
+            stored_frame = (
+                ctx.exif == "apply" and size_ok and info.orientation in (5, 6, 7, 8)
+                and info.stored != real and (ann.width, ann.height) == info.stored
+            )
             if info.deep_error:
                 extra = " (libjpeg says 'Premature end of JPEG file')" if info.format == "JPEG" and "truncated" in info.deep_error else ""
                 add(
@@ -291,34 +325,55 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
                     f"<size> is {ann.width}x{ann.height}; the image is {info.width}x{info.height} (--fix fills it in)",
                     fix=fill,
                 )
+            elif stored_frame:
+                W, H = info.stored
+                add(
+                    "VOC409",
+                    size_line,
+                    f"<size> {ann.width}x{ann.height} is the stored frame of '{show(image.name)}', which has EXIF "
+                    f"orientation {info.orientation}: LabelImg 1.8.4+, OpenCV and browsers show it "
+                    f"{_ORIENTATION[info.orientation]} as {info.width}x{info.height}, so the boxes were drawn with an "
+                    "EXIF-unaware tool; --fix maps them into the upright frame (or check and train the whole dataset "
+                    "with --exif ignore)",
+                    fix=Fix("safe", "exif-upright", (info.orientation, W, H, info.width, info.height, info.bands or 3)),
+                )
             elif ann.width > 0 and ann.height > 0 and (ann.width, ann.height) != real:
                 hint = "re-open the image in LabelImg, check the boxes and save again"
                 if (ann.width, ann.height) == (info.height, info.width):
-                    hint = (
-                        "width and height are swapped: the annotator probably saw the image rotated"
-                        + (" by its EXIF orientation (see VOC406)" if info.orientation in (5, 6, 7, 8) else "")
-                        + "; check the boxes against the stored pixels"
-                    )
+                    if ctx.exif == "ignore" and info.orientation in (5, 6, 7, 8):
+                        hint = (
+                            f"width and height are swapped: the XML is in the upright frame its EXIF orientation "
+                            f"{info.orientation} shows (LabelImg 1.8.4+), so --exif ignore does not fit this dataset"
+                        )
+                    else:
+                        hint = ("width and height are swapped: the annotator probably saw the image rotated; "
+                                "check the boxes against the image")
                 add(
                     "VOC405",
                     size_line,
                     f"<size> says {ann.width}x{ann.height} but the image is {info.width}x{info.height}; "
                     f"the boxes may have been drawn on another version of the image: {hint}",
                 )
-            if info.orientation != 1:
-                shown, move = _ORIENTATION.get(info.orientation, (f"transformed (code {info.orientation})", "move"))
-                add(
-                    "VOC406",
-                    None,
-                    f"image '{image.name}' has EXIF orientation {info.orientation}: EXIF-aware viewers show it "
-                    f"{shown}, while training reads the stored pixels; if the boxes were drawn on the "
-                    f"rotated view, they would have to {move} to fit the stored pixels. Save the image "
-                    "upright without the tag (e.g. PIL.ImageOps.exif_transpose) and check its boxes",
-                )
+            if ctx.exif == "apply" and info.orientation != 1 and not stored_frame and (
+                info.orientation in (2, 3, 4) or info.width == info.height
+            ):
+                result.unclear_orientation = info.orientation
 
+    if image is not None and info.readable and stored_frame:
+        real = info.stored  # the boxes are checked in the frame they were drawn in
     ref = real if real is not None else ((ann.width, ann.height) if ann.width > 0 and ann.height > 0 else None)
     _check_objects(ann, data, ref, ctx, add, result)
     return result
+
+
+def _case_variants(files: DatasetFiles, xml: Path, filename: str | None) -> list[Path]:
+    names = ([file_name(filename)] if filename else []) + [xml.stem + ext for ext in IMAGE_EXTENSIONS]
+    folders = [f for f in (files.images_override, xml.parent, files.root / "JPEGImages") if f is not None]
+    found: list[Path] = []
+    for folder in folders:
+        for name in names:
+            found += [p for p in files.case_variants(folder, name) if p not in found]
+    return found
 
 
 _WHOLE = re.compile(r"[+-]?\d+")

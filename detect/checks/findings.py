@@ -78,9 +78,10 @@ CODES: dict[str, tuple[str, str]] = {
     "VOC403": ("warning", "<filename> differs from the file's stem or extension"),
     "VOC404": ("warning", "<size> is 0x0"),
     "VOC405": ("error", "<size> differs from the real image"),
-    "VOC406": ("warning", "EXIF orientation other than 1"),
+    "VOC406": ("warning", "EXIF orientations whose frame <size> cannot tell (once per dataset)"),
     "VOC407": ("error", "image unreadable"),
     "VOC408": ("error", "image truncated or corrupt (--deep)"),
+    "VOC409": ("error", "boxes on the stored pixels of a photo shown rotated (EXIF-unaware tool)"),
     "VOC501": ("warning", "same image content under two names"),
     "VOC502": ("error", "same image in two splits (leakage)"),
     "VOC503": ("warning", "stray file"),
@@ -99,7 +100,7 @@ ADVICE_MIN_BOXES = 30  # fewer boxes say too little about a dataset to re-shape 
 class Fix:
     """A repair :func:`plan_fixes` can make: ``level`` is ``"safe"`` or ``"unsafe"``,
     ``action`` one of ``reencode``, ``fill-size``, ``drop-duplicate``, ``clamp``,
-    ``round``, ``rename``, and ``args`` its parameters."""
+    ``round``, ``rename``, ``exif-upright``, and ``args`` its parameters."""
 
     level: str
     action: str
@@ -203,6 +204,7 @@ class CheckReport:
     images_used: int = 0
     anchor: AnchorFit | None = None
     elapsed: float = 0.0
+    exif: str = "apply"
 
     @property
     def errors(self) -> list[Finding]:
@@ -253,6 +255,7 @@ class CheckReport:
                 "share_iou_0.7": round(self.anchor.share_07, 4),
                 "share_iou_0.5": round(self.anchor.share_05, 4),
             },
+            "exif": self.exif,
             "seconds": round(self.elapsed, 2),
         }
 
@@ -267,6 +270,8 @@ class CheckReport:
             lines.append(f"objects: {s['objects']} in {plural(len(self.class_counts), 'class')}: {per_class}")
         else:
             lines.append("objects: 0")
+        if self.exif == "ignore":
+            lines.append("EXIF orientation: ignored (--exif ignore): boxes are checked against the stored pixels")
         if self.classes is None:
             lines.append("classes: taken from the data (pass --classes FILE to check names against a list)")
         if self.anchor is not None and self.anchor.n_boxes:

@@ -6,7 +6,8 @@ everything else in it, comments and unknown elements included, is kept) and
 :func:`apply_fixes` writes them, keeping a ``.bak`` copy of each original (it never writes
 through a link, never outside the dataset folder, never over a backup). Safe fixes
 re-encode as UTF-8 without BOM, fill a missing or 0x0 ``<size>`` from the real image and
-drop byte-identical duplicate objects; unsafe fixes add clamping boxes into the image,
+drop byte-identical duplicate objects, and map the boxes of a photo annotated on its stored
+pixels by an EXIF-unaware tool into the upright frame (VOC409); unsafe fixes add clamping boxes into the image,
 rounding decimal coordinates and renaming a class to its unambiguous closest match.
 Images are never touched.
 """
@@ -28,6 +29,7 @@ from lxml import etree
 from detect.checks.findings import CheckReport, Finding
 from detect.common.errors import DetectError
 from detect.common.files import read_regular, write_atomic, write_new
+from detect.data.images import exif_box
 from detect.data.voc import VocError, detect_encoding, format_number, parse_xml_tree
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,34 @@ def _edit_coordinates(obj: etree._Element, change) -> None:
         el.text = format_number(change(key, value))
 
 
+def _to_upright(root, objects, orientation: int, width: int, height: int, up_w: int, up_h: int, depth: int) -> bool:
+    """Map every box from the stored ``width x height`` pixels into the upright frame of
+    ``orientation`` and set ``<size>`` to it (VOC409). Only while ``<size>`` still says the
+    stored frame (the file may have changed since it was checked)."""
+    size = root.find("size")
+    try:
+        now = (int(size.findtext("width").strip()), int(size.findtext("height").strip()))
+    except (AttributeError, ValueError):
+        return False
+    if now != (width, height):
+        return False
+    for obj in objects:
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        els = [bb.find(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            box = [float(el.text.strip()) for el in els]
+        except (AttributeError, TypeError, ValueError):
+            continue  # a box the checker reports on its own; left as it is
+        if not all(math.isfinite(v) for v in box):
+            continue
+        for el, value in zip(els, exif_box(box, width, height, orientation)):
+            el.text = format_number(value)
+    _set_size(root, up_w, up_h, depth)
+    return True
+
+
 def _plan_file(path: Path, findings: list[Finding]) -> FilePlan | None:
     try:
         before = read_regular(path)
@@ -141,9 +171,12 @@ def _plan_file(path: Path, findings: list[Finding]) -> FilePlan | None:
     for f in findings:
         action, args = f.fix.action, f.fix.args
         # Object fixes name the object by its position; the file may have changed since.
-        obj = objects[args[0]] if action not in ("reencode", "fill-size") and args[0] < len(objects) else None
+        obj = objects[args[0]] if action not in ("reencode", "fill-size", "exif-upright") and args[0] < len(objects) else None
         if action == "reencode":
             done.append(f)
+        elif action == "exif-upright":
+            if _to_upright(root, objects, *args):
+                done.append(f)
         elif action == "fill-size":
             _set_size(root, *args)
             done.append(f)

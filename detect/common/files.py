@@ -15,9 +15,9 @@ So a reader sees the old file or the new one, never half of one. An existing reg
 file keeps its permission bits; a new file gets the usual ones (0666 less the umask).
 
 :func:`write_new` writes a file that must not exist yet (backups): it never replaces or
-follows anything already there. :func:`unique_folder` gives ``parent/name``, or ``name2``,
-``name3``... when that exists and is not empty: runs and prediction folders are never
-overwritten. A process killed mid-write leaves its hidden temporary file behind;
+follows anything already there. :func:`unique_folder` claims ``parent/name``, or ``name2``,
+``name3``... when that exists, by creating it atomically: runs and prediction folders are
+never overwritten, nor shared by two runs started at once. A process killed mid-write leaves its hidden temporary file behind;
 :func:`remove_stale_temps` clears those of a file before it is written again.
 
 Reading: :func:`read_regular` reads only regular files (a FIFO named ``x.xml`` would block a
@@ -202,11 +202,26 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def unique_folder(parent: str | os.PathLike[str], name: str) -> Path:
-    """``parent/name``, or ``parent/name2``, ``name3``... when that exists and is not empty."""
+    """Claim ``parent/name``, or ``parent/name2``, ``name3``... when that exists, by creating
+    it, and return it.
+
+    The claim is ``os.mkdir``, which the file system makes atomic: of two runs started at the
+    same moment with the same folder, one creates ``name`` and the other gets ``FileExistsError``
+    and moves on to ``name2``; no two processes ever hold one folder. (An existing folder, even
+    an empty one, is never taken over: seeing it empty and using it would not be atomic.)
+    ``parent`` is created when missing.
+
+    Raises:
+        OSError: ``parent`` cannot be created or written (read-only, full, under a file).
+    """
     parent = Path(parent)
-    folder = parent / name
-    n = 2
-    while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        folder = parent / f"{name}{n}"
-        n += 1
-    return folder
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        folder = parent / (name if n == 1 else f"{name}{n}")
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            n += 1
+            continue
+        return folder

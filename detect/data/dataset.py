@@ -153,7 +153,7 @@ class DetectionDataset(Dataset):
             except (OSError, ValueError):
                 image = None  # a damaged cache file is simply made again
         if image is None:
-            image = read_image(rec.image)
+            image = read_image(rec.image, exif=rec.exif)
             size = (image.shape[1], image.shape[0])
             if self._resize is not None:
                 image = self._resize(image=image)["image"]
@@ -161,14 +161,16 @@ class DetectionDataset(Dataset):
                 with atomic_open(path, "wb", fsync=False) as fh:
                     np.save(fh, image, allow_pickle=False)
         else:
-            size = image_size(rec.image)
+            size = image_size(rec.image, exif=rec.exif)
         if self.cache == "ram":
             self._ram[index] = (image, size)
         return image, size
 
     def _cache_path(self, rec: Record) -> Path:
         st = os.stat(rec.image)
-        key = f"{os.path.abspath(rec.image)}|{st.st_size}|{st.st_mtime_ns}|{self.resize_to}"
+        # The frame is part of the key: a cache made before images were read upright (or
+        # under the other --exif rule) holds other pixels.
+        key = f"{os.path.abspath(rec.image)}|{st.st_size}|{st.st_mtime_ns}|{self.resize_to}|exif={rec.exif}"
         return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
     def __getitem__(self, index: int):

@@ -114,6 +114,12 @@ class DatasetFiles:
                 return found
         return None
 
+    def case_variants(self, folder: Path, name: str) -> tuple[Path, ...]:
+        """The images in ``folder`` whose names equal ``name`` but for case, when there are
+        several (``A.jpg`` and ``a.jpg``: one folder on Linux, one file on Windows and macOS)."""
+        here = tuple(c for c in self._by_name.get(name.lower(), ()) if c.parent == folder)
+        return here if len(here) > 1 else ()
+
     def _lookup(self, name: str, xml: Path) -> Path | None:
         candidates = self._by_name.get(name.lower(), ())
         if not candidates:
@@ -121,9 +127,16 @@ class DatasetFiles:
         for folder in (self.images_override, xml.parent, self.root / "JPEGImages"):
             if folder is None:
                 continue
-            for cand in candidates:
-                if cand.parent == folder:
-                    return cand
+            here = [cand for cand in candidates if cand.parent == folder]
+            if not here:
+                continue
+            # A.jpg and a.jpg in one folder: the exact name, never the first that matches in
+            # another case; several in other cases only is ambiguous (no image: the checker
+            # names the candidates, see case_variants).
+            exact = [cand for cand in here if cand.name == name]
+            if exact:
+                return exact[0]
+            return here[0] if len(here) == 1 else None
         if self.images_override is None and len(candidates) == 1:
             return candidates[0]
         return None

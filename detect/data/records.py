@@ -11,7 +11,9 @@ this module makes records that training, evaluation and prediction all start fro
 * :func:`check_classes` / :func:`class_names_from` / :func:`classes_in` name classes;
 * :func:`ground_truths` turns records into :class:`detect.scoring.metrics.GroundTruth` for scoring.
 
-Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the original image. ``difficult``
+Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the image as LabelImg 1.8.4+ shows it:
+upright, its EXIF orientation applied (``exif="ignore"``: the stored pixels; each
+:class:`Record` carries the mode, so everything that decodes it sees the same frame). ``difficult``
 objects are kept (training uses them, evaluation ignores them).
 
 Torch-free: a box without torch loads records to score predictions.
@@ -27,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError
-from detect.data.images import image_size
+from detect.data.images import check_exif_mode, image_size
 from detect.data.layout import DatasetFiles
 from detect.common.types import GroundTruth
 from detect.data.voc import Annotation, Box, VocError, VocObject, parse_voc
@@ -58,7 +60,9 @@ class DataError(UsageError):
 class Record:
     """One annotated image: its id, XML, image file and parsed annotation (boxes sanitised).
 
-    ``clipped`` and ``dropped`` count the boxes :func:`sanitize_objects` changed.
+    ``clipped`` and ``dropped`` count the boxes :func:`sanitize_objects` changed; ``exif``
+    is the frame the boxes refer to (:data:`detect.data.images.EXIF_MODES`): decode the
+    image with ``read_image(record.image, exif=record.exif)``.
     """
 
     sample_id: str
@@ -67,6 +71,7 @@ class Record:
     annotation: Annotation
     clipped: int = field(default=0, compare=False)
     dropped: int = field(default=0, compare=False)
+    exif: str = "apply"
 
 
 def load_records(
@@ -76,12 +81,16 @@ def load_records(
     skip: set[Path] | frozenset[Path] = frozenset(),
     advice: str = CHECKER_HINT,
     warn_each: bool = True,
+    exif: str = "apply",
 ) -> list[Record]:
     """Parse the XML files of ``ids`` (all when None), find their images, and sanitise boxes.
 
     Boxes are clipped into the real image size (read from the image header) and boxes
     without area dropped (:func:`sanitize_objects`); with ``warn_each`` one warning per
     changed file is logged, else the caller reports the counts.
+
+    ``exif`` is the dataset's orientation rule: ``"apply"`` (boxes in the upright frame
+    LabelImg 1.8.4+ shows) or ``"ignore"`` (boxes on the stored pixels, ``--exif ignore``).
 
     Files in ``skip`` (those the checker found errors in, under ``--skip-invalid``) are
     left out.
@@ -90,6 +99,7 @@ def load_records(
         DataError: an XML file cannot be parsed or its image cannot be found or read; the
             message lists every such file (up to 10) with its line, then ``advice``.
     """
+    check_exif_mode(exif)
     by_id = {files.sample_id(x): x for x in files.xml_files}
     wanted = list(by_id) if ids is None else list(ids)
     records: list[Record] = []
@@ -113,13 +123,13 @@ def load_records(
                 f"{files.root}; fix <filename> or pass --images DIR"
             )
             continue
-        width, height = image_size(image)
+        width, height = image_size(image, exif=exif)
         objects, clipped, dropped = _sanitize(ann.objects, width=width, height=height)
         if clipped or dropped:
             ann = replace(ann, objects=tuple(objects))
             if warn_each:
                 log.warning("%s: %s", xml, _note(clipped, dropped, width, height))
-        records.append(Record(sample_id, xml, image, ann, clipped, dropped))
+        records.append(Record(sample_id, xml, image, ann, clipped, dropped, exif))
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DataError(
@@ -173,7 +183,7 @@ def _note(clipped: int, dropped: int, width: int, height: int) -> str:
     return "; ".join(notes)
 
 
-def median_image_size(files: DatasetFiles, *, sample: int = 200) -> tuple[int, int] | None:
+def median_image_size(files: DatasetFiles, *, sample: int = 200, exif: str = "apply") -> tuple[int, int] | None:
     """The median ``(width, height)`` of the dataset's images (an even sample of at most
     ``sample`` image headers; unreadable images are skipped), or None without images."""
     images = list(files.image_files)
@@ -181,7 +191,7 @@ def median_image_size(files: DatasetFiles, *, sample: int = 200) -> tuple[int, i
     sizes = []
     for path in images[::step]:
         try:
-            sizes.append(image_size(path))
+            sizes.append(image_size(path, exif=exif))
         except UsageError:
             continue
     if not sizes:

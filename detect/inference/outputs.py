@@ -25,8 +25,9 @@ its score and ``original_width``/``original_height``), for the labeling config
 Video and camera frames are left out of it (they have no image file).
 
 ``--save-xml`` writes Pascal VOC pre-annotation: one XML per image **beside the image**
-(where LabelImg looks for it), boxes rounded to whole pixels inside the image, so an
-annotator corrects instead of drawing; an existing XML is left alone (and listed) unless
+(where LabelImg looks for it), written as LabelImg 1.8.4+ would save it (upright frame,
+whole pixels, ``xmin``/``ymin`` at least 1, its ``truncated`` rule), so an annotator
+corrects instead of drawing; an existing XML is left alone (and listed) unless
 ``overwrite``. Video and camera frames have no image file: the frame is saved as a JPEG
 in ``frames/`` with its XML beside it.
 
@@ -54,6 +55,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from detect.common.errors import show
 from detect.common.files import write_atomic
 from detect.common.types import Detections
 from detect.scoring.predictions_json import write_predictions
@@ -109,20 +111,32 @@ class Summary:
         }
 
 
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that begins with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return would be a formula, so it gets a leading ``'``
+    (OWASP's CSV-injection advice). Only names go through here; numbers stay numbers."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def voc_annotation(result: Result, *, image_path: Path) -> Annotation:
-    """A result as a LabelImg-style annotation of ``image_path``: boxes rounded to whole
-    pixels and kept inside the image, boxes under 1 px dropped, exact duplicates after
-    rounding dropped, ``truncated`` set where a box touches the image border."""
+    """A result as the annotation LabelImg would save for ``image_path``, so that opening an
+    untouched pre-annotation in LabelImg and saving it changes nothing: boxes in the upright
+    frame LabelImg shows (the frame :func:`~detect.data.images.read_image` decodes, with
+    ``<size>`` from it), rounded to whole pixels inside the image with ``xmin``/``ymin`` at
+    least 1 (LabelImg's lower bound), ``truncated`` by LabelImg's rule (``xmin`` or ``ymin``
+    is 1, or ``xmax``/``ymax`` reaches the width/height); boxes under 1 px and exact
+    duplicates after rounding are dropped."""
     h, w = result.image.shape[:2]
     objects: list[VocObject] = []
     seen: set[tuple] = set()
     for name, box in zip(result.names, result.detections.boxes):
         x0, y0, x1, y1 = (int(round(float(v))) for v in box)
-        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        x0, y0, x1, y1 = max(1, x0), max(1, y0), min(w, x1), min(h, y1)
         if x1 - x0 < 1 or y1 - y0 < 1 or (name, x0, y0, x1, y1) in seen:
             continue
         seen.add((name, x0, y0, x1, y1))
-        touches = x0 <= 1 or y0 <= 1 or x1 >= w - 1 or y1 >= h - 1
+        touches = x0 == 1 or y0 == 1 or x1 == w or y1 == h
         objects.append(VocObject(name, Box(float(x0), float(y0), float(x1), float(y1)), truncated=touches))
     return Annotation(filename=image_path.name, width=w, height=h, depth=3, objects=tuple(objects),
                       folder=image_path.parent.name, path=str(image_path.resolve()))
@@ -236,6 +250,7 @@ class PredictionWriter:
         self.summary = Summary()
         self._json: list[Detections] = []
         self._csv: list[list[Any]] = []
+        self._xml_for: dict[str, str] = {}  # XML path -> the image it was written for
         self._videos: dict[str, _Video] = {}
         self._names: set[str] = set()
         self._written: set[str] = set()
@@ -264,7 +279,8 @@ class PredictionWriter:
             if self.save_csv:
                 frame = result.frame.index if video else ""
                 for rec in result.records():
-                    self._csv.append([result.key, source.name, frame, rec["label"], f"{rec['score']:.6f}",
+                    self._csv.append([csv_cell(result.key), csv_cell(source.name), frame, csv_cell(rec["label"]),
+                                      f"{rec['score']:.6f}",
                                       *(f"{v:.2f}" for v in rec["bbox"]), int(rec["defect"])])
             if self.save_crops:
                 self._crops(result)
@@ -325,13 +341,20 @@ class PredictionWriter:
         else:
             image_path = result.frame.path
         xml = image_path.with_suffix(".xml")
+        first = self._xml_for.setdefault(str(xml), str(image_path))
+        if first != str(image_path):  # x.jpg and x.png in one folder: LabelImg reads x.xml for both
+            self.summary.failed.append(
+                f"{show(image_path)}: no pre-annotation written: {show(xml.name)} was written for "
+                f"{show(Path(first).name)} in this run, and LabelImg pairs an XML with an image by name alone; "
+                "rename one of the images")
+            return
         if xml.exists() and not self.overwrite:
             self.summary.xml_skipped.append(str(xml))
             return
         try:
             write_voc(voc_annotation(result, image_path=image_path), xml)
         except OSError as exc:
-            self.summary.failed.append(f"{xml}: cannot write the annotation ({exc.strerror or exc}); "
+            self.summary.failed.append(f"{show(xml)}: cannot write the annotation ({exc.strerror or exc}); "
                                        "check that the image folder is writable")
             return
         self.summary.xml_written += 1

@@ -277,6 +277,8 @@ class LiveSource(Source):
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._release_lock = threading.Lock()
+        self._released = False
         what = f"camera {target}" if kind == "camera" else f"stream {redact(spec)}"
         self._what = what
         if kind == "stream":
@@ -299,6 +301,13 @@ class LiveSource(Source):
         self.fps = fps if fps and 0 < fps < 1000 else None
 
     def _grab(self) -> None:
+        try:
+            self._grab_frames()
+        finally:
+            if self._stop.is_set():  # close() left the capture to us: we were inside read()
+                self._release()
+
+    def _grab_frames(self) -> None:
         while not self._stop.is_set():
             ok, bgr = self.capture.read()
             now = time.perf_counter()
@@ -338,10 +347,25 @@ class LiveSource(Source):
             self.close()
 
     def close(self) -> None:
+        """Stop the grabber and release the capture. Releasing it while the grabber is still
+        inside ``read()`` (a stalled stream) crashes OpenCV's FFmpeg backend with a
+        segmentation fault, so then the grabber releases it itself when ``read()`` returns
+        (FFmpeg's timeout), and this returns at once: Ctrl-C still ends the run cleanly."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        self.capture.release()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+            if thread.is_alive():
+                log.info("%s: the grabber is still waiting for a frame; it releases the capture when that returns",
+                         self._what)
+                return
+        self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:  # once, never from two threads at the same time
+            if not self._released:
+                self._released = True
+                self.capture.release()
 
 
 def _images_in(folder: Path, *, recursive: bool) -> list[Path]:

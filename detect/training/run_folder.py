@@ -74,7 +74,8 @@ class RunFolder:
 
     @classmethod
     def new(cls, out: Path, name: str) -> "RunFolder":
-        """``out/name``, or ``out/name2``, ``name3``... rather than overwrite a run."""
+        """``out/name``, or ``out/name2``, ``name3``... rather than overwrite a run, claimed
+        atomically (:func:`~detect.common.files.unique_folder`): two runs started at once never share it."""
         return cls(unique_folder(out, name))
 
     @property

@@ -1,0 +1,127 @@
+"""Issue 16, part 2: the shortfalls a hostile probe found, one test (or a few) each."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from detect.checks import check_dataset
+from detect.common.files import unique_folder
+from detect.data.layout import discover
+from detect.data.records import load_records
+
+from conftest import write_sample
+
+
+def test_exact_name_wins_and_case_twins_are_reported(tmp_path: Path) -> None:
+    """`A.jpg` and `a.jpg` in one folder, each with its XML: each XML gets its own image
+    (not the first case-insensitive match), and the checker says the pair is fragile."""
+    data = tmp_path / "data"
+    write_sample(data, data, "A", [("Lata", (10, 10, 40, 40))])
+    write_sample(data, data, "a", [("Lata", (50, 30, 90, 70))])
+    files = discover(data)
+    by_stem = {r.xml.stem: r.image.name for r in load_records(files)}
+    assert by_stem == {"A": "A.jpg", "a": "a.jpg"}
+    report = check_dataset(files)
+    twins = [f for f in report.findings if f.code == "VOC403" and "differs only in case" in f.message]
+    assert {f.path.name for f in twins} == {"A.xml", "a.xml"}
+
+
+def test_case_twins_without_an_exact_name_are_ambiguous_not_guessed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_sample(data, data, "B", [("Lata", (10, 10, 40, 40))])
+    Image.open(data / "B.jpg").save(data / "b.JPG")
+    (data / "B.xml").rename(data / "x.xml")
+    xml = (data / "x.xml")
+    xml.write_text(xml.read_text().replace("<filename>B.jpg</filename>", "<filename>b.jpg</filename>"))
+    report = check_dataset(discover(data))
+    (f,) = [f for f in report.findings if f.code == "VOC401"]
+    assert "ambiguous" in f.message and "'B.jpg'" in f.message and "'b.JPG'" in f.message
+
+
+def test_two_runs_started_at_once_never_share_a_folder(tmp_path: Path) -> None:
+    n = 8
+    start = threading.Barrier(n)
+    got: list[Path] = []
+
+    def claim() -> None:
+        start.wait()
+        got.append(unique_folder(tmp_path / "out", "run"))
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == n and all(p.is_dir() for p in got)
+    assert sorted(p.name for p in got) == sorted(["run", *(f"run{i}" for i in range(2, n + 1))])
+    (tmp_path / "out" / "empty").mkdir()
+    assert unique_folder(tmp_path / "out", "empty").name == "empty2"  # never taken over
+
+
+class _StalledCapture:
+    """A stream whose read() blocks (a stalled HTTP/MJPEG server) until `unblock` is set;
+    releasing it while a read() is in progress is what crashed OpenCV with SIGSEGV."""
+
+    def __init__(self) -> None:
+        self.unblock = threading.Event()
+        self.reading = threading.Event()
+        self.released_during_read = False
+        self.released = 0
+
+    def read(self):
+        self.reading.set()
+        self.unblock.wait(10)
+        self.reading.clear()
+        return False, None
+
+    def release(self) -> None:
+        self.released_during_read |= self.reading.is_set()
+        self.released += 1
+
+
+def test_ctrl_c_on_a_stalled_stream_never_releases_the_capture_under_read(monkeypatch) -> None:
+    from detect.inference import sources
+
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: None)  # the 2 s wait, skipped
+    fake = _StalledCapture()
+    live = sources.LiveSource.__new__(sources.LiveSource)
+    live.__dict__.update(spec="http://cam/mjpg", kind="stream", live=True, target="http://cam/mjpg", read=0, taken=0,
+                         dropped=0, ended=None, _latest=None, _cond=threading.Condition(), _stop=threading.Event(),
+                         _thread=None, _release_lock=threading.Lock(), _released=False, _what="stream", capture=fake)
+    live._thread = threading.Thread(target=live._grab, daemon=True)
+    live._thread.start()
+    assert fake.reading.wait(5)
+    live.close()  # what Ctrl-C does, while the grabber is inside read()
+    assert fake.released == 0
+    fake.unblock.set()  # FFmpeg's timeout: read() returns, the grabber releases the capture
+    monkeypatch.undo()
+    live._thread.join(5)
+    assert fake.released == 1 and not fake.released_during_read
+    live.close()
+    assert fake.released == 1
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_escaped() -> None:
+    from detect.inference.outputs import csv_cell
+
+    for cell in ("=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert csv_cell(cell) == "'" + cell
+    assert csv_cell("conveyor.jpg") == "conveyor.jpg" and csv_cell("") == ""
+
+
+def test_a_text_file_named_jpg_and_a_newline_in_a_name_give_one_clean_line(tmp_path: Path) -> None:
+    import pytest
+
+    from detect.data.images import ImageError, image_size, read_image
+
+    bad = tmp_path / "notes\nerror: forged.jpg"
+    bad.write_text("just text")
+    for reader in (read_image, image_size):
+        with pytest.raises(ImageError) as info:
+            reader(bad)
+        message = str(info.value)
+        assert "\n" not in message and "notes\\nerror: forged.jpg" in message
+        assert "BytesIO" not in message and "not an image file" in message
