@@ -28,7 +28,8 @@ from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
-from detect.training.trainer import TrainConfig, TrainResult, resume_config, train
+from detect.training.config import TrainConfig, resume_config
+from detect.training.trainer import TrainResult, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
 

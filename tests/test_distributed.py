@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = textwrap.dedent("""
     import json, os, sys
     from detect import train as T
-    from detect.training import trainer
+    from detect.training import config as train_config, data_prep, trainer
     from detect.model.checkpoint import payload_digest
     parser = T.build_parser()
     args = parser.parse_args(sys.argv[2:])
     if args.resume is not None:
-        cfg = trainer.resume_config(args.resume, {"epochs": args.epochs})
+        cfg = train_config.resume_config(args.resume, {"epochs": args.epochs})
     else:
         cfg = T.config_from_args(args)
     result = trainer.train(cfg)

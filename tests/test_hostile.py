@@ -22,7 +22,7 @@ from PIL import Image
 from detect import check_xml
 from detect import eval as E
 from detect import train as T
-from detect.training import trainer
+from detect.training import data_prep, trainer
 from detect.model.checkpoint import load_checkpoint
 from detect.data.dataset import collate
 from detect.data.layout import discover
@@ -409,7 +409,7 @@ def _interrupt_at(monkeypatch, call: int) -> None:
             raise KeyboardInterrupt
         return collate(batch)
 
-    monkeypatch.setattr(trainer, "collate", interrupting)
+    monkeypatch.setattr(data_prep, "collate", interrupting)
 
 
 def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -425,7 +425,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypat
     assert "where epoch 2 stopped" in capsys.readouterr().err
     last = load_checkpoint(cut / "mobilenet" / "last.pt")
     assert last["epoch"] == 0 and last["train_state"]["partial"]["iteration"] == 1
-    monkeypatch.setattr(trainer, "collate", collate)
+    monkeypatch.setattr(data_prep, "collate", collate)
     assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
     a = load_checkpoint(straight / "mobilenet" / "last.pt")
     b = load_checkpoint(cut / "mobilenet" / "last.pt")

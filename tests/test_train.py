@@ -11,7 +11,7 @@ import torch
 
 from detect.data import dataset as D
 from detect import train as T
-from detect.training import trainer
+from detect.training import config as train_config, data_prep
 from detect.model.checkpoint import load_checkpoint
 from detect.model.build import model_from_checkpoint
 
@@ -91,14 +91,14 @@ def test_resume_continues_at_the_next_epoch_with_same_state(small: Path, tmp_pat
             raise KeyboardInterrupt
         return collate(batch)
 
-    monkeypatch.setattr(trainer, "collate", interrupting)
+    monkeypatch.setattr(data_prep, "collate", interrupting)
     cut = tmp_path / "cut"
     assert run(small, cut, *args) == 130
     err = capsys.readouterr().err
     assert f"python -m detect.train --resume {cut / 'mobilenet' / 'last.pt'}" in err
     last = load_checkpoint(cut / "mobilenet" / "last.pt")
     assert last["epoch"] == 0 and last["metrics"]["interrupted"]
-    monkeypatch.setattr(trainer, "collate", collate)
+    monkeypatch.setattr(data_prep, "collate", collate)
 
     assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
     assert "Resuming" in capsys.readouterr().out
@@ -201,17 +201,17 @@ def test_checker_refuses_a_dataset_with_errors_unless_skip_invalid(small: Path, 
 
 
 def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
-    demo = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
+    demo = train_config.resolve_config(T.config_from_args(T.build_parser().parse_args([])))
     m = demo.model
     assert (m.input_size, demo.epochs, m.anchor_ratios, demo.val_loss) == (256, 12, (0.5, 1.5, 3.0), False)
     assert (m.fpn_norm, m.box_head_dim, m.roi_sampling_ratio, m.roi_batch) == ("gn", 256, 1, 64)
-    data = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
+    data = train_config.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--anchor-ratios", "1,2"])))
     # A user's data gets its input size from its images (prepare_data), not a fixed 640.
     assert (data.model.input_size, data.model.anchor_ratios) == (None, (1.0, 2.0))
     # The box head and FPN COCO weights fit.
     m = data.model
     assert (m.fpn_norm, m.box_head_dim, m.roi_sampling_ratio, data.val_loss) == ("none", 1024, 2, True)
-    given = trainer.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--input-size", "320"])))
+    given = train_config.resolve_config(T.config_from_args(T.build_parser().parse_args(["--data", str(small), "--input-size", "320"])))
     assert given.model.input_size == 320
 
 
@@ -224,7 +224,7 @@ def test_recipes_fill_only_what_the_user_left_unset(small: Path) -> None:
     (None, False, 640),
 ])
 def test_input_size_fits_the_data_and_the_machine(size, cuda, expected) -> None:
-    assert trainer.input_size_for(size, cuda=cuda) == expected
+    assert train_config.input_size_for(size, cuda=cuda) == expected
 
 
 def test_the_banner_says_where_the_input_size_came_from(tmp_path: Path, capsys) -> None:

@@ -8,7 +8,7 @@
 Both loops train the same model (the demo recipe's, from the same initialisation) on the
 same demo images at the same input size and batch size:
 
-* **ours**: ``detect.training.engine.train_one_epoch`` on ``detect.training.trainer.make_loaders``
+* **ours**: ``detect.training.engine.train_one_epoch`` on ``detect.training.data_prep.make_loaders``
   (OpenCV decode, images shrunk to the input size before augmentation, the recipe's
   cache and augmentation, losses read back as the engine does);
 * **tutorial**: torchvision's detection tutorial loop: PIL decode, ``to_tensor``, a random
@@ -66,10 +66,10 @@ def _setup(recipe: dict | None, seed: int, device: torch.device, tutorial: bool 
     AdamW optimizer, as both loops train from scratch."""
     from torchvision.ops import MultiScaleRoIAlign
 
-    from detect.training import engine, trainer
+    from detect.training import config as train_config, data_prep, engine, trainer
 
-    cfg = trainer.resolve_config(trainer.TrainConfig.from_dict(dict(weights="none", seed=seed, no_check=True, **(recipe or {}))))
-    cfg, data = trainer.prepare_data(cfg)
+    cfg = train_config.resolve_config(train_config.TrainConfig.from_dict(dict(weights="none", seed=seed, no_check=True, **(recipe or {}))))
+    cfg, data = data_prep.prepare_data(cfg)
     torch.manual_seed(seed)
     model = trainer.model_for_config(cfg, len(data.classes) + 1)
     if recipe is REFERENCE_RECIPE:
@@ -147,7 +147,7 @@ def _peak() -> dict:
 
 
 def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int, amp: bool) -> dict:
-    from detect.training import engine, trainer
+    from detect.training import data_prep, engine
 
     device = torch.device(device_name)
     cfg, data, model, params, optimizer = _setup(None, seed, device, tutorial=kind == "tutorial")
@@ -157,7 +157,7 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int,
         timings = list(_tutorial_steps(model, optimizer, loader, device, warmup + steps))[warmup:]
         seconds, waited = sum(t for t, _ in timings), sum(w for _, w in timings)
     else:
-        train_set, loader, sampler, _, generator = trainer.make_loaders(cfg, data, device=device)
+        train_set, loader, sampler, _, generator = data_prep.make_loaders(cfg, data, device=device)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
         seconds = waited = 0.0
@@ -174,13 +174,13 @@ def _throughput(kind: str, warmup: int, steps: int, device_name: str, seed: int,
 
 
 def _time_to_map(kind: str, target: float, max_minutes: float, device_name: str, seed: int, amp: bool) -> dict:
-    from detect.training import engine, trainer
+    from detect.training import data_prep, engine
     from detect.data.records import ground_truths
 
     device = torch.device(device_name)
     recipe = REFERENCE_RECIPE if kind == "tutorial" else None
     cfg, data, model, params, optimizer = _setup(recipe, seed, device, tutorial=kind == "tutorial")
-    train_set, loader, sampler, val_loader, generator = trainer.make_loaders(cfg, data, device=device)
+    train_set, loader, sampler, val_loader, generator = data_prep.make_loaders(cfg, data, device=device)
     if kind == "tutorial":
         loader = _tutorial_loader(cfg, data, seed)
     truths = ground_truths(data.val, data.classes)
@@ -215,13 +215,13 @@ def _profile(steps: int, warmup: int, device_name: str, seed: int, amp: bool) ->
     model's parts, and the loop's own phases (data, forward, backward, optimizer)."""
     from collections import defaultdict
 
-    from detect.training import trainer
+    from detect.training import data_prep
 
     device = torch.device(device_name)
     cfg, data, model, params, optimizer = _setup(None, seed, device)
     amp_dtype = torch.bfloat16 if amp else None
     model.train()
-    _, loader, _, _, _ = trainer.make_loaders(cfg, data, device=device)
+    _, loader, _, _, _ = data_prep.make_loaders(cfg, data, device=device)
     seconds: dict[str, float] = defaultdict(float)
 
     def hook(module, name):

@@ -27,7 +27,7 @@ import _repo  # noqa: F401  (makes `detect` importable from a clone)
 
 import torch  # noqa: E402
 
-from detect.training import trainer  # noqa: E402
+from detect.training import config as train_config, data_prep, trainer  # noqa: E402
 from detect.training.engine import evaluate, make_optimizer, validation_loss  # noqa: E402
 from detect.data.records import ground_truths  # noqa: E402
 
@@ -43,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
     # The demo recipe's data, model and loaders, as detect.train builds them.
-    cfg = trainer.resolve_config(trainer.TrainConfig.from_dict(
+    cfg = train_config.resolve_config(train_config.TrainConfig.from_dict(
         dict(weights=args.weights, no_check=True, trainable_layers=None if args.weights == "none" else 6)))
-    cfg, data = trainer.prepare_data(cfg)
+    cfg, data = data_prep.prepare_data(cfg)
     classes, train_records, val_records = data.classes, data.train, data.val
     torch.manual_seed(0)
     model = trainer.model_for_config(cfg, len(classes) + 1)
     device = torch.device("cpu")
-    _, train_loader, _, val_loader, _ = trainer.make_loaders(cfg, data)
+    _, train_loader, _, val_loader, _ = data_prep.make_loaders(cfg, data)
     optimizer = make_optimizer("adamw", [q for q in model.parameters() if q.requires_grad], lr=1e-4,
                                momentum=0.9, weight_decay=1e-4)
 

@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[tuple[str, Path, float]] = []
     for mode in args.modes:
+        # A free name: claimed, then handed back for detect.train to claim (it never takes over
+        # an existing folder); the check for best.pt below catches a run that raced for it.
         run = unique_folder(out, f"{args.name}-{mode}")
+        run.rmdir()
         cmd = [sys.executable, "-m", "detect.train", *common, "--name", run.name,
                *mode_args(mode, weights=args.weights, backbone=backbone), *extra]
         print(f"\n[{mode}] " + " ".join(cmd[1:]), flush=True)

@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 DEMO_CLASSES = ("Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa")
 MARKER_NAME = ".complete"
-GENERATOR = "detect.data.demo"
+GENERATOR = "detect.demo"  # the marker's name for this generator: a stored format, kept across module moves
 # Bump when the drawing changes, so that datasets made by an older version are remade.
 GENERATOR_VERSION = 1
 JPEG_QUALITY = 90

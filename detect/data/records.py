@@ -32,7 +32,7 @@ from detect.common.errors import UsageError
 from detect.data.images import check_exif_mode, image_size
 from detect.data.layout import DatasetFiles
 from detect.common.types import GroundTruth
-from detect.data.voc import Annotation, Box, VocError, VocObject, parse_voc
+from detect.data.voc import Annotation, Box, VocError, VocObject
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,317 @@
+"""The training configuration: :class:`TrainConfig`, the two recipes, and the one place
+where every default is resolved (:func:`resolve_config`).
+
+With no ``data`` a run trains on the procedural demo dataset with :data:`DEMO_RECIPE`, sized
+for a 2-core CPU; a user's dataset gets :data:`DATA_RECIPE`. Every recipe value is only a
+default: what the config sets wins. The model's own options live in ``TrainConfig.model``, a
+:class:`detect.model.config.ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from detect.common.errors import UsageError
+from detect.common.options import Number
+from detect.data.dataset import CACHE_CHOICES
+from detect.data.images import EXIF_MODES
+from detect.model.backbones import get_backbone
+from detect.model.build import WEIGHT_CHOICES
+from detect.model.checkpoint import load_checkpoint
+from detect.model.config import FPN_NORMS, ModelConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DATA_RECIPE", "DEMO_RECIPE", "LIMITS", "MODEL_FIELDS", "RESUMABLE", "Echo", "TrainConfig",
+           "RunFacts", "input_size_for", "log_echo", "resolve_config", "resume_config"]
+
+# The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
+# weights offline), on a 2-core CPU in under 10 minutes. Chosen by measurement, see the
+# README's "The demo recipe"; every value can be overridden.
+DEMO_RECIPE = dict(
+    # 12 since the faster RoIAlign gradient: 0.545 in 9.4 min, where 11 gave 0.507 in 8.2.
+    epochs=12,
+    batch_size=4,
+    input_size=256,
+    # Upright cans are ~1.5x, bottles ~3x taller than wide, lying cans ~0.5x: these
+    # ratios lifted the demo's mAP@0.5 from 0.278 to 0.296 in the same 8 epochs (old layout).
+    anchor_ratios=[0.5, 1.5, 3.0],
+    rpn_pre_nms=600,
+    rpn_post_nms=300,
+    rpn_batch=128,
+    # A quarter-width box head, one RoIAlign sample per bin and 64 sampled proposals cut
+    # the box head's cost; GroupNorm in the FPN trains faster from scratch (0.48 -> 0.54).
+    roi_batch=64,
+    box_head_dim=256,
+    roi_sampling_ratio=1,
+    fpn_norm="gn",
+    # The val loss pass costs 0.65x the val mAP pass, 4 s of a 56 s demo epoch: left out,
+    # the epochs fit in 10 minutes (--val-loss puts it back).
+    val_loss=False,
+    demo_images=480,
+    augment="light",
+)
+# The recipe for a user's dataset: torchvision's reference settings (and the box head and
+# FPN that COCO weights fit), at an input size that fits the data and the machine.
+DATA_RECIPE = dict(
+    epochs=24,
+    batch_size=4,
+    # input_size: from the data (see input_size_for), unless given.
+    anchor_ratios=[0.5, 1.0, 2.0],
+    rpn_pre_nms=2000,
+    rpn_post_nms=1000,
+    rpn_batch=256,
+    roi_batch=512,
+    box_head_dim=1024,
+    roi_sampling_ratio=2,
+    fpn_norm="none",
+    val_loss=True,
+    augment="light",
+)
+
+# The options that are the model's (:class:`ModelConfig` fields the command line sets).
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+MODEL_OPTIONS = MODEL_FIELDS - {"num_classes", "detector", "anchor_base_sizes", "feature_blocks", "frozen_bn"}
+
+# The allowed values of every numeric option: the CLI parses with these, and
+# resolve_config checks a config built in Python against the same ranges.
+LIMITS: dict[str, Number] = {
+    "val_fraction": Number(float, 0, 1, hi_open=True),
+    "demo_images": Number(int, 1, 100_000),
+    "trainable_layers": Number(int, 0),  # the backbone's own maximum is checked in resolve_config
+    "input_size": Number(int, 32, 8192),
+    "rpn_fg_iou": Number(float, 0, 1),
+    "rpn_bg_iou": Number(float, 0, 1),
+    "rpn_pre_nms": Number(int, 1),
+    "rpn_post_nms": Number(int, 1),
+    "rpn_batch": Number(int, 1),
+    "roi_batch": Number(int, 1),
+    "box_head_dim": Number(int, 1, 65_536),
+    "roi_sampling_ratio": Number(int, 0, 16),
+    "epochs": Number(int, 1),
+    "batch_size": Number(int, 1, 4096),
+    "lr": Number(float, 0, lo_open=True),
+    "momentum": Number(float, 0, 1, hi_open=True),
+    "weight_decay": Number(float, 0),
+    "warmup_iters": Number(int, 0),
+    "clip_grad": Number(float, 0),
+    "patience": Number(int, 0),
+    "workers": Number(int, 0, 256),
+    "seed": Number(int, 0, 2**31 - 1),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every training option (``python -m detect.train --help`` describes each).
+
+    ``None`` means "from the recipe" (:data:`DEMO_RECIPE` without ``data``, else
+    :data:`DATA_RECIPE`), or "decided from the machine, the data and the weights" (``workers``,
+    ``model.input_size``, ``optimizer``, ``lr``): :func:`resolve_config` fills all of them. Two
+    are left to where they take effect: ``amp`` (on by default on CUDA only) and
+    ``model.trainable_layers`` (3 with pretrained weights, all without: ``build_model``).
+    Anchor ``ratios`` are height/width; ``input_size`` is the longest image side in pixels.
+    """
+
+    # data
+    recipe: str | None = None  # "demo" or "data": which recipe fills the unset options (from ``data``)
+    data: Path | None = None
+    images: Path | None = None
+    classes: Path | None = None
+    val_fraction: float = 0.2
+    augment: str | None = None
+    skip_invalid: bool = False
+    exif: str = "apply"  # "ignore": boxes were drawn on the stored pixels of rotated photos
+    tensorboard: bool = False  # also log results.csv's rows and the settings for TensorBoard
+    demo_images: int | None = None
+    # model: the architecture; None fields come from the recipe (num_classes from the data)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    weights: str = "auto"
+    # optimisation
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_iters: int = 200
+    clip_grad: float = 10.0
+    patience: int = 0
+    amp: bool | None = None
+    sync_bn: bool = False
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    # run
+    device: str = "auto"
+    workers: int | None = None
+    cache: str = "none"
+    aspect_grouping: bool = True
+    val_loss: bool | None = None
+    seed: int = 0
+    out: Path = Path("weights")
+    name: str | None = None
+    resume: Path | None = None
+    no_check: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (paths as strings, the model as :meth:`ModelConfig.as_dict`): what
+        ``args.json`` and checkpoints store."""
+        out = {f.name: (str(v) if isinstance(v, Path) else v)
+               for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
+        out["model"] = self.model.as_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The inverse of :meth:`as_dict`; also takes the flat form (the command line's options,
+        and ``args.json`` of runs from before :class:`ModelConfig`), whose model options go
+        into ``model``. Keys this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        model = values.get("model")
+        model = dict(model) if isinstance(model, dict) else {}
+        model.update({k: v for k, v in values.items() if k in MODEL_OPTIONS})
+        cfg = cls(**{k: v for k, v in values.items() if k in known and k != "model"},
+                  model=ModelConfig(**{k: v for k, v in model.items() if k in MODEL_FIELDS}))
+        for key in ("data", "images", "classes", "out", "resume"):
+            value = getattr(cfg, key)
+            if value is not None:
+                setattr(cfg, key, Path(value))
+        return cfg
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What some defaults depend on besides the options, known once the data and the starting
+    weights are: the data's median image ``(width, height)``, whether the starting weights are
+    pretrained, the number of processes, and whether training runs on CUDA."""
+
+    median_size: tuple[int, int] | None = None
+    pretrained: bool = False
+    world: int = 1
+    cuda: bool = False
+
+
+def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConfig:
+    """The one place every default is decided: fill unset options from the recipe that fits
+    (demo or user data) and validate; with ``facts``, also the defaults that depend on the
+    data and the weights (input size, optimizer, learning rate). Training calls it twice: without
+    facts before any work (so a bad option fails at once), with them before the first step.
+
+    Raises:
+        UsageError: a value out of range, or ``weights`` neither a choice nor a file.
+    """
+    cfg = dataclasses.replace(cfg)
+    if cfg.recipe is None:
+        cfg.recipe = "demo" if cfg.data is None else "data"
+    recipe = DEMO_RECIPE if cfg.recipe == "demo" else DATA_RECIPE
+    for key, value in recipe.items():
+        holder = cfg.model if key in MODEL_FIELDS else cfg
+        if getattr(holder, key, None) is None:
+            _set(cfg, key, value)
+    for key, limit in LIMITS.items():
+        holder = cfg.model if key in MODEL_FIELDS else cfg
+        _set(cfg, key, limit.check(f"--{key.replace('_', '-')}", getattr(holder, key)))
+    spec = get_backbone(cfg.model.backbone)
+    if cfg.model.trainable_layers is not None and cfg.model.trainable_layers > spec.max_trainable_layers:
+        raise UsageError(f"--trainable-layers for {cfg.model.backbone} must be from 0 to {spec.max_trainable_layers}, "
+                         f"got {cfg.model.trainable_layers}")
+    if not 0 <= cfg.model.rpn_bg_iou <= cfg.model.rpn_fg_iou <= 1:
+        raise UsageError("need 0 <= --rpn-bg-iou <= --rpn-fg-iou <= 1")
+    if cfg.model.fpn_norm not in FPN_NORMS:
+        raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.model.fpn_norm!r}")
+    if cfg.cache not in CACHE_CHOICES:
+        raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
+    if cfg.exif not in EXIF_MODES:
+        raise UsageError(f"--exif must be one of {', '.join(EXIF_MODES)}, got {cfg.exif!r}")
+    if cfg.resume is None and cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():
+        raise UsageError(f"--weights {cfg.weights}: not one of {', '.join(WEIGHT_CHOICES)} and no such file")
+    if cfg.workers is None:
+        cores = os.cpu_count() or 1
+        cfg.workers = 0 if (cores <= 2 and not torch.cuda.is_available()) else min(4, cores - 1)
+    if facts is None:
+        return cfg
+    if cfg.model.input_size is None:
+        cfg.model = cfg.model.replace(input_size=input_size_for(facts.median_size, cuda=facts.cuda))
+    if cfg.optimizer is None:
+        # From scratch, AdamW reaches in 8 epochs what SGD needs far longer for (docs/training.md);
+        # fine-tuning pretrained weights, SGD with momentum is the torchvision recipe.
+        cfg.optimizer = "sgd" if facts.pretrained else "adamw"
+    if cfg.lr is None:
+        # torchvision's linear scaling rule for SGD: 0.02 at 16 images a step, all processes together.
+        cfg.lr = 0.02 * cfg.batch_size * facts.world / 16 if cfg.optimizer == "sgd" else 0.001
+    return cfg
+
+
+def _set(cfg: TrainConfig, key: str, value: Any) -> None:
+    """Set an option, on the model config when it is one of its fields."""
+    if key in MODEL_FIELDS:
+        cfg.model = cfg.model.replace(**{key: value})
+    else:
+        setattr(cfg, key, value)
+
+
+MAX_INPUT_CPU = 640  # a CPU epoch at 800 px costs 1.6x one at 640
+MAX_INPUT_GPU = 1024
+
+
+def input_size_for(size: tuple[int, int] | None, *, cuda: bool) -> int:
+    """The input size for images of median ``(width, height)``: their longest side, rounded up
+    to a multiple of 32, at least 128 and at most :data:`MAX_INPUT_CPU` (or
+    :data:`MAX_INPUT_GPU` with CUDA): small images are not upscaled for nothing, large ones
+    are shrunk to what the machine trains in reasonable time."""
+    if size is None:
+        return MAX_INPUT_CPU
+    side = -(-max(size) // 32) * 32
+    return int(min(max(side, 128), MAX_INPUT_GPU if cuda else MAX_INPUT_CPU))
+
+
+# What may change when a run is resumed: the rest is the run's own (its optimizer state and
+# schedule were made for those settings). More epochs re-plan the schedule over the new length.
+RESUMABLE = frozenset({"resume", "epochs", "patience", "device", "workers"})
+
+
+def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of the run ``path`` (its ``last.pt``) belongs to, with ``changes`` applied.
+
+    Raises:
+        UsageError: not a ``last.pt``, a change that cannot be made to a running run
+            (anything but :data:`RESUMABLE`), or ``epochs`` not beyond what is trained.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    if "train_state" not in ckpt:
+        raise UsageError(f"{path}: has no training state to resume from; pass the run's last.pt")
+    changes = {k: v for k, v in (changes or {}).items() if k != "resume"}
+    refused = sorted(set(changes) - RESUMABLE)
+    if refused:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in refused)
+        raise UsageError(
+            f"--resume continues {path.parent.name} with its own settings, and {names} cannot change in a run "
+            f"(only --epochs, --patience, --device, --workers can); start a new run from its weights instead: "
+            f"python -m detect.train --weights {path} ..."
+        )
+    done = ckpt["epoch"] + 1
+    if "epochs" in changes and changes["epochs"] <= done:
+        raise UsageError(f"--epochs {changes['epochs']}: {path.parent.name} has already trained {done} epoch(s); "
+                         f"give more than {done} to train on")
+    return dataclasses.replace(TrainConfig.from_dict(ckpt["args"]), resume=path, **changes)
+
+
+class Echo(Protocol):
+    """Where the run's narrative goes: ``echo(text)``, ``echo(text, err=True)`` for notes."""
+
+    def __call__(self, text: str, *, err: bool = False) -> None: ...
+
+
+def log_echo(text: str, *, err: bool = False) -> None:
+    log.log(logging.WARNING if err else logging.INFO, "%s", text)
+
+
