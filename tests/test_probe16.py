@@ -125,3 +125,57 @@ def test_a_text_file_named_jpg_and_a_newline_in_a_name_give_one_clean_line(tmp_p
         message = str(info.value)
         assert "\n" not in message and "notes\\nerror: forged.jpg" in message
         assert "BytesIO" not in message and "not an image file" in message
+
+
+# ---- issue 16, part 3 ---------------------------------------------------------------------------
+
+def _export(argv: list[str]):
+    import contextlib
+    import io
+
+    from detect.export import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_export_checks_where_it_writes_before_exporting(tiny_export, tmp_path: Path) -> None:
+    """A folder named x.onnx (even with --overwrite) and --out under a file: one line, exit 2,
+    at once (no export is run, so no torch time is spent and nothing is written)."""
+    pt = str(tiny_export["pt"])
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "somefile.txt").write_text("x")
+    for out, words in ((tmp_path / "dir.onnx", "it is a folder"), (tmp_path / "somefile.txt" / "x.onnx", "it is a file")):
+        code, stdout, stderr = _export(["--weights", pt, "--out", str(out), "--overwrite"])
+        assert code == 2 and stdout == "", stderr
+        assert stderr.count("\n") == 1 and words in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.onnx", "somefile.txt"]
+    assert list((tmp_path / "dir.onnx").iterdir()) == []
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_export, tmp_path: Path) -> None:
+    """A write that fails during the export (here: a file-size limit, as a full disk or a quota
+    would) is one line, exit 1, and no file, not even a temporary one, is left."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so write() fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out" / "model.onnx"
+    (tmp_path / "out").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "detect.export", "--weights", str(tiny_export["pt"]), "--out", str(out),
+                           "--verify-images", "0"], cwd=REPO, capture_output=True, text=True, preexec_fn=small_files,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert "File too large" in proc.stderr and "nothing was written" in proc.stderr
+    assert list((tmp_path / "out").iterdir()) == []

@@ -38,6 +38,7 @@ from typing import IO, Iterator
 
 __all__ = [
     "atomic_open",
+    "check_target",
     "check_writable",
     "is_regular",
     "read_regular",
@@ -103,8 +104,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool
     return Path(path)
 
 
+# A temporary name is ".NAME.RANDOM.tmp". NAME is the destination's name cut to this many
+# bytes, so that any legal name (up to 255 bytes) still gives a legal temporary name.
+_TEMP_NAME_BYTES = 96
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.NAME`` of :func:`_temp_name`: the start of the destination's name, at most
+    :data:`_TEMP_NAME_BYTES` bytes (cut at a character boundary)."""
+    raw = os.fsencode(path.name)
+    if len(raw) > _TEMP_NAME_BYTES:
+        raw = raw[:_TEMP_NAME_BYTES]
+        while raw:
+            try:
+                raw.decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                raw = raw[:-1]
+    return "." + os.fsdecode(raw)
+
+
 def _temp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    return path.parent / f"{_temp_prefix(path)}.{secrets.token_hex(6)}.tmp"
 
 
 def remove_stale_temps(path: str | os.PathLike[str]) -> int:
@@ -112,7 +133,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> int:
     mid-write; returns how many. Call it only when no other process writes ``path``."""
     path = Path(path)
     removed = 0
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f"{glob_escape(_temp_prefix(path))}.*.tmp"):
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(tmp).st_mode):
                 os.unlink(tmp)
@@ -185,6 +206,33 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
     os.close(fd)
     os.unlink(probe)
     return folder
+
+
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """Make sure a file can be written at ``path`` (by :func:`atomic_open`) before the work
+    that produces it is done; creates nothing that stays.
+
+    Raises:
+        OSError: ``path`` is a folder, a folder above it is a file, or the nearest existing
+            folder above it cannot be written (read-only, no permission); ``strerror`` says
+            which and ``filename`` names the culprit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OSError(errno.EISDIR, "it is a folder, not a file", str(path))
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OSError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
+    probe = _temp_name(folder / "write-test")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create a file there ({exc.strerror})", str(folder)) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def _fsync_folder(folder: Path) -> None:
