@@ -179,3 +179,120 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_export, tmp_p
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert "File too large" in proc.stderr and "nothing was written" in proc.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _predict(argv: list[str]):
+    import contextlib
+    import io
+
+    from detect.predict import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--no-progress", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_legal_244_character_file_name_is_predicted_and_annotated(tiny_export, tmp_path: Path) -> None:
+    """The temporary name of an atomic write was '.NAME.RANDOM.tmp': 18 bytes more than NAME,
+    so a legal 244-character name stopped the whole run ('File name too long')."""
+    from detect.common.files import remove_stale_temps, write_atomic
+
+    stem = "a" * 240
+    write_sample(tmp_path / "in", tmp_path / "in", stem, [("Lata", (10, 10, 40, 40))])
+    (tmp_path / "in" / f"{stem}.xml").unlink()
+    code, stdout, stderr = _predict(["--weights", str(tiny_export["onnx"]), str(tmp_path / "in"), "--save-xml",
+                                     "--out", str(tmp_path / "out"), "--name", "run"])
+    assert code == 0, stderr
+    assert (tmp_path / "in" / f"{stem}.xml").is_file() and (tmp_path / "out" / "run" / f"{stem}.jpg").is_file()
+    long = tmp_path / ("é" * 127)  # 254 bytes of UTF-8: the temporary name is cut at a character boundary
+    write_atomic(long, b"x")
+    assert long.read_bytes() == b"x" and remove_stale_temps(long) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in", "out", long.name])
+
+
+def test_an_atomic_write_that_fails_names_the_file_not_its_temporary(tmp_path: Path) -> None:
+    import pytest
+
+    from detect.common.files import write_atomic
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "dir", b"x")  # renaming over a folder fails
+    assert info.value.filename == str(tmp_path / "dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
+
+
+def test_class_names_with_spaces_are_given_with_commas_and_checked(tiny_export) -> None:
+    import pytest
+
+    from detect.common.errors import UsageError
+    from detect.predict import _names
+
+    classes = ("raccoon face", "Lata", "Botella")
+    assert _names("--classes", "raccoon face", classes) == ["raccoon face"]
+    assert _names("--classes", " raccoon face , Lata,", classes) == ["raccoon face", "Lata"]
+    assert _names("--defect-classes", "Lata Botella", classes) == ["Lata", "Botella"]  # the older form still works
+    assert _names("--classes", None, classes) is None and _names("--classes", " , ", classes) is None
+    with pytest.raises(UsageError) as info:
+        _names("--defect-classes", "raccoon", classes)
+    assert "--defect-classes" in str(info.value) and "'raccoon face', 'Lata', 'Botella'" not in str(info.value)
+    assert "its classes are raccoon face, Lata, Botella" in str(info.value)
+    code, _, stderr = _predict(["--weights", str(tiny_export["onnx"]), str(tiny_export["data"]), "--classes", "Lata,Bote"])
+    assert code == 2 and stderr.count("\n") == 1 and "'Bote'" in stderr and "Lata_defectuosa" in stderr, stderr
+
+
+def test_a_source_that_starts_with_a_dash_gets_the_double_dash_hint(tiny_export, tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    write_sample(tmp_path, tmp_path, "-x", [("Lata", (10, 10, 40, 40))])
+    with pytest.raises(SystemExit) as info:
+        _predict(["--weights", str(tiny_export["onnx"]), "-x.jpg"])
+    assert info.value.code == 2
+    from detect.inference.sources import SourceError, open_source
+
+    with pytest.raises(SourceError) as missing:
+        open_source("-y.jpg")
+    assert "use -- before sources that start with -" in str(missing.value)
+    code, _, stderr = _predict(["--weights", str(tiny_export["onnx"]), "--out", "p", "--", "-x.jpg"])
+    assert code == 0, stderr
+
+
+def test_the_double_dash_hint_is_on_the_usage_line(tiny_export, tmp_path: Path, monkeypatch, capsys) -> None:
+    import pytest
+
+    from detect.predict import main
+
+    monkeypatch.chdir(tmp_path)
+    write_sample(tmp_path, tmp_path, "-x", [("Lata", (10, 10, 40, 40))])
+    for argv in (["--weights", "m.onnx", "-x.jpg"], ["--weights", "m.onnx", "a.jpg", "-x.jpg"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "use -- before sources that start with - (-- -x.jpg)" in err, err
+
+
+def test_an_onnx_graph_that_is_not_ours_but_carries_our_metadata_is_one_line(tiny_export, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    ours = onnx.load(str(tiny_export["onnx"]), load_external_data=False)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["boxes"]), helper.make_node("Shape", ["image"], ["labels"]),
+         helper.make_node("Identity", ["image"], ["scores"])], "other",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, "h", "w"]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, [4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, "h", "w"])])
+    other = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    other.ir_version = ours.ir_version
+    other.metadata_props.extend(ours.metadata_props)
+    path = tmp_path / "other\nmodel.onnx"
+    path.write_bytes(other.SerializeToString())
+    code, stdout, stderr = _predict(["--weights", str(path), str(tiny_export["data"] / "JPEGImages"),
+                                     "--out", str(tmp_path / "p")])
+    assert code == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert "other\\nmodel.onnx: not a graph written by detect.export" in stderr and "image float rank 4" in stderr
+    assert not (tmp_path / "p").exists()

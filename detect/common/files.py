@@ -77,7 +77,10 @@ def atomic_open(
     except FileNotFoundError:
         keep_mode = None
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise _named(exc, tmp, path) from None
     try:
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:
             yield fh
@@ -87,12 +90,21 @@ def atomic_open(
         if keep_mode is not None:
             os.chmod(tmp, keep_mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            raise _named(exc, tmp, path) from None
         raise
     if fsync:
         _fsync_folder(folder)
+
+
+def _named(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """``exc`` naming the destination, not the hidden temporary file (which the user never
+    asked for), so a message built from ``exc.filename`` names the file that was not written."""
+    named = type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
+    return named
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool = True) -> Path:
