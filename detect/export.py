@@ -53,7 +53,7 @@ def _export(args) -> int:
     settings = settings_from(args)
     source = Path(args.weights)
     if not source.is_file():
-        raise UsageError(f"--weights {source}: no such checkpoint file")
+        raise UsageError(f"--weights {show(source)}: no such checkpoint file")
     target = Path(args.out) if args.out else source.with_suffix(".onnx")
     if target.suffix.lower() != ".onnx":
         raise UsageError(f"--out {show(target)}: the file name must end in .onnx")

@@ -296,3 +296,68 @@ def test_an_onnx_graph_that_is_not_ours_but_carries_our_metadata_is_one_line(tin
     assert code == 1 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert "other\\nmodel.onnx: not a graph written by detect.export" in stderr and "image float rank 4" in stderr
     assert not (tmp_path / "p").exists()
+
+
+def _one_line_per_mention(text: str, escaped: str, tail: str) -> None:
+    """Every line that mentions ``tail`` (the end of a file name holding a newline) shows the
+    whole name escaped: the newline never split a message in two."""
+    lines = [line for line in text.splitlines() if tail in line]
+    assert lines, text
+    for line in lines:
+        assert escaped in line, text
+
+
+def test_a_newline_in_a_file_name_never_makes_an_error_two_lines(tiny_export, tmp_path: Path, capsys) -> None:
+    import json
+
+    import pytest
+
+    from detect.check_xml import main as check_xml
+    from detect.data.records import DataError, check_classes
+    from detect.eval import main as evaluate
+    from detect.predict import main as predict
+
+    # check_xml: a broken XML and an XML whose image is missing
+    data = tmp_path / "data"
+    write_sample(data, data, "ok", [("Lata", (10, 10, 40, 40))])
+    (data / "bad\nerror: forged.xml").write_text("<annotation><filename>")
+    write_sample(data, data, "gone\nerror: img", [("Lata", (10, 10, 40, 40))])
+    (data / "gone\nerror: img.jpg").unlink()
+    check_xml([str(data)])
+    out = capsys.readouterr()
+    _one_line_per_mention(out.out + out.err, "bad\\nerror: forged.xml", "forged.xml")
+    _one_line_per_mention(out.out + out.err, "gone\\nerror: img", "error: img")
+
+    # train's data errors: an unknown class, and an image that is not there
+    files = discover(data)
+    with pytest.raises(Exception) as info:
+        load_records(files)
+    _one_line_per_mention(str(info.value), "gone\\nerror: img", "error: img")  # a list, one file a line
+    _one_line_per_mention(str(info.value), "bad\\nerror: forged.xml", "forged.xml")
+    write_sample(tmp_path / "d2", tmp_path / "d2", "odd\nname", [("Raccoon\nface", (10, 10, 40, 40))])
+    with pytest.raises(DataError) as info:
+        check_classes(load_records(discover(tmp_path / "d2")), ["Lata"], classes_file=str(tmp_path / "c\nlasses.txt"))
+    assert "\n" not in str(info.value) and "odd\\nname.xml" in str(info.value) and "Raccoon\\nface" in str(info.value)
+
+    # predict: a source that is not there, an image that does not decode, a model that is not there
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "text\nerror: forged.jpg").write_text("not an image")
+    predict(["--weights", str(tiny_export["onnx"]), "--no-progress", "--out", str(tmp_path / "p"),
+             str(tmp_path / "no\nerror: such.jpg"), str(tmp_path / "img")])
+    out = capsys.readouterr()
+    _one_line_per_mention(out.out + out.err, "no\\nerror: such.jpg", "such.jpg")
+    _one_line_per_mention(out.out + out.err, "text\\nerror: forged.jpg", "forged.jpg")
+    predict(["--weights", str(tmp_path / "m\nerror: odel.onnx"), str(tmp_path / "img")])
+    out = capsys.readouterr()
+    _one_line_per_mention(out.out + out.err, "m\\nerror: odel.onnx", "odel.onnx")
+
+    # eval: a predictions file that is not JSON, and one whose records are wrong
+    bad = tmp_path / "pred\nerror: forged.json"
+    bad.write_text("{not json")
+    evaluate(["--predictions", str(bad), "--data", str(tiny_export["data"])])
+    out = capsys.readouterr()
+    _one_line_per_mention(out.out + out.err, "pred\\nerror: forged.json", "forged.json")
+    bad.write_text(json.dumps([{"image": "x\nerror: y.jpg", "bbox": [1, 2], "score": 0.5, "label": "Lata"}]))
+    evaluate(["--predictions", str(bad), "--data", str(tiny_export["data"])])
+    out = capsys.readouterr()
+    _one_line_per_mention(out.out + out.err, "pred\\nerror: forged.json", "forged.json")

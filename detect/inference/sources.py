@@ -290,7 +290,7 @@ class LiveSource(Source):
             self.capture.release()
             if kind == "camera":
                 raise SourceError(
-                    f"camera {target}: no camera answers at this index; check that it is plugged in and "
+                    f"camera {show(target)}: no camera answers at this index; check that it is plugged in and "
                     "not used by another program, and try another index (0, 1, ...)"
                 )
             raise SourceError(
