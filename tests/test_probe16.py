@@ -361,3 +361,31 @@ def test_a_newline_in_a_file_name_never_makes_an_error_two_lines(tiny_export, tm
     evaluate(["--predictions", str(bad), "--data", str(tiny_export["data"])])
     out = capsys.readouterr()
     _one_line_per_mention(out.out + out.err, "pred\\nerror: forged.json", "forged.json")
+
+
+def test_a_huge_image_is_shrunk_before_the_model_and_its_boxes_scaled_back(tiny_export) -> None:
+    """A photo far larger than the model input (here 4000 x 3000 for a 128 px model) is reduced
+    before it becomes a float32 tensor (that tensor alone would be 144 MB; a 12000 x 9000 photo
+    made 1.3 GB, and predict peaked at 4.4 GB); the boxes still refer to the full photo."""
+    import tracemalloc
+
+    import cv2
+    import numpy as np
+
+    from detect.inference.onnx_runtime import OnnxDetector, shrink_for_model
+
+    detector = OnnxDetector(tiny_export["onnx"])
+    image = np.full((3000, 4000, 3), 90, np.uint8)
+    cv2.rectangle(image, (1000, 800), (2600, 2400), (200, 40, 40), -1)
+    small, back = shrink_for_model(image, 128)
+    assert small.shape == (192, 256, 3) and back == 4000 / 256
+    tracemalloc.start()
+    try:
+        (dets,) = detector.detect([image], ["big"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3000 * 4000 * 3 * 4 / 4, peak  # far below the full-size float32 tensor
+    assert len(dets.boxes) and dets.boxes[:, 2].max() > 256 and dets.boxes.max() <= 4000 + 1e-3
+    (ref,) = detector.detect([small], ["small"])  # the same numbers as the model on the reduced image
+    np.testing.assert_allclose(dets.boxes, ref.boxes * back, rtol=1e-6)

@@ -78,6 +78,29 @@ def check_graph(session, path: str | os.PathLike[str]) -> None:
         )
 
 
+SHRINK_ABOVE = 4
+"""An image whose longest side is over this many times the model's input size is shrunk
+(OpenCV ``INTER_AREA``) to twice the input size before it is handed to the model, and the
+boxes are scaled back: the model resizes to its input size anyway, and a 12000 x 9000
+photo would otherwise become a 1.3 GB float32 tensor (and several more inside the graph)."""
+
+
+def shrink_for_model(image: np.ndarray, input_size: int | None) -> tuple[np.ndarray, float]:
+    """``image`` reduced for a model of ``input_size`` (see :data:`SHRINK_ABOVE`), and the
+    factor that maps its box coordinates back to ``image`` (1.0: unchanged)."""
+    if not input_size:
+        return image, 1.0
+    h, w = image.shape[:2]
+    side = max(h, w)
+    if side <= SHRINK_ABOVE * int(input_size):
+        return image, 1.0
+    import cv2
+
+    scale = 2 * int(input_size) / side
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return small, w / small.shape[1]
+
+
 def image_input(image: np.ndarray) -> np.ndarray:
     """An ``H x W x 3`` uint8 RGB array as the graph's ``image``: float32 ``[3, H, W]`` in ``[0, 1]``
     (the same numbers as :func:`detect.data.tensors.image_tensor`)."""
@@ -210,13 +233,14 @@ class OnnxDetector:
         """Detections for each ``H x W x 3`` uint8 RGB image (one graph run per image)."""
         out = []
         for image, key in zip(images, keys):
+            image, back = shrink_for_model(image, self.meta.get("input_size"))
             try:
                 boxes, labels, scores = self.session.run(self.output_names, {self.input_name: image_input(image)})
             except Exception as exc:  # onnxruntime's Fail / RuntimeException: the graph itself is broken
                 first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 raise ModelError(f"{show(self.path)}: onnxruntime cannot run it on {show(key)} ({show(first)}); "
                                  "export the checkpoint again with `python -m detect.export`") from None
-            out.append(Detections(key, boxes.astype(np.float64), scores.astype(np.float64), labels.astype(np.int64)))
+            out.append(Detections(key, boxes.astype(np.float64) * back, scores.astype(np.float64), labels.astype(np.int64)))
         return out
 
     def end_profiling(self) -> str | None:
