@@ -146,7 +146,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
         classes = read_classes(args.classes) if args.classes is not None else None
         files = discover(args.data, images=args.images)
         if files.format != "voc" and (args.fix or args.unsafe_fixes or args.diff):
-            raise UsageError(f"{args.data}: fixes rewrite VOC XML only and this is a {files.format.upper()} "
+            raise UsageError(f"{show(args.data)}: fixes rewrite VOC XML only and this is a {files.format.upper()} "
                              "dataset; fix the file the finding names, or convert it (python -m detect.convert "
                              "SRC DST --to voc) and fix that")
     except DetectError as exc:

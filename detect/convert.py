@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             done = convert(args.src, args.dst, to=args.to, source_format=args.source_format, images=args.images,
                            copy=args.copy, classes_file=args.classes)
         except OSError as exc:
-            raise DetectError(f"cannot write {exc.filename or args.dst}: {exc.strerror or exc}") from None
+            raise DetectError(f"cannot write {show(exc.filename or args.dst)}: {show(exc.strerror or exc)}") from None
         splits = ", ".join(f"{k} {v}" for k, v in done.splits.items()) or "no splits"
         lost = "; not held by " + done.target_format.upper() + ": " + ", ".join(
             f"{k} on {v} object(s)" for k, v in done.lost.items()) if done.lost else ""

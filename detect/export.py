@@ -16,11 +16,13 @@ PyTorch beyond tolerance; 2 usage error (bad option, missing or unusable checkpo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from detect.common.errors import UsageError
+from detect.common.errors import DetectError, UsageError, show
+from detect.common.files import check_target
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_inference_options, run_command, settings_from
 
@@ -51,18 +53,30 @@ def _export(args) -> int:
     settings = settings_from(args)
     source = Path(args.weights)
     if not source.is_file():
-        raise UsageError(f"--weights {source}: no such checkpoint file")
+        raise UsageError(f"--weights {show(source)}: no such checkpoint file")
     target = Path(args.out) if args.out else source.with_suffix(".onnx")
     if target.suffix.lower() != ".onnx":
-        raise UsageError(f"--out {target}: the file name must end in .onnx")
-    if target.exists() and not args.overwrite:
-        raise UsageError(f"{target} exists; pass --overwrite to replace it, or --out another file")
+        raise UsageError(f"--out {show(target)}: the file name must end in .onnx")
+    if os.path.lexists(target) and not args.overwrite and not target.is_dir():
+        raise UsageError(f"{show(target)} exists; pass --overwrite to replace it, or --out another file")
+    try:  # where it will write, before minutes of work: a folder, under a file, read-only
+        check_target(target)
+    except OSError as exc:
+        raise UsageError(f"--out {show(target)}: cannot write the ONNX file there: {show(exc.filename or target)}: "
+                         f"{exc.strerror or exc}; choose another --out") from None
     from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
-    result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
+    before = _stat(target)
+    try:
+        result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
+    except OSError as exc:  # a full disk, a quota, the folder made read-only meanwhile: nothing half-written stays
+        where = show(exc.filename or target)
+        kept = (f"{show(target)} was written before the failure" if _stat(target) != before
+                else "nothing was written" + (" (the earlier file is unchanged)" if before else ""))
+        raise DetectError(f"{where}: {exc.strerror or exc} while exporting to {show(target)}; {kept}") from None
     meta = result.metadata
     s = meta["test_settings"]
-    print(f"wrote {result.path} ({result.bytes / 1e6:.1f} MB, opset {meta['opset']}): {meta['backbone']}, "
+    print(f"wrote {show(result.path)} ({result.bytes / 1e6:.1f} MB, opset {meta['opset']}): {meta['backbone']}, "
           f"classes {', '.join(meta['classes'])}; input {s['input_size']} px, proposals {s['rpn_pre_nms_top_n_test']}/"
           f"{s['rpn_post_nms_top_n_test']}, score >= {s['box_score_thresh']:g}, up to {s['box_detections_per_img']} "
           "detections")
@@ -73,6 +87,14 @@ def _export(args) -> int:
               f"{'; '.join(result.mismatches[:3])}", file=sys.stderr)
         return 1
     return 0
+
+
+def _stat(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 if __name__ == "__main__":

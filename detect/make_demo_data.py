@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 
+from detect.common.errors import show
 from detect.data.demo import DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number
@@ -55,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction
         )
     except (FileExistsError, ValueError) as exc:
-        print(f"make_demo_data.py: error: {exc}", file=sys.stderr)
+        print(f"make_demo_data.py: error: {show(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"make_demo_data.py: error: {exc}", file=sys.stderr)
+        print(f"make_demo_data.py: error: {show(exc)}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
     marker = read_marker(out) or {}
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     width, height = args.size
     print(
         f"{args.images} images {width}x{height} (seed {args.seed}; {marker.get('negatives', '?')} without objects; "
-        f"train {marker.get('train', '?')} / val {marker.get('val', '?')}), objects: {per_class} -> {out} "
+        f"train {marker.get('train', '?')} / val {marker.get('val', '?')}), objects: {per_class} -> {show(out)} "
         f"({elapsed:.1f} s)"
     )
     return 0

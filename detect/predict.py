@@ -49,7 +49,7 @@ def build_parser() -> CliParser:
     p.add_argument("--conf", action="append", metavar="S|CLASS=S",
                    help="score threshold (default 0.5); repeat with CLASS=S for per-class thresholds, "
                         "e.g. --conf 0.5 --conf Lata_defectuosa=0.3")
-    p.add_argument("--classes", metavar="A,B", help="keep only these classes")
+    p.add_argument("--classes", metavar="A,B", help="keep only these classes (separated by commas; a name may hold spaces)")
     p.add_argument("--defect-classes", metavar="A,B",
                    help="classes drawn in the warning colour and counted as defects "
                         "(default: names containing defect, damage, broken or crack)")
@@ -81,8 +81,25 @@ def build_parser() -> CliParser:
     return p
 
 
-def _names(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.replace(" ", ",").split(",") if c.strip()] if text else None
+def _names(option: str, text: str | None, classes) -> list[str] | None:
+    """``--classes "raccoon face,Lata"``: names separated by commas, spaces inside a name kept
+    (stripped only around the commas), each checked against the model's ``classes``. An item
+    that is not a class but whose space-separated words all are (``"Lata Botella"``, the
+    older form) is read as those words."""
+    if text is None:
+        return None
+    names: list[str] = []
+    for item in (c.strip() for c in text.split(",")):
+        if not item:
+            continue
+        words = item.split()
+        names += words if item not in classes and len(words) > 1 and all(w in classes for w in words) else [item]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise UsageError(f"{option} {show(repr(text))}: the model has no class "
+                         f"{show(', '.join(repr(n) for n in unknown))}; its classes are {show(', '.join(classes))} "
+                         "(separate names with commas: --classes 'raccoon face,Lata')")
+    return names or None
 
 
 def _check_args(args) -> None:
@@ -116,8 +133,10 @@ def _predict(args) -> int:
                              optimization=args.optimization, test_settings=settings)
     from detect.inference.predictor import Predictor
 
-    predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
-                          defect_classes=_names(args.defect_classes), batch_size=args.batch_size)
+    classes = tuple(detector.classes)
+    predictor = Predictor(detector, conf=args.conf or [], classes=_names("--classes", args.classes, classes),
+                          defect_classes=_names("--defect-classes", args.defect_classes, classes),
+                          batch_size=args.batch_size)
     return _run(args, detector, predictor)
 
 
@@ -222,11 +241,13 @@ def _run(args, detector, predictor) -> int:
     except OSError as exc:
         write_error = write_error or exc
     if write_error is not None:
-        print(f"error: cannot write the outputs to {folder}: {write_error.strerror or write_error}", file=sys.stderr)
+        where = f"{show(write_error.filename)}: " if write_error.filename else ""
+        print(f"error: cannot write the outputs to {show(folder)}: {where}{show(write_error.strerror or write_error)}",
+              file=sys.stderr)
         return 1
     _print_summary(summary, predictor, folder)
     if interrupted:
-        print(f"interrupted: the outputs so far are in {folder} (videos closed, playable)", file=sys.stderr)
+        print(f"interrupted: the outputs so far are in {show(folder)} (videos closed, playable)", file=sys.stderr)
         return 130
     failed = len(errors) + len(summary.failed) + len(summary.stopped)
     return 1 if failed else 0
@@ -257,7 +278,7 @@ def _print_summary(summary, predictor, folder: Path) -> None:
     if summary.failed or summary.stopped:
         print(f"{len(summary.failed) + len(summary.stopped)} input(s) failed (see the error lines above)")
     if folder.is_dir():
-        print(f"results in {folder}")
+        print(f"results in {show(folder)}")
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def check_file(xml: Path, ctx: Context) -> FileResult:
             add(
                 "VOC407",
                 None,
-                f"image '{image}' cannot be read ({info.error}); replace it with a readable JPEG/PNG "
+                f"image '{show(image)}' cannot be read ({info.error}); replace it with a readable JPEG/PNG "
                 "or delete it and this XML",
             )
         else:

@@ -27,7 +27,7 @@ from typing import Iterable
 from lxml import etree
 
 from detect.checks.findings import CheckReport, Finding
-from detect.common.errors import DetectError
+from detect.common.errors import DetectError, show
 from detect.common.files import read_regular, write_atomic, write_new
 from detect.data.images import exif_box
 from detect.data.voc import VocError, detect_encoding, format_number, parse_xml_tree
@@ -56,14 +56,14 @@ class FilePlan:
             difflib.unified_diff(
                 old.splitlines(keepends=True),
                 new.splitlines(keepends=True),
-                fromfile=f"a/{self.path}",
-                tofile=f"b/{self.path}",
+                fromfile=f"a/{show(self.path)}",
+                tofile=f"b/{show(self.path)}",
             )
         )
         text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
         if any(f.fix and f.fix.action == "reencode" for f in self.findings):
             was = f"{self.encoding} with a byte-order mark" if self.had_bom else self.encoding
-            text = f"# {self.path}: re-encoded from {was} to UTF-8 without BOM\n" + text
+            text = f"# {show(self.path)}: re-encoded from {was} to UTF-8 without BOM\n" + text
         return text
 
 
@@ -291,24 +291,24 @@ def apply_fixes(plans: Iterable[FilePlan], *, root: Path | None = None) -> Appli
 def _write_fix(plan: FilePlan, base: str | None) -> Path:
     path = plan.path
     if path.is_symlink():
-        raise FixRefused(f"{path}: not fixed: it is a symbolic link (to {os.readlink(path)}); fix the file it "
+        raise FixRefused(f"{show(path)}: not fixed: it is a symbolic link (to {show(os.readlink(path))}); fix the file it "
                          "points to where it lies")
     if base is not None and os.path.commonpath([base, os.path.realpath(path.parent)]) != base:
-        raise FixRefused(f"{path}: not fixed: its folder leads outside the dataset folder {base}")
+        raise FixRefused(f"{show(path)}: not fixed: its folder leads outside the dataset folder {show(base)}")
     try:
         current = read_regular(path)
     except OSError as exc:
-        raise FixRefused(f"{path}: not fixed: cannot read it ({exc.strerror or exc})") from None
+        raise FixRefused(f"{show(path)}: not fixed: cannot read it ({exc.strerror or exc})") from None
     if current != plan.before:
-        raise FixRefused(f"{path}: not fixed: it changed since it was checked; run the checker again")
+        raise FixRefused(f"{show(path)}: not fixed: it changed since it was checked; run the checker again")
     backup = _backup_path(path)
     try:
         write_new(backup, plan.before)
         write_atomic(path, plan.after)
     except FileExistsError:  # taken between the look and the write: another process
-        raise FixRefused(f"{path}: not fixed: {backup.name} appeared while fixing; run again") from None
+        raise FixRefused(f"{show(path)}: not fixed: {show(backup.name)} appeared while fixing; run again") from None
     except OSError as exc:
-        raise FixRefused(f"{path}: not fixed: cannot write ({exc.strerror or exc}); the file is unchanged") from None
+        raise FixRefused(f"{show(path)}: not fixed: cannot write ({exc.strerror or exc}); the file is unchanged") from None
     return backup
 
 
@@ -324,7 +324,7 @@ def _backup_path(path: Path) -> Path:
             return candidate
         if not stat.S_ISREG(mode):
             raise FixRefused(
-                f"{path}: not fixed: {candidate.name} exists and is not a regular file (a link or folder); "
+                f"{show(path)}: not fixed: {show(candidate.name)} exists and is not a regular file (a link or folder); "
                 "remove it, then fix again"
             )
         n += 1

@@ -38,6 +38,7 @@ from typing import IO, Iterator
 
 __all__ = [
     "atomic_open",
+    "check_target",
     "check_writable",
     "is_regular",
     "read_regular",
@@ -76,7 +77,10 @@ def atomic_open(
     except FileNotFoundError:
         keep_mode = None
     tmp = _temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise _named(exc, tmp, path) from None
     try:
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as fh:
             yield fh
@@ -86,12 +90,21 @@ def atomic_open(
         if keep_mode is not None:
             os.chmod(tmp, keep_mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            raise _named(exc, tmp, path) from None
         raise
     if fsync:
         _fsync_folder(folder)
+
+
+def _named(exc: OSError, tmp: Path, path: Path) -> OSError:
+    """``exc`` naming the destination, not the hidden temporary file (which the user never
+    asked for), so a message built from ``exc.filename`` names the file that was not written."""
+    named = type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
+    return named
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool = True) -> Path:
@@ -103,8 +116,28 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, fsync: bool
     return Path(path)
 
 
+# A temporary name is ".NAME.RANDOM.tmp". NAME is the destination's name cut to this many
+# bytes, so that any legal name (up to 255 bytes) still gives a legal temporary name.
+_TEMP_NAME_BYTES = 96
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.NAME`` of :func:`_temp_name`: the start of the destination's name, at most
+    :data:`_TEMP_NAME_BYTES` bytes (cut at a character boundary)."""
+    raw = os.fsencode(path.name)
+    if len(raw) > _TEMP_NAME_BYTES:
+        raw = raw[:_TEMP_NAME_BYTES]
+        while raw:
+            try:
+                raw.decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                raw = raw[:-1]
+    return "." + os.fsdecode(raw)
+
+
 def _temp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    return path.parent / f"{_temp_prefix(path)}.{secrets.token_hex(6)}.tmp"
 
 
 def remove_stale_temps(path: str | os.PathLike[str]) -> int:
@@ -112,7 +145,7 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> int:
     mid-write; returns how many. Call it only when no other process writes ``path``."""
     path = Path(path)
     removed = 0
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f"{glob_escape(_temp_prefix(path))}.*.tmp"):
         with contextlib.suppress(OSError):
             if stat.S_ISREG(os.lstat(tmp).st_mode):
                 os.unlink(tmp)
@@ -185,6 +218,33 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
     os.close(fd)
     os.unlink(probe)
     return folder
+
+
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """Make sure a file can be written at ``path`` (by :func:`atomic_open`) before the work
+    that produces it is done; creates nothing that stays.
+
+    Raises:
+        OSError: ``path`` is a folder, a folder above it is a file, or the nearest existing
+            folder above it cannot be written (read-only, no permission); ``strerror`` says
+            which and ``filename`` names the culprit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OSError(errno.EISDIR, "it is a folder, not a file", str(path))
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OSError(errno.ENOTDIR, "it is a file, not a folder", str(folder))
+    probe = _temp_name(folder / "write-test")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create a file there ({exc.strerror})", str(folder)) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -10,12 +10,31 @@ Messages go to stderr; what a command prints as its result goes to stdout.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import sys
 
-__all__ = ["FORMAT", "setup_logging"]
+from detect.common.errors import printable, show
+
+__all__ = ["FORMAT", "SafeFormatter", "setup_logging"]
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """:data:`FORMAT` with control characters escaped in the values put into a message
+    (``log.warning("%s: ...", path)``: a newline in a file name stays ``\\n``), and in
+    each line of the message itself."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple) and record.args:
+            record = copy.copy(record)
+            record.args = tuple(show(a) if isinstance(a, (str, os.PathLike)) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record = copy.copy(record)
+        record.msg = printable(record.msg) if isinstance(record.msg, str) else record.msg
+        return super().format(record)
 
 
 def setup_logging(level: int = logging.WARNING) -> None:
@@ -23,4 +42,6 @@ def setup_logging(level: int = logging.WARNING) -> None:
 
     Like :func:`logging.basicConfig`, this does nothing when the root logger already has a
     handler (an application embedding us, or pytest capturing logs)."""
-    logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter(FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])

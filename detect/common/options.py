@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from detect.common.errors import DetectError, UsageError, printable
+from detect.common.errors import DetectError, UsageError, printable, show
 
 __all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "add_inference_options",
            "given_options", "number_list", "run_command", "settings_from"]
@@ -41,12 +42,23 @@ DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, mps"
 class CliParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line and exit with 2."""
 
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)  # for error(): which words were files
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # type: ignore[override]
         # "argument --lr: must be ..." -> "--lr must be ...": the option, then what is wrong.
         found = re.match(r"argument ([^:]+?): (.*)$", message, re.S)
         if found:
             option = found.group(1).split("/")[0]
             message = f"{option} {found.group(2)}"
+        message = printable(message)
+        files = [a for a in self._argv if a.startswith("-") and a not in self._option_string_actions
+                 and os.path.exists(a)]
+        if files:  # `predict -x.jpg`: argparse takes a file whose name starts with '-' for an option
+            message += f"; {show(files[0])} is a file: use -- before sources that start with - (-- {show(files[0])})"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

@@ -42,13 +42,13 @@ def _load(path: Path) -> Any:
     try:
         data = read_regular(path)
     except OSError as exc:
-        raise FormatError(f"{path}: cannot read the COCO file: {exc.strerror or exc}") from None
+        raise FormatError(f"{show(path)}: cannot read the COCO file: {exc.strerror or exc}") from None
     try:
         return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: not UTF-8 text ({exc.reason}); a COCO file is UTF-8 JSON") from None
+        raise FormatError(f"{show(path)}: not UTF-8 text ({exc.reason}); a COCO file is UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}; repair the file "
+        raise FormatError(f"{show(path)}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}; repair the file "
                           "or export it again") from None
 
 
@@ -104,23 +104,23 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
     for path in paths:
         doc = _load(path)
         if not isinstance(doc, dict):
-            raise FormatError(f"{path}: the top level is a {type(doc).__name__}, not a COCO object with "
+            raise FormatError(f"{show(path)}: the top level is a {type(doc).__name__}, not a COCO object with "
                               "images, annotations and categories")
         for key in ("images", "annotations", "categories"):
             if not isinstance(doc.get(key), list):
                 what = "missing" if key not in doc else f"a {type(doc[key]).__name__}, not a list"
-                raise FormatError(f"{path}: '{key}' is {what}; a COCO detection file has images, annotations "
+                raise FormatError(f"{show(path)}: '{key}' is {what}; a COCO detection file has images, annotations "
                                   "and categories lists")
         cats: dict[Any, str] = {}
         for i, cat in enumerate(doc["categories"]):
-            where = f"{path}#categories[{i}]"
+            where = f"{show(path)}#categories[{i}]"
             if not isinstance(cat, dict) or not isinstance(cat.get("name"), str) or not cat["name"].strip():
-                raise FormatError(f"{where}: a category needs a non-empty 'name'")
+                raise FormatError(f"{show(where)}: a category needs a non-empty 'name'")
             cid = cat.get("id")
             if not isinstance(cid, int) or isinstance(cid, bool):
                 raise FormatError(f"{where}.id: {show(cid)!s} is not an integer id")
             if cid in cats:
-                raise FormatError(f"{where}.id: {cid} is used twice in categories; give each category its own id")
+                raise FormatError(f"{show(where)}.id: {cid} is used twice in categories; give each category its own id")
             name = cat["name"].strip()
             if name in cats.values():
                 raise FormatError(f"{where}.name: '{show(name)}' is listed twice; keep one category per name")
@@ -133,11 +133,11 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
         index: dict[Any, int] = {}
         entries: list[dict] = []
         for i, img in enumerate(doc["images"]):
-            where = f"{path}#images[{i}]"
+            where = f"{show(path)}#images[{i}]"
             if not isinstance(img, dict):
-                raise FormatError(f"{where}: not an object")
+                raise FormatError(f"{show(where)}: not an object")
             if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-                raise FormatError(f"{where}.file_name: missing; name the image file")
+                raise FormatError(f"{show(where)}.file_name: missing; name the image file")
             for key in ("width", "height"):
                 if not isinstance(img.get(key), int) or isinstance(img.get(key), bool) or img[key] <= 0:
                     raise FormatError(f"{where}.{key}: {show(img.get(key))} is not a positive whole number of "
@@ -148,9 +148,9 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
             index[img.get("id")] = i
             entries.append({"img": img, "objects": []})
         for j, ann in enumerate(doc["annotations"]):
-            where = f"{path}#annotations[{j}]"
+            where = f"{show(path)}#annotations[{j}]"
             if not isinstance(ann, dict):
-                raise FormatError(f"{where}: not an object")
+                raise FormatError(f"{show(where)}: not an object")
             if ann.get("image_id") not in index:
                 raise FormatError(f"{where}.image_id: {show(ann.get('image_id'))} names no entry of images[]; "
                                   "add the image or delete the annotation")
@@ -163,7 +163,7 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
                                   "of four numbers")
             x, y, w, h = (float(v) for v in bbox)
             if w < 0 or h < 0:
-                raise FormatError(f"{where}.bbox: width {w:g} or height {h:g} is negative; COCO boxes are "
+                raise FormatError(f"{show(where)}.bbox: width {w:g} or height {h:g} is negative; COCO boxes are "
                                   "[x, y, width, height]")
             attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
             is_crowd = bool(ann.get("iscrowd"))

@@ -116,7 +116,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, to: str
         raise ConvertError(f"--to {show(to)}: choose one of {', '.join(FORMATS)}")
     dst = Path(dst)
     if dst.is_symlink() or (dst.exists() and (not dst.is_dir() or any(dst.iterdir()))):
-        raise ConvertError(f"{dst}: exists and is not an empty folder; name a new folder for the converted dataset")
+        raise ConvertError(f"{show(dst)}: exists and is not an empty folder; name a new folder for the converted dataset")
     files = discover(src, images=images, format=source_format)
     classes = read_classes(classes_file) if classes_file is not None else None
     items, classes, splits = gather(files, classes)

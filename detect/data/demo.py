@@ -56,6 +56,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detect.common.errors import show
 from detect.data.layout import split_by_name
 from detect.data.voc import Annotation, Box, VocObject, write_voc
 
@@ -129,10 +130,10 @@ def make_demo_dataset(
         return out
     if out.exists() or out.is_symlink():
         if not out.is_dir():
-            raise FileExistsError(f"{out}: exists and is not a folder; choose another output folder")
+            raise FileExistsError(f"{show(out)}: exists and is not a folder; choose another output folder")
         if read_marker(out) is None and any(os.scandir(out)):
             raise FileExistsError(
-                f"{out}: folder is not empty and holds no finished demo dataset; "
+                f"{show(out)}: folder is not empty and holds no finished demo dataset; "
                 "remove it or choose another output folder"
             )
     out.parent.mkdir(parents=True, exist_ok=True)

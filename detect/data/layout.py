@@ -29,7 +29,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from detect.common.errors import UsageError
+from detect.common.errors import UsageError, show
 from detect.data import coco, yolo
 from detect.data.foreign import ForeignData
 from detect.data.voc import Annotation, VocError, parse_voc
@@ -228,13 +228,13 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
     if images is not None and not Path(images).is_dir():
         raise DatasetError(f"{images}: no such folder (given as --images)")
     if not root.exists():
-        raise DatasetError(f"{root}: no such folder or file; pass the dataset folder (VOC, YOLO), "
+        raise DatasetError(f"{show(root)}: no such folder or file; pass the dataset folder (VOC, YOLO), "
                            "a COCO .json or a YOLO data.yaml")
     fmt = format or detect_format(root)
     if fmt == "coco":
         paths = [root] if root.is_file() else coco.find_coco_files(root)
         if not paths:
-            raise DatasetError(f"{root}: no COCO .json file found (looked in annotations/ and the folder)")
+            raise DatasetError(f"{show(root)}: no COCO .json file found (looked in annotations/ and the folder)")
         folder = root.parent.parent if root.is_file() and root.parent.name == "annotations" else (
             root.parent if root.is_file() else root)
         return _foreign_files(coco.read_coco(paths, root=folder, images=Path(images) if images else None),
@@ -243,7 +243,7 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
         return _foreign_files(yolo.read_yolo(root, images=Path(images) if images else None),
                               Path(images) if images else None)
     if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder; pass the folder that holds your VOC XML files")
+        raise DatasetError(f"{show(root)}: no such folder; pass the folder that holds your VOC XML files")
     override = None
     if images is not None:
         override = Path(images)
@@ -262,7 +262,7 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
                 stray.extend(more_stray)
     if not xmls:
         raise DatasetError(
-            f"{root}: no .xml annotation files found; point --data at a VOC devkit folder "
+            f"{show(root)}: no .xml annotation files found; point --data at a VOC devkit folder "
             "(Annotations/, JPEGImages/), a folder of images with their LabelImg XML beside "
             "them, or a folder holding an XML folder and an image folder"
         )
@@ -320,7 +320,7 @@ def discover(data: str | os.PathLike[str], *, images: str | os.PathLike[str] | N
 
 def _foreign_files(found: ForeignData, override: Path | None) -> DatasetFiles:
     if not found.samples:
-        raise DatasetError(f"{found.root}: no images in this {found.format.upper()} dataset")
+        raise DatasetError(f"{show(found.root)}: no images in this {found.format.upper()} dataset")
     return DatasetFiles(
         root=found.root,
         layout=found.format,
@@ -404,15 +404,15 @@ def read_classes(path: str | os.PathLike[str]) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ClassesError(f"{path}: cannot read the classes file: {getattr(exc, 'strerror', None) or exc}") from None
+        raise ClassesError(f"{show(path)}: cannot read the classes file: {getattr(exc, 'strerror', None) or exc}") from None
     names: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
         if name in names:
-            raise ClassesError(f"{path}:{number}: class '{name}' is listed twice; keep one line per class")
+            raise ClassesError(f"{show(path)}:{number}: class '{show(name)}' is listed twice; keep one line per class")
         names.append(name)
     if not names:
-        raise ClassesError(f"{path}: no class names in it; write one class name per line")
+        raise ClassesError(f"{show(path)}: no class names in it; write one class name per line")
     return names

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from detect.common.errors import UsageError
+from detect.common.errors import UsageError, show
 from detect.data.images import check_exif_mode, image_size
 from detect.data.layout import DatasetFiles
 from detect.common.types import GroundTruth
@@ -119,8 +119,8 @@ def load_records(
         image = files.find_image(xml, ann.filename)
         if image is None:
             problems.append(
-                f"{xml}: image '{ann.filename}' not found next to it, in JPEGImages/ or under "
-                f"{files.root}; fix <filename> or pass --images DIR"
+                f"{show(xml)}: image '{show(ann.filename)}' not found next to it, in JPEGImages/ or under "
+                f"{show(files.root)}; fix <filename> or pass --images DIR"
             )
             continue
         width, height = image_size(image, exif=exif)
@@ -224,16 +224,16 @@ def check_classes(records: Sequence[Record], classes: Sequence[str], *, classes_
     for r in records:
         for o in r.annotation.objects:
             if o.name not in known:
-                unknown.setdefault(o.name, []).append(f"{r.xml}:{o.line}" if o.line else str(r.xml))
+                unknown.setdefault(o.name, []).append(f"{show(r.xml)}:{o.line}" if o.line else show(r.xml))
     if unknown:
         lines = []
         for name, where in sorted(unknown.items()):
             extra = f" (+{len(where) - 3} more)" if len(where) > 3 else ""
-            lines.append(f"'{name}' in {', '.join(where[:3])}{extra}")
+            lines.append(f"'{show(name)}' in {', '.join(where[:3])}{extra}")
         source = classes_file or "the class list"
         raise DataError(
-            f"class(es) not in {source}: " + "; ".join(lines)
-            + f". Add them to {source} or correct the labels (tools/check_xml.py suggests fixes)."
+            f"class(es) not in {show(source)}: " + "; ".join(lines)
+            + f". Add them to {show(source)} or correct the labels (tools/check_xml.py suggests fixes)."
         )
 
 

@@ -87,8 +87,8 @@ class VocError(DetectError):
         self.kind = kind
         self.message = message
         self.element = element
-        where = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {message}")
+        where = show(self.path) if line is None else f"{show(self.path)}:{line}"
+        super().__init__(f"{show(where)}: {message}")
 
 
 class Box(NamedTuple):
@@ -236,7 +236,7 @@ def parse_xml_tree(
             column=col or None,
         ) from None
     except ValueError as exc:  # e.g. unicode strings with encoding declarations
-        raise VocError(label, None, f"not well-formed XML: {exc}", kind="malformed") from None
+        raise VocError(label, None, f"not well-formed XML: {show(exc)}", kind="malformed") from None
     if root is None:
         raise VocError(label, None, "file holds no XML element; re-save it from the annotation tool", kind="malformed")
 

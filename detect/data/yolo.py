@@ -55,9 +55,9 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return read_regular(path).decode("utf-8-sig")
     except OSError as exc:
-        raise FormatError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+        raise FormatError(f"{show(path)}: cannot read the {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: the {what} is not UTF-8 text ({exc.reason})") from None
+        raise FormatError(f"{show(path)}: the {what} is not UTF-8 text ({exc.reason})") from None
 
 
 def _names(value: Any, where: str) -> list[str]:
@@ -66,12 +66,12 @@ def _names(value: Any, where: str) -> list[str]:
     elif isinstance(value, dict):
         keys = sorted(value)
         if keys != list(range(len(keys))):
-            raise FormatError(f"{where}: names has ids {keys}; number them 0, 1, 2... without gaps")
+            raise FormatError(f"{show(where)}: names has ids {keys}; number them 0, 1, 2... without gaps")
         names = [str(value[k]) for k in keys]
     else:
-        raise FormatError(f"{where}: 'names' is missing or not a list; list the class names in id order")
+        raise FormatError(f"{show(where)}: 'names' is missing or not a list; list the class names in id order")
     if len(set(names)) != len(names) or not all(n.strip() for n in names):
-        raise FormatError(f"{where}: 'names' holds an empty or repeated name; give each class one name")
+        raise FormatError(f"{show(where)}: 'names' holds an empty or repeated name; give each class one name")
     return names
 
 
@@ -129,10 +129,10 @@ def read_yolo(data: Path, *, images: Path | None = None) -> ForeignData:
             doc = yaml.safe_load(_read_text(yaml_path, "dataset yaml"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f"{yaml_path}:{mark.line + 1}" if mark is not None else str(yaml_path)
-            raise FormatError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+            where = f"{show(yaml_path)}:{mark.line + 1}" if mark is not None else show(yaml_path)
+            raise FormatError(f"{show(where)}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(doc, dict):
-            raise FormatError(f"{yaml_path}: not a YAML mapping with names, train and val")
+            raise FormatError(f"{show(yaml_path)}: not a YAML mapping with names, train and val")
         classes = _names(doc.get("names"), str(yaml_path))
         base = root
         if doc.get("path"):
@@ -140,14 +140,14 @@ def read_yolo(data: Path, *, images: Path | None = None) -> ForeignData:
             base = p if p.is_absolute() else root / p
         for key in ("train", "val", "test"):
             if doc.get(key):
-                splits[key] = _split_images(doc[key], base, f"{yaml_path}: {key}")
+                splits[key] = _split_images(doc[key], base, f"{show(yaml_path)}: {key}")
         if "train" in splits and "val" in splits and sorted(splits["train"]) == sorted(splits["val"]):
             splits = {}  # one folder named for both: no split
         all_images = sorted({p for v in splits.values() for p in v}) or _images_under(root / "images" if (root / "images").is_dir() else root)
     else:
         classes_file = root / "classes.txt"
         if not classes_file.is_file():
-            raise FormatError(f"{root}: a YOLO dataset needs data.yaml (names, train, val) or classes.txt; "
+            raise FormatError(f"{show(root)}: a YOLO dataset needs data.yaml (names, train, val) or classes.txt; "
                               "add one listing the class names in id order")
         classes = [n.strip() for n in _read_text(classes_file, "classes file").splitlines() if n.strip()]
         folder = root / "images" if (root / "images").is_dir() else root
@@ -192,9 +192,9 @@ def _read_labels(path: Path, classes: Sequence[str], width: int, height: int) ->
         parts = line.split()
         if not parts:
             continue
-        where = f"{path}:{number}"
+        where = f"{show(path)}:{number}"
         if len(parts) != 5:
-            raise FormatError(f"{where}: {len(parts)} values; a YOLO detection line is 'class cx cy w h' "
+            raise FormatError(f"{show(where)}: {len(parts)} values; a YOLO detection line is 'class cx cy w h' "
                               "(segment polygons and scores are not read)")
         try:
             cls = int(parts[0])
@@ -202,7 +202,7 @@ def _read_labels(path: Path, classes: Sequence[str], width: int, height: int) ->
             raise FormatError(f"{where}: class '{show(parts[0][:20])}' is not a whole number; write the class "
                               "id (0-based)") from None
         if not 0 <= cls < len(classes):
-            raise FormatError(f"{where}: class id {cls} is past the class list ({len(classes)} names, ids 0-"
+            raise FormatError(f"{show(where)}: class id {cls} is past the class list ({len(classes)} names, ids 0-"
                               f"{len(classes) - 1}); add the class to names or fix the id")
         try:
             cx, cy, w, h = (float(v) for v in parts[1:])
@@ -210,7 +210,7 @@ def _read_labels(path: Path, classes: Sequence[str], width: int, height: int) ->
             raise FormatError(f"{where}: '{show(line.strip()[:60])}' holds a value that is not a number") from None
         for key, value in zip(("cx", "cy", "w", "h"), (cx, cy, w, h)):
             if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise FormatError(f"{where}: {key} = {parts[('cx', 'cy', 'w', 'h').index(key) + 1]} is outside "
+                raise FormatError(f"{show(where)}: {key} = {parts[('cx', 'cy', 'w', 'h').index(key) + 1]} is outside "
                                   "[0, 1]; YOLO boxes are divided by the image size (re-export normalised boxes)")
         box = Box(*(round(v, 4) for v in ((cx - w / 2) * width, (cy - h / 2) * height,
                                            (cx + w / 2) * width, (cy + h / 2) * height)))

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from detect.common.errors import UsageError
+from detect.common.errors import UsageError, show
 from detect.inference.predictor import Detector, ModelError
 
 __all__ = ["is_onnx", "load_detector"]
@@ -52,7 +52,7 @@ def load_detector(
     """
     path = Path(weights)
     if not path.is_file():
-        raise UsageError(f"--weights {path}: no such file; give a .pt checkpoint or an .onnx export")
+        raise UsageError(f"--weights {show(path)}: no such file; give a .pt checkpoint or an .onnx export")
     if is_onnx(path):
         from detect.inference.onnx_runtime import OnnxDetector
 
@@ -74,12 +74,12 @@ def load_detector(
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:  # the file is there but unusable: a failure, not a usage error
-        raise ModelError(f"{exc}; train it again or pick another file (an .onnx export works too)") from None
+        raise ModelError(f"{show(exc)}; train it again or pick another file (an .onnx export works too)") from None
     dev = resolve_device(device)
     try:
         model, _ = model_from_checkpoint(ckpt, device=dev)
     except Exception as exc:  # a checkpoint written by other code, or for another torchvision
-        raise ModelError(f"{path}: the model it describes cannot be rebuilt ({type(exc).__name__}: "
+        raise ModelError(f"{show(path)}: the model it describes cannot be rebuilt ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300]})") from None
     set_test_settings(model, **(test_settings or {}))
     config = ckpt.get("model_config") or {}

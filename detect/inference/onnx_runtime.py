@@ -36,17 +36,69 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detect.common.errors import UsageError
+from detect.common.errors import UsageError, show
 from detect.common.types import Detections
 from detect.inference.predictor import ModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METADATA_FORMAT", "METADATA_KEY", "OPTIMIZATION_LEVELS", "OnnxDetector", "image_input", "read_metadata"]
+__all__ = ["GRAPH_INPUTS", "GRAPH_OUTPUTS", "METADATA_FORMAT", "METADATA_KEY", "OPTIMIZATION_LEVELS", "OnnxDetector",
+           "check_graph", "image_input", "read_metadata"]
 
 METADATA_KEY = "detect"
 METADATA_FORMAT = "detect-onnx/1"
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+# The graph detect.export writes: (name, rank, onnxruntime type) of its input and outputs.
+GRAPH_INPUTS = (("image", 3, "tensor(float)"),)
+GRAPH_OUTPUTS = (("boxes", 2, "tensor(float)"), ("labels", 1, "tensor(int64)"), ("scores", 1, "tensor(float)"))
+
+
+def check_graph(session, path: str | os.PathLike[str]) -> None:
+    """The loaded graph has the input and outputs of a ``detect.export`` model (names, ranks,
+    types): metadata copied onto another graph must not reach ``session.run``.
+
+    Raises:
+        ModelError: naming the file, what the graph has and what was expected.
+    """
+    def signature(args) -> list[tuple[str, int | None, str]]:
+        return [(a.name, len(a.shape) if isinstance(a.shape, (list, tuple)) else None, a.type) for a in args]
+
+    def words(sig) -> str:
+        return ", ".join(f"{name} {kind[7:-1] if kind.startswith('tensor(') else kind} rank {rank}"
+                         for name, rank, kind in sig)
+
+    inputs, outputs = signature(session.get_inputs()), signature(session.get_outputs())
+    if inputs != list(GRAPH_INPUTS) or outputs[:len(GRAPH_OUTPUTS)] != list(GRAPH_OUTPUTS):
+        raise ModelError(
+            f"{show(path)}: not a graph written by detect.export although it carries its metadata: it takes "
+            f"{show(words(inputs)) or 'nothing'} and gives {show(words(outputs)) or 'nothing'}, expected "
+            f"{words(GRAPH_INPUTS)} -> {words(GRAPH_OUTPUTS)}; export the checkpoint again with "
+            "`python -m detect.export --weights best.pt`"
+        )
+
+
+SHRINK_ABOVE = 4
+"""An image whose longest side is over this many times the model's input size is shrunk
+(OpenCV ``INTER_AREA``) to twice the input size before it is handed to the model, and the
+boxes are scaled back: the model resizes to its input size anyway, and a 12000 x 9000
+photo would otherwise become a 1.3 GB float32 tensor (and several more inside the graph)."""
+
+
+def shrink_for_model(image: np.ndarray, input_size: int | None) -> tuple[np.ndarray, float]:
+    """``image`` reduced for a model of ``input_size`` (see :data:`SHRINK_ABOVE`), and the
+    factor that maps its box coordinates back to ``image`` (1.0: unchanged)."""
+    if not input_size:
+        return image, 1.0
+    h, w = image.shape[:2]
+    side = max(h, w)
+    if side <= SHRINK_ABOVE * int(input_size):
+        return image, 1.0
+    import cv2
+
+    scale = 2 * int(input_size) / side
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return small, w / small.shape[1]
 
 
 def image_input(image: np.ndarray) -> np.ndarray:
@@ -73,20 +125,20 @@ def read_metadata(session, path: str | os.PathLike[str]) -> dict[str, Any]:
     text = props.get(METADATA_KEY)
     if text is None:
         raise ModelError(
-            f"{path}: an ONNX model without can-detect metadata (its classes and input size are unknown); "
+            f"{show(path)}: an ONNX model without can-detect metadata (its classes and input size are unknown); "
             "export the checkpoint with `python -m detect.export --weights best.pt`"
         )
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); export it again") from None
+        raise ModelError(f"{show(path)}: its '{METADATA_KEY}' metadata is not valid JSON ({exc.msg}); export it again") from None
     if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise ModelError(f"{path}: metadata format {found!r}, expected '{METADATA_FORMAT}'; export it again with "
+        raise ModelError(f"{show(path)}: metadata format {show(repr(found))}, expected '{METADATA_FORMAT}'; export it again with "
                          "this version's `python -m detect.export`")
     for key in ("classes", "input_size"):
         if key not in meta:
-            raise ModelError(f"{path}: its metadata lacks '{key}'; export it again")
+            raise ModelError(f"{show(path)}: its metadata lacks '{key}'; export it again")
     return meta
 
 
@@ -124,7 +176,7 @@ class OnnxDetector:
         ort = _ort()
         self.path = Path(path)
         if not self.path.is_file():
-            raise UsageError(f"{self.path}: no such model file")
+            raise UsageError(f"{show(self.path)}: no such model file")
         if optimization not in OPTIMIZATION_LEVELS:
             raise UsageError(f"optimization {optimization!r}: choose one of {', '.join(OPTIMIZATION_LEVELS)}")
         so = ort.SessionOptions()
@@ -156,17 +208,13 @@ class OnnxDetector:
         except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile...: all mean "not a usable model"
             first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise ModelError(
-                f"{self.path}: onnxruntime cannot load it ({first}); the file is damaged, truncated or not an "
+                f"{show(self.path)}: onnxruntime cannot load it ({show(first)}); the file is damaged, truncated or not an "
                 "ONNX model: export it again with `python -m detect.export`"
             ) from None
         self.meta = read_metadata(self.session, self.path)
         self.classes = tuple(str(c) for c in self.meta["classes"])
-        inputs = self.session.get_inputs()
-        outputs = [o.name for o in self.session.get_outputs()]
-        if len(inputs) != 1 or not {"boxes", "labels", "scores"} <= set(outputs):
-            raise ModelError(f"{self.path}: expected one input and outputs boxes, labels, scores; it has "
-                             f"{[i.name for i in inputs]} -> {outputs}. Export it again with `python -m detect.export`")
-        self.input_name = inputs[0].name
+        check_graph(self.session, self.path)
+        self.input_name = GRAPH_INPUTS[0][0]
         self.output_names = ["boxes", "labels", "scores"]
         self.providers = self.session.get_providers()
         self.info = {
@@ -185,8 +233,14 @@ class OnnxDetector:
         """Detections for each ``H x W x 3`` uint8 RGB image (one graph run per image)."""
         out = []
         for image, key in zip(images, keys):
-            boxes, labels, scores = self.session.run(self.output_names, {self.input_name: image_input(image)})
-            out.append(Detections(key, boxes.astype(np.float64), scores.astype(np.float64), labels.astype(np.int64)))
+            image, back = shrink_for_model(image, self.meta.get("input_size"))
+            try:
+                boxes, labels, scores = self.session.run(self.output_names, {self.input_name: image_input(image)})
+            except Exception as exc:  # onnxruntime's Fail / RuntimeException: the graph itself is broken
+                first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise ModelError(f"{show(self.path)}: onnxruntime cannot run it on {show(key)} ({show(first)}); "
+                                 "export the checkpoint again with `python -m detect.export`") from None
+            out.append(Detections(key, boxes.astype(np.float64) * back, scores.astype(np.float64), labels.astype(np.int64)))
         return out
 
     def end_profiling(self) -> str | None:

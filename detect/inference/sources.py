@@ -48,7 +48,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from detect.common.errors import DetectError
+from detect.common.errors import DetectError, show
 from detect.data.images import ImageError, read_image
 from detect.data.layout import IMAGE_EXTENSIONS
 
@@ -201,7 +201,7 @@ class ImageSource(Source):
             try:
                 image = read_image(path)
             except (ImageError, OSError) as exc:
-                error = str(exc) if isinstance(exc, ImageError) else f"{path}: cannot be read ({exc.strerror or exc})"
+                error = str(exc) if isinstance(exc, ImageError) else f"{show(path)}: cannot be read ({show(exc.strerror or exc)})"
                 yield Frame(None, key, self.name, path=path, error=error)
                 continue
             yield Frame(image, key, self.name, path=path, captured=time.perf_counter())
@@ -220,7 +220,7 @@ class VideoSource(Source):
         if not self.capture.isOpened():
             self.capture.release()
             raise SourceError(
-                f"{path}: cannot be opened as a video (unknown container or codec, or a damaged file); "
+                f"{show(path)}: cannot be opened as a video (unknown container or codec, or a damaged file); "
                 "convert it to MP4 (H.264) or AVI (MJPEG), e.g. with ffmpeg"
             )
         fps = self.capture.get(cv2.CAP_PROP_FPS)
@@ -279,7 +279,7 @@ class LiveSource(Source):
         self._thread: threading.Thread | None = None
         self._release_lock = threading.Lock()
         self._released = False
-        what = f"camera {target}" if kind == "camera" else f"stream {redact(spec)}"
+        what = f"camera {target}" if kind == "camera" else f"stream {show(redact(spec))}"
         self._what = what
         if kind == "stream":
             # FFmpeg gives up on a silent stream after this long (microseconds) instead of hanging.
@@ -290,11 +290,11 @@ class LiveSource(Source):
             self.capture.release()
             if kind == "camera":
                 raise SourceError(
-                    f"camera {target}: no camera answers at this index; check that it is plugged in and "
+                    f"camera {show(target)}: no camera answers at this index; check that it is plugged in and "
                     "not used by another program, and try another index (0, 1, ...)"
                 )
             raise SourceError(
-                f"stream {redact(spec)}: cannot be opened (wrong address, the camera is off, or the network "
+                f"stream {show(redact(spec))}: cannot be opened (wrong address, the camera is off, or the network "
                 "blocks it); check the URL in VLC or ffplay"
             )
         fps = self.capture.get(cv2.CAP_PROP_FPS)
@@ -380,7 +380,7 @@ def _list_file(path: Path) -> list[Path]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: cannot be read as a list of image paths ({exc}); "
+        raise SourceError(f"{show(path)}: cannot be read as a list of image paths ({show(exc)}); "
                           "write one path per line, as UTF-8 text") from None
     paths, missing = [], []
     for n, line in enumerate(lines, 1):
@@ -397,7 +397,7 @@ def _list_file(path: Path) -> list[Path]:
     if missing:
         log.warning("%s: %d listed path(s) do not exist and are skipped (first: %s)", path, len(missing), missing[0])
     if not paths:
-        raise SourceError(f"{path}: lists no existing image file; write one image path per line "
+        raise SourceError(f"{show(path)}: lists no existing image file; write one image path per line "
                           "(relative paths are taken from the list's folder)")
     return paths
 
@@ -420,7 +420,7 @@ def open_source(spec: str, *, recursive: bool = False) -> Source:
             below = not recursive and any(_images_in(path, recursive=True))
             hint = ("it has images in sub-folders: add --recursive" if below
                     else f"put images ({', '.join(IMAGE_EXTENSIONS)}) in it or name another folder")
-            raise SourceError(f"{path}: folder holds no image; {hint}")
+            raise SourceError(f"{show(path)}: folder holds no image; {hint}")
         return ImageSource(spec, images, root=path)
     if path.is_file():
         suffix = path.suffix.lower()
@@ -431,17 +431,18 @@ def open_source(spec: str, *, recursive: bool = False) -> Source:
         if suffix in LIST_EXTENSIONS:
             return ImageSource(spec, _list_file(path), root=path.parent)
         raise SourceError(
-            f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a video ({', '.join(VIDEO_EXTENSIONS[:5])}, ...) "
+            f"{show(path)}: not an image ({', '.join(IMAGE_EXTENSIONS)}), a video ({', '.join(VIDEO_EXTENSIONS[:5])}, ...) "
             "or a .txt list of image paths; rename it with the right extension"
         )
     if any(c in text for c in "*?["):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
         images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         if not images:
-            raise SourceError(f"{spec}: the pattern matches no image file; check it (quote it so the shell "
+            raise SourceError(f"{show(spec)}: the pattern matches no image file; check it (quote it so the shell "
                               "leaves it alone; '**' needs --recursive semantics and matches sub-folders)")
         return ImageSource(spec, images, root=Path(os.path.commonpath([str(p.parent) for p in images])))
-    raise SourceError(f"{spec}: no such file or folder (nor a camera index or a stream URL)")
+    dash = "; use -- before sources that start with - (-- -x.jpg)" if text.startswith("-") else ""
+    raise SourceError(f"{show(spec)}: no such file or folder (nor a camera index or a stream URL){dash}")
 
 
 def open_sources(specs: Sequence[str], *, recursive: bool = False) -> tuple[list[Source], list[str]]:

@@ -219,6 +219,10 @@ class TorchDetector:
 
     def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
         """Detections for ``H x W x 3`` uint8 RGB images, one forward pass for all of them."""
-        batch = (list(keys), [image_tensor(im) for im in images])
+        from detect.inference.onnx_runtime import shrink_for_model
+
+        shrunk = [shrink_for_model(im, int(self.model.transform.max_size)) for im in images]
+        batch = (list(keys), [image_tensor(im) for im, _ in shrunk])
         dets, _ = next(infer_batches(self.model, [batch], device=self.device))
-        return dets
+        return [d if back == 1.0 else Detections(d.image, d.boxes * back, d.scores, d.labels)
+                for d, (_, back) in zip(dets, shrunk)]

@@ -118,7 +118,7 @@ class EvalSet:
         where: dict[str, str] = {}
         for r in self.records:
             for o in r.annotation.objects:
-                where.setdefault(o.name, f"{r.xml}:{o.line}" if o.line else str(r.xml))
+                where.setdefault(o.name, f"{show(r.xml)}:{o.line}" if o.line else show(r.xml))
         return where
 
     def truths(self, classes: Sequence[str]) -> list[GroundTruth]:
@@ -149,10 +149,10 @@ def load_eval_set(files: DatasetFiles, ids: Sequence[str] | None, *, split: str,
         )
         wanted = [i for i in wanted if i in known]
     if not wanted:
-        raise EvalError(f"the {split} split of {files.root} has no annotated image to evaluate")
+        raise EvalError(f"the {split} split of {show(files.root)} has no annotated image to evaluate")
     try:
         records = load_records(files, None if ids is None else wanted, warn_each=False,
-                               advice=f"Run `python tools/check_xml.py {files.root}` for details.")
+                               advice=f"Run `python tools/check_xml.py {show(files.root)}` for details.")
     except UsageError as exc:  # broken XML or images: this run fails, the others go on
         raise EvalError(str(exc)) from None
     dropped = sum(r.dropped for r in records)
@@ -353,7 +353,7 @@ class Evaluator:
         splits, source = resolve_splits(files, val_fraction=val_fraction)
         if split not in splits:
             raise UsageError(
-                f"{files.root} has no '{split}' split ({source} gives {', '.join(splits)}); "
+                f"{show(files.root)} has no '{split}' split ({show(source)} gives {', '.join(splits)}); "
                 "pick another --split, or --split all"
             )
         return splits[split], source
@@ -380,10 +380,10 @@ class Evaluator:
                 recorded_splits = None
         else:
             if not data.get("root"):
-                raise EvalError(f"{path}: the checkpoint records no data folder; pass --data DIR")
+                raise EvalError(f"{show(path)}: the checkpoint records no data folder; pass --data DIR")
             if recorded_root is None:
                 raise EvalError(
-                    f"{path}: the data it was trained on, '{data['root']}', is not here (looked in "
+                    f"{show(path)}: the data it was trained on, '{data['root']}', is not here (looked in "
                     f"{Path.cwd()} and {PROJECT_ROOT}); pass --data DIR"
                 )
             files = self.files(recorded_root, s.images or data.get("images"), usage=False)
@@ -396,8 +396,8 @@ class Evaluator:
             locations = eval_set.locations
             where = "; ".join(f"'{n}' ({counts[n]}x, first at {locations[n]})" for n in unknown[:5])
             raise EvalError(
-                f"{path}: the model knows the classes {', '.join(classes)}, but {eval_set.describe()} "
-                f"has {where}. Evaluate it on the data it was trained on (--data), or fix the labels"
+                f"{show(path)}: the model knows the classes {', '.join(classes)}, but {eval_set.describe()} "
+                f"has {show(where)}. Evaluate it on the data it was trained on (--data), or fix the labels"
             )
         return eval_set, classes
 
@@ -411,8 +411,8 @@ class Evaluator:
             eval_set.all_classes = classes_in(files)
         classes = eval_set.all_classes
         if not classes:
-            raise EvalError(f"{files.root}: no object in any XML file, nothing to score predictions against")
-        hint = (f"among the {len(eval_set.records)} images of the {s.split} split of {files.root}"
+            raise EvalError(f"{show(files.root)}: no object in any XML file, nothing to score predictions against")
+        hint = (f"among the {len(eval_set.records)} images of the {s.split} split of {show(files.root)}"
                 + ("" if s.split == "all" else " (--split all takes every image)"))
         dets = read_predictions(path, classes=classes, images=eval_set.aliases, context=hint)
         covered = sum(1 for d in dets if len(d.scores))

@@ -70,8 +70,8 @@ class PredictionsError(DetectError):
         self.index = index
         self.message = message
         self.more = more
-        where = self.path if index is None else f"{self.path}: record {index}"
-        text = f"{where}: {message}"
+        where = show(self.path) if index is None else f"{show(self.path)}: record {index}"
+        text = f"{show(where)}: {message}"
         if more:
             text += f" ({more} more record(s) have problems too)"
         super().__init__(text)
