@@ -130,6 +130,12 @@ class Item:
     crop: str | None = None
     votes: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def source_stem(self) -> str:
+        """A file-name-safe short form of the source, for crop names."""
+        stem = self.source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)[:40] or "source"
+
     def event(self) -> dict[str, Any]:
         """The JSON object of ``events.jsonl`` (see docs/counting.md#events)."""
         return {
@@ -146,7 +152,8 @@ class _Vote:
     hits: np.ndarray  # (K + 1,) frames at or above --conf
     frames: int = 0
     best: float = 0.0
-    last_centre: tuple[float, float] | None = None
+    side: float = 0.0  # which side of the line the centre was last seen on (0: not yet)
+    side_point: tuple[float, float] | None = None  # where it was seen there
     counted: bool = False
     crop: np.ndarray | None = None
     crop_score: float = -1.0
@@ -185,6 +192,9 @@ class ItemCounter:
         self.directions: dict[str, int] = {"forward": 0, "backward": 0}
         self.items = 0
         self.defective = 0
+        self._done_seconds = 0.0  # video time of the sources finished
+        self._now = 0.0  # video time in the current source
+        self.in_view_at_end = 0  # tracks a source ended with, not across the line: not counted
         self.started = time.perf_counter()
         self._pixels: tuple[float, float, float, float] | None = None
         self._size: tuple[int, int] | None = None
@@ -192,8 +202,10 @@ class ItemCounter:
     # -- the vote
 
     def decide(self, track_id: int) -> tuple[str, bool]:
-        """The class and defect flag of a track from its frames so far."""
-        v = self._votes[track_id]
+        """The class and defect flag of a live track from its frames so far."""
+        return self._decide(self._votes[track_id])
+
+    def _decide(self, v: _Vote) -> tuple[str, bool]:
         defect_ok = self._defect & (v.hits >= self.defect_frames)
         if defect_ok.any():
             label = int(np.argmax(np.where(defect_ok, v.votes, -1.0)))
@@ -214,6 +226,7 @@ class ItemCounter:
         if image is not None and self.line is not None and self._size != image.shape[1::-1]:
             self._size = image.shape[1::-1]
             self._pixels = self.line.pixels(*self._size)
+        self._now = max(self._now, video_time)
         counted: list[Item] = []
         for t in tracks:
             o = t.observation
@@ -229,12 +242,15 @@ class ItemCounter:
                 v.best = o.score
             if self.keep_crops and image is not None and o.high and o.score > v.crop_score:
                 v.crop, v.crop_score = _crop(image, o.box), o.score
-            cx, cy = (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
-            if self.line is not None and not v.counted and v.last_centre is not None and self._pixels is not None:
-                direction = self._crossing(v.last_centre, (cx, cy))
-                if direction:
-                    counted.append(self._count(t, v, frame, video_time, source, direction))
-            v.last_centre = (cx, cy)
+            if self.line is not None and self._pixels is not None:
+                centre = ((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2)
+                side = self._side(centre)
+                if side and v.side and side != v.side and not v.counted:
+                    direction = self._crossing(v.side_point, centre)
+                    if direction:
+                        counted.append(self._count(t, v, frame, video_time, source, direction))
+                if side:  # a centre exactly on the line keeps the side it came from
+                    v.side, v.side_point = side, centre
         for t in ended:
             v = self._votes.pop(t.id, None)
             if v is not None and self.line is None and not v.counted and v.frames >= self.min_frames:
@@ -244,21 +260,24 @@ class ItemCounter:
     def finish(self, tracks: Sequence[Track], *, frame: int, video_time: float, source: str) -> list[Item]:
         """The source ended with ``tracks`` still held: with no line, count those long enough;
         with a line, drop them (not across: not passed). Resets the votes for the next source."""
+        if self.line is not None:
+            self.in_view_at_end += sum(1 for t in tracks if t.id in self._votes and not self._votes[t.id].counted)
         items = self.update((), frame=frame, video_time=video_time, source=source, ended=tracks)
         self._votes.clear()
         self._size = None
+        self._done_seconds += self._now
+        self._now = 0.0
         return items
 
+    def _side(self, p: tuple[float, float]) -> float:
+        x1, y1, x2, y2 = self._pixels
+        return float(np.sign((x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1)))
+
     def _crossing(self, a: tuple[float, float], b: tuple[float, float]) -> str | None:
+        """``forward``/``backward`` when the move from ``a`` to ``b`` (on opposite sides) passes
+        through the segment, else None."""
         x1, y1, x2, y2 = self._pixels
         d = (x2 - x1, y2 - y1)
-
-        def side(p):
-            return d[0] * (p[1] - y1) - d[1] * (p[0] - x1)
-
-        sa, sb = side(a), side(b)
-        if sa == 0 or sb == 0 or (sa > 0) == (sb > 0):
-            return None
         m = (b[0] - a[0], b[1] - a[1])
         denom = d[0] * m[1] - d[1] * m[0]
         if denom == 0:
@@ -272,7 +291,7 @@ class ItemCounter:
     def _count(self, t: Track, v: _Vote, frame: int, video_time: float, source: str, direction: str | None,
                box: np.ndarray | None = None) -> Item:
         v.counted = True
-        label, defect = self.decide(t.id)
+        label, defect = self._decide(v)
         b = box if box is not None else t.observation.box
         item = Item(track_id=t.id, label=label, defect=defect, best_score=v.best, frames=v.frames, frame=frame,
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
@@ -298,7 +317,8 @@ class ItemCounter:
         return self.counts[label] / n if n else None
 
     def per_minute(self) -> float:
-        minutes = (time.perf_counter() - self.started) / 60
+        """Items per minute of video (of wall-clock time on a camera or stream)."""
+        minutes = (self._done_seconds + self._now) / 60
         return self.items / minutes if minutes > 0 else 0.0
 
     def status(self) -> str:
@@ -323,6 +343,7 @@ class ItemCounter:
                                       for c in self.defect_classes},
             "per_direction": dict(self.directions) if self.line is not None else None,
             "items_per_minute": round(self.per_minute(), 2),
+            "not_counted_in_view_at_end": self.in_view_at_end,
             "settings": {"count_line": self.line.spec if self.line else "none", "line_in": (
                 "fractions" if self.line and self.line.fractions else "pixels" if self.line else None),
                 "belt": self.belt, "min_frames": self.min_frames, "defect_frames": self.defect_frames,
