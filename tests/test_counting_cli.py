@@ -61,6 +61,20 @@ def test_events_to_stdout_keep_stdout_json_only(tiny_export, conveyor, tmp_path,
         json.loads(line)
 
 
+def test_the_onnx_path_tracks_without_torch(tiny_export, conveyor, tmp_path) -> None:
+    from conftest import NO_TORCH
+
+    code = NO_TORCH + textwrap.dedent(f"""
+        import detect.predict
+        code = detect.predict.main(["--weights", {str(tiny_export['onnx'])!r}, {str(conveyor)!r}, "--track",
+                                    "--out", {str(tmp_path)!r}, "--no-progress", "--no-save-images"])
+        assert "torch" not in sys.modules
+        print("exit", code)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "exit 0" in done.stdout, done.stdout + done.stderr
+
+
 def test_track_on_still_images_and_bad_lines_are_usage_errors(tiny_export, conveyor, tmp_path, capsys) -> None:
     data = tiny_export["data"] / "JPEGImages"
     code = main(["--weights", str(tiny_export["onnx"]), str(data), "--track", "--out", str(tmp_path)])
