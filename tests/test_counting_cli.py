@@ -121,3 +121,17 @@ def test_ctrl_c_leaves_valid_events_and_summary(tiny_export, tmp_path) -> None:
     events = folder / "events.jsonl"
     lines = events.read_text().splitlines() if events.exists() else []
     assert len(lines) == counting["items"] and all(json.loads(x) for x in lines)
+
+
+def test_make_demo_data_conveyor_writes_the_video_and_its_truth(tmp_path, capsys) -> None:
+    from detect.make_demo_data import main as make
+
+    assert make([str(tmp_path / "belt"), "--conveyor", "2", "--speed", "24", "--seed", "3"]) == 0
+    assert "conveyor: 2 items" in capsys.readouterr().out
+    truth = json.loads((tmp_path / "belt" / "conveyor.json").read_text())
+    assert [i["cross_frame"] for i in truth["items"]] == sorted(i["cross_frame"] for i in truth["items"])
+    import cv2
+
+    cap = cv2.VideoCapture(str(tmp_path / "belt" / "conveyor.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == truth["frames"]
+    cap.release()
