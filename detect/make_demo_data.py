@@ -1,11 +1,13 @@
 """Write the procedural demo dataset (cans and bottles, whole and defective) as a VOC devkit.
 
     python -m detect.make_demo_data OUT --images 400 [--seed 0] [--size 320x240] [--val-fraction 0.2]
+    python -m detect.make_demo_data OUT --conveyor 40 [--speed 4] [--spacing 130] [--fps 25]
     python tools/make_demo_data.py OUT ...     (from a clone; make-demo-data once installed)
 
 Prints one summary line. Exit status: 0 done, 1 the files could not be written, 2 usage
 error (bad option, or OUT is a non-empty folder that is not a demo dataset).
-See :mod:`detect.data.demo` for what is drawn.
+See :mod:`detect.data.demo` for what is drawn. ``--conveyor N`` writes a video of N items
+passing on a belt instead, with its ground truth (:mod:`detect.data.conveyor`).
 """
 
 from __future__ import annotations
@@ -44,13 +46,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="image size (default 320x240)")
     parser.add_argument("--val-fraction", type=Number(float, 0, 1, hi_open=True), default=0.2, metavar="F",
                         help="share of images listed in ImageSets/Main/val.txt (default 0.2)")
+    c = parser.add_argument_group("a conveyor video (instead of the dataset)")
+    c.add_argument("--conveyor", type=Number(int, 1, 100_000), metavar="N",
+                   help="write OUT/conveyor.mp4, N items crossing the frame, and OUT/conveyor.json, the ground truth")
+    c.add_argument("--speed", type=Number(float, 0.1, 1000), default=4.0, metavar="PX",
+                   help="belt speed in pixels per frame (default 4)")
+    c.add_argument("--spacing", type=Number(float, 10, 100_000), default=130.0, metavar="PX",
+                   help="distance between items, centre to centre, +-20%% (default 130)")
+    c.add_argument("--fps", type=Number(float, 1, 240), default=25.0, help="frames per second (default 25)")
     return parser
+
+
+def _conveyor(args, started: float) -> int:
+    from detect.data.conveyor import write_conveyor
+
+    try:
+        truth = write_conveyor(args.out, args.conveyor, seed=args.seed, size=args.size, speed=args.speed,
+                               spacing=args.spacing, fps=args.fps)
+    except OSError as exc:
+        print(f"make_demo_data.py: error: {exc}", file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{k} {v}" for k, v in truth["counts"].items())
+    print(f"conveyor: {args.conveyor} items ({counts}), {truth['frames']} frames at {args.fps:g} FPS "
+          f"({truth['frames'] / args.fps:.1f} s) -> {args.out}/conveyor.mp4 and conveyor.json "
+          f"({time.perf_counter() - started:.1f} s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.WARNING)
     started = time.perf_counter()
+    if args.conveyor:
+        return _conveyor(args, started)
     try:
         out = make_demo_dataset(
             args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction

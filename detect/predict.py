@@ -74,6 +74,32 @@ def build_parser() -> CliParser:
     p.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="onnxruntime graph optimisation level (default: all)")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
+    t = p.add_argument_group(
+        "counting items (--track)",
+        "Each detection gets a track id (ByteTrack, class-agnostic) that follows the object from frame to frame; "
+        "an item is counted once, when its box centre crosses the counting line. Its class is the score-weighted "
+        "vote of all its frames so far (a class votes in a frame where it is seen at its --conf); it is defective "
+        "when a defect class was seen at its --conf in at least --defect-frames frames. One JSON line per item goes "
+        "to events.jsonl as it is counted. Details: docs/counting.md")
+    t.add_argument("--track", action="store_true", help="track objects and count items (videos, cameras, streams)")
+    t.add_argument("--count-line", metavar="x1,y1,x2,y2|none",
+                   help="the counting line, in fractions of the frame (all values 0..1) or pixels; default: across "
+                        "the middle, perpendicular to --belt; none: count a track when it ends after --min-frames")
+    t.add_argument("--belt", default="left-right", choices=["left-right", "right-left", "top-down", "bottom-up"],
+                   help="the way the belt moves (default left-right): the default line and the forward direction")
+    t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
+                   help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
+    t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
+                   help="with --count-line none: frames a track needs to be counted (default 3)")
+    t.add_argument("--events", metavar="FILE|-",
+                   help="where the event lines go (default: events.jsonl in the output folder); '-': standard "
+                        "output as well (then the summary goes to standard error)")
+    t.add_argument("--track-buffer", type=Number(int, 1), metavar="FRAMES",
+                   help="frames a lost track is kept to be found again (default: one second of video, at least 10)")
+    t.add_argument("--track-low", type=Number(float, 0, 1), default=0.1, metavar="S",
+                   help="lowest score a detection needs to keep a track alive (ByteTrack's low detections; default 0.1)")
+    t.add_argument("--sequence", action="store_true",
+                   help="with --track on images: they are consecutive frames of one camera, in name order")
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,6 +131,14 @@ def _names(option: str, text: str | None, classes) -> list[str] | None:
 def _check_args(args) -> None:
     if args.overwrite and not args.save_xml:
         raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
+    counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
+                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer)) if v]
+    if counting and not args.track:
+        raise UsageError(f"{', '.join(counting)} only apply with --track")
+    if args.track:
+        from detect.inference.counting import parse_count_line
+
+        args.line = parse_count_line(args.count_line, args.belt)
 
 
 def _gui_available() -> bool:
@@ -155,6 +189,14 @@ def _run(args, detector, predictor) -> int:
         window = False
 
     sources, errors = open_sources(args.sources, recursive=args.recursive)
+    if args.track and not args.sequence:
+        from detect.inference.predictor import tracking_needs_frames
+
+        still = [s for s in sources if s.kind == "images"]
+        if still:
+            for s in sources:
+                s.close()
+            raise UsageError(tracking_needs_frames(show(still[0].name)))
     for e in errors:
         print(f"error: {printable(e)}", file=sys.stderr)
     if not sources:
@@ -180,6 +222,18 @@ def _run(args, detector, predictor) -> int:
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
           f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
 
+    counter = log_items = None
+    if args.track:
+        from detect.inference.counting import ItemCounter
+        from detect.inference.outputs import ItemLog
+
+        events = Path(args.events) if args.events and args.events != "-" else None
+        log_items = ItemLog(folder, path=events, save_crops=args.save_crops, stdout=sys.stdout if args.events == "-" else None)
+        counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
+                              line=args.line, belt=args.belt, min_frames=args.min_frames,
+                              defect_frames=args.defect_frames, keep_crops=args.save_crops, on_item=log_items.on_item)
+    cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
+
     finite = [s for s in sources if not s.live]
     total = sum(len(s) for s in finite)
     start = time.perf_counter()
@@ -195,7 +249,20 @@ def _run(args, detector, predictor) -> int:
                           file=sys.stderr)
             n = 0
             try:
-                for result in predictor.predict_frames(source, live=source.live):
+                if counter is not None:
+                    from detect.inference.tracking import ByteTracker
+
+                    tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)))
+                    results = predictor.track_frames(source, counter, tracker=tracker, low=args.track_low)
+                else:
+                    results = predictor.predict_frames(source, live=source.live)
+                for result in results:
+                    if counter is not None and result.error is None:
+                        cost["frames"] += 1
+                        cost["model"] += result.infer_seconds
+                        cost["tracking"] += result.track_seconds
+                        if result.counted:
+                            bar.set_postfix_str(counter.status(), refresh=False)
                     if result.error:
                         bar.write(f"error: {printable(result.error)}", file=sys.stderr)
                     before = len(writer.summary.failed)
@@ -206,7 +273,8 @@ def _run(args, detector, predictor) -> int:
                     if meter is not None:
                         line = meter.add(result)
                         if line:
-                            print(f"{show(source.name)}: {line}, {getattr(source, 'dropped', 0)} frames dropped",
+                            items = f"; {show(counter.status())}" if counter is not None else ""
+                            print(f"{show(source.name)}: {line}, {getattr(source, 'dropped', 0)} frames dropped{items}",
                                   file=sys.stderr, flush=True)
                     else:
                         bar.update(1)
@@ -236,8 +304,16 @@ def _run(args, detector, predictor) -> int:
             source.close()
         if window:
             cv2.destroyAllWindows()
+    counting = None
+    if counter is not None:
+        log_items.close()
+        counting = counter.summary()
+        n = max(1, cost["frames"])
+        counting["ms_per_frame"] = {"model": round(1000 * cost["model"] / n, 2),
+                                    "tracking_and_counting": round(1000 * cost["tracking"] / n, 2)}
+        counting["events"] = str(log_items.path)
     try:
-        summary = writer.close(seconds=time.perf_counter() - start)
+        summary = writer.close(seconds=time.perf_counter() - start, counting=counting)
     except OSError as exc:
         write_error = write_error or exc
     if write_error is not None:
@@ -245,12 +321,30 @@ def _run(args, detector, predictor) -> int:
         print(f"error: cannot write the outputs to {show(folder)}: {where}{show(write_error.strerror or write_error)}",
               file=sys.stderr)
         return 1
-    _print_summary(summary, predictor, folder)
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr) if args.events == "-" else contextlib.nullcontext():
+        _print_summary(summary, predictor, folder)
+        if counter is not None:
+            _print_counting(counter, counting, log_items)
     if interrupted:
         print(f"interrupted: the outputs so far are in {show(folder)} (videos closed, playable)", file=sys.stderr)
         return 130
     failed = len(errors) + len(summary.failed) + len(summary.stopped)
     return 1 if failed else 0
+
+
+def _print_counting(counter, counting: dict, log_items) -> None:
+    rate = f" ({100 * counting['defect_rate']:.1f} %)" if counting["defect_rate"] is not None else ""
+    print(f"items counted: {counter.items}, {counter.defective} defective{rate}; {show(counter.status())}")
+    if counting.get("per_direction"):
+        print(f"direction: {counting['per_direction']['forward']} forward, {counting['per_direction']['backward']} backward")
+    if counter.in_view_at_end:
+        print(f"{counter.in_view_at_end} tracked item(s) were still short of the line when the source ended and are "
+              "not counted")
+    ms = counting["ms_per_frame"]
+    print(f"cost per frame: model {ms['model']:.1f} ms, tracking and counting {ms['tracking_and_counting']:.2f} ms")
+    print(f"events: {log_items.written} line(s) in {log_items.path}")
 
 
 def _print_summary(summary, predictor, folder: Path) -> None:

@@ -50,10 +50,12 @@ def draw_detections(
     defect_classes: Sequence[str] = (),
     colours: dict[str, tuple[int, int, int]] | None = None,
     line_width: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> np.ndarray:
     """A copy of ``image`` (``H x W x 3`` uint8 RGB) with each box ``(xmin, ymin, xmax,
-    ymax)`` in pixels drawn and labelled ``"<class> <score>"``; lowest scores are drawn
-    first so the most confident labels stay on top."""
+    ymax)`` in pixels drawn and labelled ``"<class> <score>"`` (``labels[i]`` in place of the
+    class, e.g. ``"#12 Lata"`` with a track id); lowest scores are drawn first so the most
+    confident labels stay on top."""
     out = np.ascontiguousarray(image).copy()
     h, w = out.shape[:2]
     colours = colours or class_colours(sorted(set(names), key=list(names).index), defect_classes)
@@ -69,7 +71,7 @@ def draw_detections(
         x0, y0 = max(0, min(x0, w - 1)), max(0, min(y0, h - 1))
         x1, y1 = max(0, min(x1, w - 1)), max(0, min(y1, h - 1))
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, lw, cv2.LINE_AA)
-        text = f"{name} {score:.2f}"
+        text = f"{labels[i] if labels is not None else name} {score:.2f}"
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick_text)
         tab_h = th + baseline + 2
         top = y0 - tab_h if y0 - tab_h >= 0 else y0  # above the box, or inside it at the top edge

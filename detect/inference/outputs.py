@@ -65,7 +65,7 @@ from detect.data.voc import Annotation, Box, VocObject, write_voc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CSV_FIELDS", "PredictionWriter", "Summary", "voc_annotation"]
+__all__ = ["CSV_FIELDS", "ItemLog", "PredictionWriter", "Summary", "voc_annotation"]
 
 CSV_FIELDS = ["image", "source", "frame", "label", "score", "xmin", "ymin", "xmax", "ymax", "defect"]
 _IMAGE_WRITE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -373,8 +373,9 @@ class PredictionWriter:
         if stopped:
             self.summary.stopped.append(stopped)
 
-    def close(self, *, seconds: float = 0.0) -> Summary:
-        """Close every open video and write the JSON, CSV and summary files. Safe to call twice."""
+    def close(self, *, seconds: float = 0.0, counting: dict[str, Any] | None = None) -> Summary:
+        """Close every open video and write the JSON, CSV and summary files (``counting``: the
+        item counts of ``--track``, written under that key). Safe to call twice."""
         if self._closed:
             return self.summary
         self._closed = True
@@ -393,8 +394,52 @@ class PredictionWriter:
             w.writerows(self._csv)
             write_atomic(self.folder / "predictions.csv", buf.getvalue())
         if self.save_ls is not None:
-            write_atomic(self.save_ls, json.dumps(self._ls, ensure_ascii=False, indent=1) + "\n")
-        if self.summary.seen or self.summary.failed:
-            write_atomic(self.folder / "summary.json",
-                         json.dumps(self.summary.as_dict(self.classes, self.defect_classes), indent=1) + "\n")
+            write_atomic(self.save_ls, json.dumps(self._ls, ensure_ascii=False, indent=1) + "
+")
+        if self.summary.seen or self.summary.failed or counting:
+            data = self.summary.as_dict(self.classes, self.defect_classes)
+            if counting is not None:
+                data["counting"] = counting
+            write_atomic(self.folder / "summary.json", json.dumps(data, indent=1) + "
+")
         return self.summary
+
+
+class ItemLog:
+    """``events.jsonl``: one JSON line per counted item, written and flushed as it is counted
+    (append-only, so a crash or Ctrl-C loses no line already written, and every line is
+    whole); with ``stdout``, each line goes to standard output too. With ``save_crops``
+    the item's best crop is written first, as ``crops/items/<track id>_<class>.jpg``
+    (its path relative to the folder is in the event).
+
+    Use ``on_item`` as :class:`~detect.inference.counting.ItemCounter`'s callback.
+    """
+
+    def __init__(self, folder: Path, *, save_crops: bool = False, stdout=None, path: Path | None = None) -> None:
+        self.folder = Path(folder)
+        self.path = Path(path) if path is not None else self.folder / "events.jsonl"
+        self.save_crops = save_crops
+        self.stdout = stdout
+        self._fh = None
+        self.written = 0
+
+    def on_item(self, item, crop: np.ndarray | None) -> None:
+        if self.save_crops and crop is not None and crop.size:
+            rel = Path("crops") / "items" / f"{item.source_stem}_{item.track_id:06d}_{item.label}.jpg"
+            write_atomic(self.folder / rel, _encode(crop, ".jpg"), fsync=False)
+            item.crop = rel.as_posix()
+        line = json.dumps(item.event(), ensure_ascii=True) + "\n"
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(line)
+        self._fh.flush()
+        if self.stdout is not None:
+            self.stdout.write(line)
+            self.stdout.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -38,6 +38,10 @@ from detect.inference.drawing import class_colours, draw_detections
 from detect.common.errors import DetectError, UsageError
 from detect.common.types import Detections
 from detect.inference.sources import Frame, Source, open_source
+
+if TYPE_CHECKING:  # only for annotations: the tracking modules are imported when tracking
+    from detect.inference.counting import Item, ItemCounter
+    from detect.inference.tracking import ByteTracker
 
 __all__ = [
     "ConfThresholds",
@@ -156,6 +160,10 @@ class Result:
         defect_classes: the classes that count as defects.
         infer_seconds: time in the detector for this frame (its share of a batch).
         latency: seconds from reading the frame to this result.
+        track_ids: with :meth:`Predictor.track`, the track id of each detection (None otherwise).
+        counted: with :meth:`Predictor.track`, the items counted in this frame.
+        track_seconds: with :meth:`Predictor.track`, time spent tracking and counting this frame.
+        overlay: drawn on top of :meth:`plot` (the counting line and counters when tracking).
     """
 
     frame: Frame
@@ -164,6 +172,10 @@ class Result:
     defect_classes: tuple[str, ...] = ()
     infer_seconds: float = 0.0
     latency: float = 0.0
+    track_ids: np.ndarray | None = None
+    counted: list["Item"] = field(default_factory=list)
+    track_seconds: float = 0.0
+    overlay: Callable[[np.ndarray], None] | None = None
 
     @property
     def key(self) -> str:
@@ -199,9 +211,16 @@ class Result:
         """The frame with its boxes drawn (a new ``H x W x 3`` uint8 RGB array)."""
         if self.image is None:
             raise ValueError(f"{self.key}: no image to draw on ({self.error})")
-        return draw_detections(self.image, self.detections.boxes, self.names, self.detections.scores,
-                               defect_classes=self.defect_classes, line_width=line_width,
-                               colours=class_colours(self.classes, self.defect_classes))
+        names = self.names
+        labels = None
+        if self.track_ids is not None:
+            labels = [f"#{int(t)} {n}" for t, n in zip(self.track_ids, names)]
+        out = draw_detections(self.image, self.detections.boxes, names, self.detections.scores,
+                              defect_classes=self.defect_classes, line_width=line_width,
+                              colours=class_colours(self.classes, self.defect_classes), labels=labels)
+        if self.overlay is not None:
+            self.overlay(out)
+        return out
 
 
 def _empty(key: str) -> Detections:
@@ -244,18 +263,19 @@ class Predictor:
         self._thresholds = self.conf.vector(self.classes)
         self._wanted = np.array([False] + [c in self.keep for c in self.classes])
 
-    def postprocess(self, dets: Detections) -> Detections:
-        """Keep the detections at or above their class's threshold and of the classes
-        asked for, by descending score."""
+    def postprocess(self, dets: Detections, *, floor: float | None = None) -> Detections:
+        """Keep the detections at or above their class's threshold (or ``floor``, when lower:
+        the tracker's low detections) and of the classes asked for, by descending score."""
         labels = dets.labels
         ok = (labels >= 1) & (labels <= len(self.classes))
         idx = np.clip(labels, 0, len(self.classes))
-        ok &= self._wanted[idx] & (dets.scores >= self._thresholds[idx])
+        thresholds = self._thresholds if floor is None else np.minimum(self._thresholds, floor)
+        ok &= self._wanted[idx] & (dets.scores >= thresholds[idx])
         order = np.flatnonzero(ok)
         order = order[np.argsort(-dets.scores[order], kind="stable")]
         return Detections(dets.image, dets.boxes[order], dets.scores[order], dets.labels[order])
 
-    def _run(self, frames: list[Frame]) -> Iterator[Result]:
+    def _run(self, frames: list[Frame], floor: float | None = None) -> Iterator[Result]:
         good = [f for f in frames if f.image is not None]
         found: dict[int, Detections] = {}
         seconds = 0.0
@@ -268,22 +288,88 @@ class Predictor:
             d = found.get(id(f))
             now = time.perf_counter()
             yield Result(
-                frame=f, detections=self.postprocess(d) if d is not None else _empty(f.key), classes=self.classes,
+                frame=f, detections=self.postprocess(d, floor=floor) if d is not None else _empty(f.key),
+                classes=self.classes,
                 defect_classes=self.defect_classes, infer_seconds=seconds if d is not None else 0.0,
                 latency=now - f.captured if f.captured and d is not None else 0.0,
             )
 
-    def predict_frames(self, frames: Iterable[Frame], *, live: bool = False) -> Iterator[Result]:
-        """Results for ``frames`` in order, ``batch_size`` frames per detector call (one when ``live``)."""
+    def predict_frames(self, frames: Iterable[Frame], *, live: bool = False,
+                       floor: float | None = None) -> Iterator[Result]:
+        """Results for ``frames`` in order, ``batch_size`` frames per detector call (one when ``live``);
+        ``floor``: keep detections down to this score too (for :meth:`track_frames`)."""
         size = 1 if live else self.batch_size
         batch: list[Frame] = []
         for frame in frames:
             batch.append(frame)
             if len(batch) >= size:
-                yield from self._run(batch)
+                yield from self._run(batch, floor)
                 batch = []
         if batch:
-            yield from self._run(batch)
+            yield from self._run(batch, floor)
+
+    def track_frames(self, source: Source, counter: "ItemCounter", *, tracker: "ByteTracker | None" = None,
+                     low: float = 0.1) -> Iterator[Result]:
+        """Track and count over one opened source (see :meth:`track`)."""
+        from detect.inference.tracking import ByteTracker, merge_classes
+
+        if tracker is None:
+            tracker = ByteTracker(buffer=max(10, round(source.fps or 30)))
+        start = time.perf_counter()
+        last_index, last_time = 0, 0.0
+        thresholds = self._thresholds
+        for result in self.predict_frames(source, live=source.live, floor=low):
+            if result.error or result.image is None:
+                yield result
+                continue
+            t0 = time.perf_counter()
+            d = result.detections
+            observations = merge_classes(d.boxes, d.scores, d.labels, len(self.classes))
+            for o in observations:
+                o.high = bool((o.class_scores[1:] >= thresholds[1:]).any())
+            tracks = tracker.update(observations, thresholds)
+            index = result.frame.index
+            video_time = index / source.fps if source.fps and not source.live else time.perf_counter() - start
+            last_index, last_time = index, video_time
+            items = counter.update(tracks, frame=index, video_time=video_time, source=source.name,
+                                   image=result.image, ended=tracker.removed)
+            shown = [t for t in tracks if t.observation.high]
+            result.detections = Detections(
+                d.image, np.array([t.observation.box for t in shown]).reshape(-1, 4),
+                np.array([t.observation.score for t in shown], np.float64),
+                np.array([t.observation.label for t in shown], np.int64))
+            result.track_ids = np.array([t.id for t in shown], np.int64)
+            result.counted = items
+            result.overlay = counter.draw
+            result.track_seconds = time.perf_counter() - t0
+            yield result
+        counter.finish(tracker.finish(), frame=last_index, video_time=last_time, source=source.name)
+
+    def track(self, source: str | Source, counter: "ItemCounter | None" = None, *, sequence: bool = False,
+              recursive: bool = False, low: float = 0.1) -> Iterator[Result]:
+        """Results for a video, camera, stream (or, with ``sequence``, images in name order)
+        with a track id per detection (``result.track_ids``) and the items counted in each
+        frame (``result.counted``); a generator, in constant memory however long it runs.
+
+        ``counter``: an :class:`~detect.inference.counting.ItemCounter` (default: the line across the
+        middle, belt left to right); its ``on_item`` sees every item, those counted when the
+        source ends too. Detections down to ``low`` feed ByteTrack's second association; the
+        results show those at or above ``--conf``.
+
+        Raises:
+            UsageError: the source is still images and ``sequence`` is not set.
+        """
+        from detect.inference.counting import ItemCounter, parse_count_line
+
+        if counter is None:
+            counter = ItemCounter(self.classes, self.defect_classes, self._thresholds, line=parse_count_line(None))
+        src = open_source(source, recursive=recursive) if isinstance(source, str) else source
+        try:
+            if src.kind == "images" and not sequence:
+                raise UsageError(tracking_needs_frames(src.name))
+            yield from self.track_frames(src, counter, low=low)
+        finally:
+            src.close()
 
     def stream(self, source: str | Source | np.ndarray, *, recursive: bool = False) -> Iterator[Result]:
         """Results for a SOURCE string (see :mod:`detect.inference.sources`), an opened
@@ -302,6 +388,13 @@ class Predictor:
             src.close()
 
     __call__ = stream
+
+
+def tracking_needs_frames(name: str) -> str:
+    """The message for ``--track`` on still images."""
+    return (f"{name}: tracking needs a video, a camera, a stream or an ordered frame sequence, and these are "
+            "still images; give a video file or a camera, or add --sequence if these images are consecutive "
+            "frames of one camera (they are taken in name order: frame_000001.jpg, frame_000002.jpg, ...)")
 
 
 class RateMeter:
