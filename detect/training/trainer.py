@@ -165,6 +165,8 @@ class TrainConfig:
     images: Path | None = None
     classes: Path | None = None
     val_fraction: float = 0.2
+    folds: int = 0  # K-fold split (detect.data.layout.kfold_split); 0: off
+    fold: int = 0  # which fold is val
     augment: str | None = None
     skip_invalid: bool = False
     tensorboard: bool = False  # also log results.csv's rows and the settings for TensorBoard
@@ -341,7 +343,7 @@ def prepare_data(cfg: TrainConfig, echo: Echo = _log_echo, *, dist: Dist = Dist(
     if listed is None and files.classes:  # a COCO/YOLO source states its class order: keep it
         listed = list(files.classes)
     skip = set() if cfg.no_check else run_checker(files, listed, cfg, echo)
-    splits, source = resolve_splits(files, val_fraction=cfg.val_fraction)
+    splits, source = resolve_splits(files, val_fraction=cfg.val_fraction, folds=cfg.folds, fold=cfg.fold)
     train = load_records(files, splits["train"], skip=skip)
     val = load_records(files, splits["val"], skip=skip)
     if listed is not None:
