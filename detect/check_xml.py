@@ -25,7 +25,7 @@ import os
 import sys
 
 from detect.model.backbones import BACKBONES
-from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, plan_fixes, plural
+from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, github_line, plan_fixes, plural
 from detect.common.errors import UsageError, DetectError, printable, show
 from detect.data.layout import discover, read_classes
 from detect.common.logs import setup_logging
@@ -78,24 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--anchor-ratios", type=number_list, nargs="+", metavar="R",
                        help="anchor height/width ratios, e.g. '0.5,1,2'")
     return p
-
-
-def _github_escape(text: str, *, prop: bool = False) -> str:
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    if prop:
-        text = text.replace(":", "%3A").replace(",", "%2C")
-    return text
-
-
-def _github_line(f) -> str:
-    kind = {"error": "error", "warning": "warning", "info": "notice"}[f.severity]
-    props = [f"file={_github_escape(show(f.path), prop=True)}"]
-    if f.line is not None:
-        props.append(f"line={f.line}")
-        if f.col is not None:
-            props.append(f"col={f.col}")
-    props.append(f"title={f.code}")
-    return f"::{kind} {','.join(props)}::{_github_escape(show(f.message))}"
 
 
 def _shown(report: CheckReport, minimum: str) -> list:
@@ -213,7 +195,7 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
             doc["fix_summary"] = fix_lines
         out.append(json.dumps(doc, indent=2) + "\n")
     else:
-        lines = [_github_line(f) if args.format == "github" else format_finding(f) for f in shown]
+        lines = [github_line(f) if args.format == "github" else format_finding(f) for f in shown]
         if shown:
             lines.append("")
         lines += report.summary_lines() + fix_lines

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--images", type=Path, help="folder to look for images in first")
     g.add_argument("--classes", type=Path, help="class list, one name per line (default: names found in the data, sorted)")
     g.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction, help="validation share when the data has no ImageSets/Main split")
+    g.add_argument("--folds", type=int, default=_DEFAULTS.folds, help="K-fold split: K models, each with one fold as val, audit every image (detect.audit); 0: off")
+    g.add_argument("--fold", type=int, default=_DEFAULTS.fold, help="with --folds: the fold (0..K-1) that is the val split")
     g.add_argument("--augment", choices=AUGMENT_CHOICES, help="augmentation strength (default: light)")
     g.add_argument("--skip-invalid", action="store_true", help="leave out annotation files the checker finds errors in, instead of refusing the dataset")
     g.add_argument("--demo-images", type=int, help="images in the generated demo dataset (no --data)")

@@ -23,7 +23,7 @@ be checked on a machine without torch. This package logs and never prints;
 
 from detect.checks.check import PARALLEL_MIN_FILES, check_dataset
 from detect.checks.file_rules import ImageInfo, read_image_info
-from detect.checks.findings import CODES, SEVERITIES, AnchorFit, CheckReport, Finding, Fix, format_finding, plural
+from detect.checks.findings import CODES, SEVERITIES, AnchorFit, CheckReport, Finding, Fix, format_finding, github_line, plural
 from detect.checks.fixes import FilePlan, apply_fixes, plan_fixes
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "apply_fixes",
     "check_dataset",
     "format_finding",
+    "github_line",
     "plan_fixes",
     "plural",
     "read_image_info",

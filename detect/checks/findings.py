@@ -39,6 +39,7 @@ __all__ = [
     "box_text",
     "finding",
     "format_finding",
+    "github_line",
     "num",
     "plural",
 ]
@@ -149,6 +150,26 @@ def format_finding(f: Finding) -> str:
     if f.fix is not None:
         text += " [--fix]" if f.fix.level == "safe" else " [--unsafe-fixes]"
     return text
+
+
+def _github_escape(text: str, *, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def github_line(f: Finding) -> str:
+    """The finding as a GitHub Actions workflow command (``--format github``): an annotation
+    on the file and line in the pull request."""
+    kind = {"error": "error", "warning": "warning", "info": "notice"}[f.severity]
+    props = [f"file={_github_escape(show(f.path), prop=True)}"]
+    if f.line is not None:
+        props.append(f"line={f.line}")
+        if f.col is not None:
+            props.append(f"col={f.col}")
+    props.append(f"title={f.code}")
+    return f"::{kind} {','.join(props)}::{_github_escape(show(f.message))}"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -361,15 +362,53 @@ def split_by_name(ids: list[str] | tuple[str, ...], *, val_fraction: float = 0.2
     return {"train": train, "val": val}
 
 
-def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2) -> tuple[dict[str, list[str]], str]:
+FOLD_SEED = 0  # fixed, so the folds do not move with the training --seed
+
+
+def kfold_split(ids: list[str] | tuple[str, ...], *, folds: int, fold: int, seed: int = FOLD_SEED) -> dict[str, list[str]]:
+    """Fold ``fold`` of a ``folds``-fold split: its ids are ``val``, the rest ``train``.
+
+    The unique ids are sorted, shuffled with ``random.Random(seed)`` and dealt round-robin
+    into ``folds`` parts, so the split depends on neither the listing order nor the
+    machine, the parts differ in size by at most one, and the ``val`` lists of folds
+    ``0..folds-1`` together hold every id exactly once. Training one model per fold lets
+    every image be audited (``detect.audit``) or scored by a model that never saw it.
+    Both lists come back sorted.
+
+    Raises:
+        UsageError: ``folds`` under 2, ``fold`` outside ``0..folds-1``, or fewer ids than folds.
+    """
+    if folds < 2:
+        raise UsageError(f"--folds {folds}: give 2 or more folds (or leave --folds out)")
+    if not 0 <= fold < folds:
+        raise UsageError(f"--fold {fold}: with --folds {folds} the fold is 0 to {folds - 1}")
+    unique = sorted(set(ids))
+    if len(unique) < folds:
+        raise UsageError(f"--folds {folds}: the data has only {len(unique)} annotated image(s); use fewer folds")
+    order = list(unique)
+    random.Random(seed).shuffle(order)
+    val = set(order[fold::folds])
+    return {"train": [i for i in unique if i not in val], "val": [i for i in unique if i in val]}
+
+
+def resolve_splits(files: DatasetFiles, *, val_fraction: float = 0.2, folds: int = 0,
+                   fold: int = 0) -> tuple[dict[str, list[str]], str]:
     """``train``/``val``/``test`` id lists and where they came from.
 
+    With ``folds`` (2 or more), fold ``fold`` of :func:`kfold_split` over every annotated id
+    (except a listed ``test`` split, which stays the test split). Otherwise
     ``ImageSets/Main`` lists win when the devkit has train and val lists (``trainval``
     minus ``val`` stands in for a missing train list); otherwise :func:`split_by_name`.
     Ids listed that have no XML are dropped with a warning.
     """
     known = {files.sample_id(x) for x in files.xml_files}
     lists = files.split_lists
+    if folds:
+        test = [i for i in lists.get("test", ()) if i in known]
+        splits = kfold_split(sorted(known - set(test)), folds=folds, fold=fold)
+        if test:
+            splits["test"] = test
+        return splits, f"fold {fold} of {folds} (seeded shuffle of the ids, seed {FOLD_SEED})"
     where = "ImageSets/Main/%s.txt" if files.format == "voc" else f"the {files.format.upper()} %s split"
     if "val" in lists and ("train" in lists or "trainval" in lists):
         val = list(lists["val"])

@@ -63,6 +63,7 @@ from detect.scoring.metrics import ConfusionResult, VocResult, box_iou, match_im
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BoxPair",
     "FalseAlarm",
     "plot_ap_bars",
     "plot_comparison",
@@ -427,6 +428,63 @@ def plot_false_alarms(
                           "highest score first".strip(),
                     extra_legend=[("magenta", "-", 3.0, "this false alarm")])
     return path, alarms
+
+
+@dataclass(frozen=True)
+class BoxPair:
+    """One panel of :func:`plot_box_pairs`: an image with the annotated box (green) and the
+    model's box (magenta), either of which may be None, and a caption."""
+
+    caption: str
+    image_path: Path
+    annotated: tuple[float, float, float, float] | None
+    annotated_label: str
+    model: tuple[float, float, float, float] | None
+    model_label: str
+
+
+def plot_box_pairs(panels: Sequence[BoxPair], path: Path, *, title: str, zoom: float = 3.0) -> Path:
+    """A gallery of annotation-vs-model pairs (``detect.audit``'s ``audit.png``), three
+    panels a row; each panel shows the part of the image around both boxes (``zoom`` times
+    their extent, the whole image when that is larger)."""
+    cols = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2 * cols, 10.4), 4.4 * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, p in zip(axes.ravel(), panels):
+        try:  # the one decode path
+            image = read_image(p.image_path)
+        except ImageError as exc:
+            log.warning("gallery: %s", exc)
+            image = None
+        if image is not None:
+            ax.imshow(image)
+        boxes = [b for b in (p.annotated, p.model) if b is not None]
+        for box, color, style, label in ((p.annotated, "limegreen", "-", p.annotated_label),
+                                         (p.model, "magenta", "--", p.model_label)):
+            if box is None:
+                continue
+            x0, y0, x1, y1 = box
+            ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color,
+                                           linewidth=2.2, linestyle=style))
+            ax.text(x0 + 2, y0 + 2 if color == "magenta" else y1 - 2, label, color="white", fontsize=7,
+                    va="top" if color == "magenta" else "bottom",
+                    bbox={"facecolor": color, "alpha": 0.75, "pad": 1, "edgecolor": "none"})
+        if image is not None and boxes:
+            h, w = image.shape[:2]
+            bx = np.array(boxes)
+            cx, cy = (bx[:, 0].min() + bx[:, 2].max()) / 2, (bx[:, 1].min() + bx[:, 3].max()) / 2
+            half = max(bx[:, 2].max() - bx[:, 0].min(), bx[:, 3].max() - bx[:, 1].min()) * zoom / 2
+            ax.set_xlim(max(0, cx - half), min(w, cx + half))
+            ax.set_ylim(min(h, cy + half), max(0, cy - half))
+        ax.set_title(p.caption, fontsize=8)
+    handles = [patches.Patch(edgecolor="limegreen", fill=False, linewidth=2.2, label="annotation"),
+               patches.Patch(edgecolor="magenta", fill=False, linestyle="--", linewidth=2.2, label="model")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path, tight=False)
 
 
 def plot_comparison(results: Sequence[RunResult], path: Path) -> Path:

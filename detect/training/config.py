@@ -126,6 +126,8 @@ class TrainConfig:
     images: Path | None = None
     classes: Path | None = None
     val_fraction: float = 0.2
+    folds: int = 0  # K-fold split (detect.data.layout.kfold_split); 0: off
+    fold: int = 0  # which fold is val
     augment: str | None = None
     skip_invalid: bool = False
     exif: str = "apply"  # "ignore": boxes were drawn on the stored pixels of rotated photos

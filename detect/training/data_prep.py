@@ -95,7 +95,7 @@ def load_data(cfg: TrainConfig, files: DatasetFiles, echo: Echo = log_echo) -> D
     if listed is None and files.classes:  # a COCO/YOLO source states its class order: keep it
         listed = list(files.classes)
     skip = set() if cfg.no_check else run_checker(files, listed, cfg, echo)
-    splits, source = resolve_splits(files, val_fraction=cfg.val_fraction)
+    splits, source = resolve_splits(files, val_fraction=cfg.val_fraction, folds=cfg.folds, fold=cfg.fold)
     train = load_records(files, splits["train"], skip=skip, exif=cfg.exif)
     val = load_records(files, splits["val"], skip=skip, exif=cfg.exif)
     if listed is not None:
