@@ -394,14 +394,12 @@ class PredictionWriter:
             w.writerows(self._csv)
             write_atomic(self.folder / "predictions.csv", buf.getvalue())
         if self.save_ls is not None:
-            write_atomic(self.save_ls, json.dumps(self._ls, ensure_ascii=False, indent=1) + "
-")
+            write_atomic(self.save_ls, json.dumps(self._ls, ensure_ascii=False, indent=1) + "\n")
         if self.summary.seen or self.summary.failed or counting:
             data = self.summary.as_dict(self.classes, self.defect_classes)
             if counting is not None:
                 data["counting"] = counting
-            write_atomic(self.folder / "summary.json", json.dumps(data, indent=1) + "
-")
+            write_atomic(self.folder / "summary.json", json.dumps(data, indent=1) + "\n")
         return self.summary
 
 
