@@ -19,9 +19,10 @@ count, precision, recall and F1 at ``--conf``.
 Ground truth: boxes are clipped into the image and boxes under 1 px wide or high dropped,
 the rule training applies (:func:`detect.data.records.sanitize_box`); ``difficult`` objects are
 ignored (VOC) / crowd regions (COCO). Metrics: :mod:`detect.scoring.metrics`; data resolution,
-scoring and tables: :mod:`detect.scoring.evaluation`; inference: :mod:`detect.inference.torch_runtime`;
-predictions format: :mod:`detect.scoring.predictions_json`. This module only parses and prints, and
-imports torch only when a checkpoint is evaluated.
+scoring and tables: :mod:`detect.scoring.evaluation`; models are loaded and run through
+:func:`detect.inference.loader.load_detector`, as ``detect.predict`` does (torch is imported only
+for a ``.pt`` checkpoint); predictions format: :mod:`detect.scoring.predictions_json`. This
+module parses the options, runs each model and prints the tables.
 
 Exit status: 0 success; 1 a run could not be evaluated (bad checkpoint, data it cannot
 read, bad predictions file; the others are still evaluated and printed); 2 usage error.
@@ -130,81 +131,38 @@ def _check_args(args) -> None:
         raise UsageError(f"--data {args.data}: no such folder")
 
 
-def onnx_run(evaluator: Evaluator, path: Path, *, device: str, progress: bool) -> RunResult:
-    """Score an ``.onnx`` export (``detect.export``) on onnxruntime, without torch: its
-    metadata records the classes, data and split as a checkpoint does."""
-    import time
-
-    from tqdm import tqdm
-
-    from detect.scoring.evaluation import Timing
-    from detect.data.images import ImageError, read_image
-    from detect.inference.onnx_runtime import OnnxDetector
+def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int, progress: bool) -> RunResult:
+    """Load a ``.pt`` checkpoint or an ``.onnx`` export through
+    :func:`detect.inference.loader.load_detector` (the path ``detect.predict`` takes; torch is
+    imported only for a checkpoint), predict on the images it is evaluated on, and score it."""
+    from detect.data.images import ImageError
+    from detect.inference.loader import is_onnx, load_detector
+    from detect.inference.predictor import detect_files
 
     try:
-        detector = OnnxDetector(path, device=device)
+        detector = load_detector(path, device=device, batch_size=batch_size)
     except DetectError as exc:  # corrupt, or not ours: this run fails, not the command
+        if isinstance(exc, UsageError) and not path.is_file():
+            raise
         raise EvalError(str(exc)) from None
     meta = detector.meta
     eval_set, classes = evaluator.checkpoint_eval_set(meta, path)
-    dets, model_seconds, start = [], 0.0, time.perf_counter()
-    try:
-        for i, (image_path, key) in enumerate(tqdm(list(zip(eval_set.image_paths, eval_set.keys)), desc="predict",
-                                                   unit="img", disable=not progress, leave=False)):
-            image = read_image(image_path)
-            t0 = time.perf_counter()
-            dets.extend(detector.detect([image], [key]))
-            if i > 0 or len(eval_set.keys) == 1:  # the first run pays one-off costs
-                model_seconds += time.perf_counter() - t0
-    except ImageError as exc:
-        raise EvalError(str(exc)) from None
-    n = len(dets)
-    timing = Timing(images=n, timed_images=n - 1 if n > 1 else n, model_seconds=model_seconds,
-                    total_seconds=time.perf_counter() - start, batch_size=1,
-                    device=f"onnxruntime {detector.providers[0].replace('ExecutionProvider', '').lower()}")
     run = str(meta.get("run") or path.parent.name)
-    info = {"epoch": meta.get("epoch"), "metrics": meta.get("metrics"), "run": run}
-    return evaluator.score(
-        name=f"{run}/{path.name}", backbone=str(meta.get("backbone") or "?"), kind="checkpoint", source=path,
-        eval_set=eval_set, classes=classes, detections=dets, timing=timing, params=None,
-        checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
-    )
-
-
-def checkpoint_run(evaluator: Evaluator, path: Path, device, *, batch_size: int, progress: bool) -> RunResult:
-    """Load a checkpoint, predict on the images it is evaluated on, and score it."""
-    from detect.model.checkpoint import CheckpointError, load_checkpoint
-    from detect.model.build import model_from_checkpoint
-    from detect.data.images import ImageError
-    from detect.inference.torch_runtime import predict
-
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as exc:  # this run fails, not the command
-        raise EvalError(str(exc)) from None
-    eval_set, classes = evaluator.checkpoint_eval_set(ckpt, path)
-    try:
-        model, _ = model_from_checkpoint(ckpt, device=device)
-    except Exception as exc:  # build/load errors of a checkpoint written by other code
-        raise EvalError(
-            f"{path}: the model it describes cannot be rebuilt ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300]})"
-        ) from None
-    params = sum(p.numel() for p in model.parameters())
-    run = str(ckpt.get("run") or path.parent.name)
     log.info("%s: %s on %s", path, run, eval_set.describe())
     try:
-        dets = predict(model, eval_set.image_paths, device=device, batch_size=batch_size, progress=progress,
-                       keys=eval_set.keys)
+        dets, timing = detect_files(detector, eval_set.image_paths, eval_set.keys, exif=eval_set.exif,
+                                    progress=progress)
     except ImageError as exc:
         raise EvalError(str(exc)) from None
-    del model
-    backbone = str(ckpt.get("backbone") or (ckpt.get("model_config") or {}).get("backbone") or "?")
-    info = {"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics"), "run": run, "history": ckpt.get("history")}
+    model = getattr(detector, "model", None)
+    params = sum(p.numel() for p in model.parameters()) if model is not None else None
+    backbone = str(meta.get("backbone") or (meta.get("model_config") or {}).get("backbone") or "?")
+    info = {"epoch": meta.get("epoch"), "metrics": meta.get("metrics"), "run": run, "history": meta.get("history")}
+    name = f"{run}/{path.name}" if is_onnx(path) else run if path.name == "best.pt" else f"{run}/{path.stem}"
     return evaluator.score(
-        name=run if path.name == "best.pt" else f"{run}/{path.stem}", backbone=backbone, kind="checkpoint",
-        source=path, eval_set=eval_set, classes=classes, detections=list(dets), timing=dets.timing,
-        params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info, training=ckpt.get("training"),
+        name=name, backbone=backbone, kind="checkpoint", source=path, eval_set=eval_set, classes=classes,
+        detections=dets, timing=timing, params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
+        training=meta.get("training"),
     )
 
 
@@ -219,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
             from detect.common.device import resolve_device
 
-            device = resolve_device(args.device)
+            device = resolve_device(args.device)  # a bad --device fails here, before any model loads
+        device_name = str(device) if device is not None else args.device
         evaluator = Evaluator(EvalSettings(
             data=Path(args.data) if args.data else None, images=Path(args.images) if args.images else None,
             split=args.split, val_fraction=args.val_fraction, iou=args.iou, voc07=args.voc07, conf=args.conf,
@@ -229,11 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [(p, "checkpoint") for p in checkpoints] + [(Path(p), "predictions") for p in args.predictions or ()]
         for path, kind in runs:
             try:
-                if kind == "checkpoint" and path.suffix.lower() == ".onnx":
-                    results.append(onnx_run(evaluator, path, device=args.device, progress=not args.no_progress))
-                elif kind == "checkpoint":
-                    results.append(checkpoint_run(evaluator, path, device, batch_size=args.batch_size,
-                                                  progress=not args.no_progress))
+                if kind == "checkpoint":
+                    results.append(model_run(evaluator, path, device=device_name, batch_size=args.batch_size,
+                                             progress=not args.no_progress))
                 else:
                     results.append(evaluator.predictions_run(path))
             except UsageError:  # the command line itself is wrong: stop

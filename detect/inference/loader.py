@@ -85,4 +85,6 @@ def load_detector(
     config = ckpt.get("model_config") or {}
     info = {"path": str(path), "backbone": ckpt.get("backbone") or config.get("backbone"),
             "run": ckpt.get("run") or path.parent.name, "threads": torch.get_num_threads()}
-    return TorchDetector(model, classes=[str(c) for c in ckpt["classes"]], device=dev, batch_size=batch_size, info=info)
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
+    return TorchDetector(model, classes=[str(c) for c in ckpt["classes"]], device=dev, batch_size=batch_size, info=info,
+                         meta=meta)

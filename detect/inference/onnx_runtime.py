@@ -225,6 +225,7 @@ class OnnxDetector:
             "run": self.meta.get("run"),
             **(self.meta.get("test_settings") or {}),
             "providers": self.providers,
+            "device": "onnxruntime " + self.providers[0].replace("ExecutionProvider", "").lower(),
             "threads": threads,
             "optimization": optimization,
         }

@@ -37,7 +37,9 @@ import numpy as np
 from detect.inference.drawing import class_colours, draw_detections
 from detect.common.errors import DetectError, UsageError
 from detect.common.types import Detections
+from detect.data.images import read_image
 from detect.inference.sources import Frame, Source, open_source
+from detect.scoring.evaluation import Timing
 
 if TYPE_CHECKING:  # only for annotations: the tracking modules are imported when tracking
     from detect.inference.counting import Item, ItemCounter
@@ -60,17 +62,21 @@ class ModelError(DetectError):
 
 
 class Detector(Protocol):
-    """What :class:`Predictor` needs from a backend.
+    """What :class:`Predictor` (and ``detect.eval``) needs from a backend.
 
     Attributes:
         classes: class names; label ``i`` is ``classes[i - 1]``.
         info: what the model file says about itself (``backbone``, ``input_size``,
-            ``box_score_thresh``, ``run``, ``format``, ...), for summaries.
+            ``box_score_thresh``, ``run``, ``format``, ``device``...), for summaries.
+        meta: the model file's record of its training (``classes``, ``data`` with its root
+            and splits, ``args``, ``run``, ``epoch``, ``metrics``; a checkpoint's
+            ``history`` and ``training`` too), for evaluation on the data it was trained on.
         batch_size: images per :meth:`detect` call that suit it (1 for ONNX exports).
     """
 
     classes: tuple[str, ...]
     info: Mapping[str, Any]
+    meta: Mapping[str, Any]
     batch_size: int
 
     def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
@@ -421,3 +427,35 @@ class RateMeter:
                 f"model {1000 * float(np.mean(self._infer)):.0f} ms/frame")
         self._start, self._frames, self._latency, self._infer = now, 0, [], []
         return line
+
+
+def detect_files(detector: Detector, paths: Sequence[Any], keys: Sequence[str], *, exif: str = "apply",
+                 progress: bool = False) -> tuple[list[Detections], Timing]:
+    """Run ``detector`` on image files (read by :func:`detect.data.images.read_image` with the
+    ``exif`` rule), ``detector.batch_size`` at a time: the detections keyed ``keys`` in input
+    order, and the timing, where the first batch is left out when there is more than one (it
+    pays one-off costs: memory allocation, kernel selection).
+
+    Raises:
+        detect.data.images.ImageError: an image cannot be decoded.
+    """
+    from tqdm import tqdm
+
+    if len(keys) != len(paths):
+        raise ValueError(f"{len(keys)} keys for {len(paths)} images")
+    size = max(1, int(detector.batch_size))
+    out: list[Detections] = []
+    model_seconds, timed, start = 0.0, 0, time.perf_counter()
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
+        for first in range(0, len(paths), size):
+            images = [read_image(p, exif=exif) for p in paths[first:first + size]]
+            t0 = time.perf_counter()
+            dets = detector.detect(images, list(keys[first:first + size]))
+            if first > 0 or len(paths) <= size:
+                model_seconds += time.perf_counter() - t0
+                timed += len(dets)
+            out.extend(dets)
+            bar.update(len(dets))
+    return out, Timing(images=len(paths), timed_images=timed, model_seconds=model_seconds,
+                       total_seconds=time.perf_counter() - start, batch_size=size,
+                       device=str(detector.info.get("device", "?")))

@@ -207,15 +207,18 @@ class TorchDetector:
         device: where it runs.
         batch_size: images per forward pass the predictor should send.
         info: facts for summaries (run, backbone, ...); the test settings are added.
+        meta: the checkpoint's record of its training (everything but the weights and the
+            optimizer state), as :class:`detect.inference.predictor.Detector` describes.
     """
 
     def __init__(self, model, *, classes: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 1,
-                 info: Mapping[str, object] | None = None) -> None:
+                 info: Mapping[str, object] | None = None, meta: Mapping[str, object] | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.classes = tuple(classes)
         self.batch_size = batch_size
         self.info = {"format": "pytorch", "device": str(self.device), **(info or {}), **test_settings(model)}
+        self.meta = dict(meta or {"classes": list(self.classes)})
 
     def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
         """Detections for ``H x W x 3`` uint8 RGB images, one forward pass for all of them."""

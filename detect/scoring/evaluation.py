@@ -12,7 +12,11 @@
   :func:`write_json`: the comparison table, the per-class table and the ``--json`` file.
 
 Torch-free: scoring a predictions file works on a machine without torch. Running a model is
-:mod:`detect.inference.torch_runtime`'s job; ``detect.eval`` (the CLI) joins the two.
+the inference layer's job (:func:`detect.inference.loader.load_detector`,
+:func:`detect.inference.predictor.detect_files`); ``detect.eval`` (the CLI) joins the two.
+
+One module of ~640 lines: eval sets, runs and the tables they print belong together; the
+plots are :mod:`detect.scoring.report`'s.
 """
 
 from __future__ import annotations
@@ -109,6 +113,11 @@ class EvalSet:
         return [r.image for r in self.records]
 
     @property
+    def exif(self) -> str:
+        """The orientation rule the boxes were loaded in, for reading the images alike."""
+        return self.records[0].exif if self.records else "apply"
+
+    @property
     def class_counts(self) -> Counter:
         return Counter(o.name for r in self.records for o in r.annotation.objects)
 
@@ -129,8 +138,10 @@ class EvalSet:
         return f"the {self.split} split of {self.root} ({len(self.records)} images)"
 
 
-def load_eval_set(files: DatasetFiles, ids: Sequence[str] | None, *, split: str, split_source: str) -> EvalSet:
-    """Load the records of ``ids`` (every XML when None) and key them for scoring.
+def load_eval_set(files: DatasetFiles, ids: Sequence[str] | None, *, split: str, split_source: str,
+                  exif: str = "apply") -> EvalSet:
+    """Load the records of ``ids`` (every XML when None) and key them for scoring; ``exif`` is
+    the dataset's orientation rule (:func:`detect.data.records.load_records`).
 
     Ids of the split that have no XML are skipped with a warning; the clipped and dropped
     boxes are reported in one warning for the split.
@@ -151,7 +162,7 @@ def load_eval_set(files: DatasetFiles, ids: Sequence[str] | None, *, split: str,
     if not wanted:
         raise EvalError(f"the {split} split of {show(files.root)} has no annotated image to evaluate")
     try:
-        records = load_records(files, None if ids is None else wanted, warn_each=False,
+        records = load_records(files, None if ids is None else wanted, warn_each=False, exif=exif,
                                advice=f"Run `python tools/check_xml.py {show(files.root)}` for details.")
     except UsageError as exc:  # broken XML or images: this run fails, the others go on
         raise EvalError(str(exc)) from None
@@ -332,11 +343,13 @@ class Evaluator:
                 raise (UsageError if usage else EvalError)(str(exc)) from None
         return self._files[key]
 
-    def eval_set(self, files: DatasetFiles, ids: Sequence[str] | None, split_source: str) -> EvalSet:
+    def eval_set(self, files: DatasetFiles, ids: Sequence[str] | None, split_source: str,
+                 exif: str = "apply") -> EvalSet:
         key = (str(files.root.resolve()), str(files.images_override), self.settings.split,
-               None if ids is None else tuple(ids))
+               None if ids is None else tuple(ids), exif)
         if key not in self._sets:
-            self._sets[key] = load_eval_set(files, ids, split=self.settings.split, split_source=split_source)
+            self._sets[key] = load_eval_set(files, ids, split=self.settings.split, split_source=split_source,
+                                            exif=exif)
         return self._sets[key]
 
     def split_ids(self, files: DatasetFiles, *, recorded: Mapping | None, val_fraction: float) -> tuple[list[str] | None, str]:
@@ -388,7 +401,7 @@ class Evaluator:
                 )
             files = self.files(recorded_root, s.images or data.get("images"), usage=False)
         ids, source = self.split_ids(files, recorded=recorded_splits, val_fraction=val_fraction)
-        eval_set = self.eval_set(files, ids, source)
+        eval_set = self.eval_set(files, ids, source, exif=str(data.get("exif") or "apply"))
 
         counts = eval_set.class_counts
         unknown = sorted(set(counts) - set(classes))
