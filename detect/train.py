@@ -28,7 +28,7 @@ from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
-from detect.training.config import TrainConfig, resume_config
+from detect.training.config import LIMITS, TrainConfig, resume_config
 from detect.training.trainer import TrainResult, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
@@ -44,44 +44,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", type=Path, help="dataset folder (VOC devkit, XML beside images, or XML + image folders); default: the bundled demo")
     g.add_argument("--images", type=Path, help="folder to look for images in first")
     g.add_argument("--classes", type=Path, help="class list, one name per line (default: names found in the data, sorted)")
-    g.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction, help="validation share when the data has no ImageSets/Main split")
-    g.add_argument("--folds", type=int, default=_DEFAULTS.folds, help="K-fold split: K models, each with one fold as val, audit every image (detect.audit); 0: off")
-    g.add_argument("--fold", type=int, default=_DEFAULTS.fold, help="with --folds: the fold (0..K-1) that is the val split")
+    g.add_argument("--val-fraction", type=LIMITS["val_fraction"], default=_DEFAULTS.val_fraction, help="validation share when the data has no ImageSets/Main split")
+    g.add_argument("--folds", type=LIMITS["folds"], default=_DEFAULTS.folds, help="K-fold split: K models, each with one fold as val, audit every image (detect.audit); 0: off")
+    g.add_argument("--fold", type=LIMITS["fold"], default=_DEFAULTS.fold, help="with --folds: the fold (0..K-1) that is the val split")
     g.add_argument("--augment", choices=AUGMENT_CHOICES, help="augmentation strength (default: light)")
     g.add_argument("--skip-invalid", action="store_true", help="leave out annotation files the checker finds errors in, instead of refusing the dataset")
-    g.add_argument("--demo-images", type=int, help="images in the generated demo dataset (no --data)")
+    g.add_argument("--demo-images", type=LIMITS["demo_images"], help="images in the generated demo dataset (no --data)")
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.model.backbone)
     g.add_argument("--weights", default=_DEFAULTS.weights, help=f"{', '.join(WEIGHT_CHOICES)} or a checkpoint path")
-    g.add_argument("--trainable-layers", type=int, help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
-    g.add_argument("--input-size", type=int, help="longest image side the model works at (demo: 256; data: the "
+    g.add_argument("--trainable-layers", type=LIMITS["trainable_layers"], help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
+    g.add_argument("--input-size", type=LIMITS["input_size"], help="longest image side the model works at (demo: 256; data: the "
                    "images' median longest side, rounded up to 32, at most 640 on a CPU and 1024 with CUDA)")
     g.add_argument("--anchor-scales", type=number_list, help="anchor size multipliers per level, e.g. '1,1.26,1.59' (default per backbone)")
     g.add_argument("--anchor-ratios", type=number_list, help="anchor height/width ratios (demo: 0.5,1.5,3; data: 0.5,1,2)")
-    g.add_argument("--rpn-fg-iou", type=float, default=_DEFAULTS.model.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
-    g.add_argument("--rpn-bg-iou", type=float, default=_DEFAULTS.model.rpn_bg_iou, help="IoU below which an anchor is background")
-    g.add_argument("--rpn-pre-nms", type=int, help="proposals kept per level before NMS (training and inference)")
-    g.add_argument("--rpn-post-nms", type=int, help="proposals kept after NMS (training and inference)")
-    g.add_argument("--rpn-batch", type=int, help="anchors sampled per image for the RPN loss")
-    g.add_argument("--roi-batch", type=int, help="proposals sampled per image for the box-head loss (demo: 64, data: 512)")
-    g.add_argument("--box-head-dim", type=int, help="width of the box head's two layers (demo: 256; data: 1024, what COCO weights fit)")
-    g.add_argument("--roi-sampling-ratio", type=int, help="RoIAlign samples per bin side (demo: 1; data: 2)")
+    g.add_argument("--rpn-fg-iou", type=LIMITS["rpn_fg_iou"], default=_DEFAULTS.model.rpn_fg_iou, help="IoU at or above which an anchor is foreground")
+    g.add_argument("--rpn-bg-iou", type=LIMITS["rpn_bg_iou"], default=_DEFAULTS.model.rpn_bg_iou, help="IoU below which an anchor is background")
+    g.add_argument("--rpn-pre-nms", type=LIMITS["rpn_pre_nms"], help="proposals kept per level before NMS (training and inference)")
+    g.add_argument("--rpn-post-nms", type=LIMITS["rpn_post_nms"], help="proposals kept after NMS (training and inference)")
+    g.add_argument("--rpn-batch", type=LIMITS["rpn_batch"], help="anchors sampled per image for the RPN loss")
+    g.add_argument("--roi-batch", type=LIMITS["roi_batch"], help="proposals sampled per image for the box-head loss (demo: 64, data: 512)")
+    g.add_argument("--box-head-dim", type=LIMITS["box_head_dim"], help="width of the box head's two layers (demo: 256; data: 1024, what COCO weights fit)")
+    g.add_argument("--roi-sampling-ratio", type=LIMITS["roi_sampling_ratio"], help="RoIAlign samples per bin side (demo: 1; data: 2)")
     g.add_argument("--fpn-norm", choices=FPN_NORMS, help="normalisation after the FPN convolutions (demo: gn, which trains "
                    "faster from scratch; data: none, torchvision's, what COCO weights fit)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=LIMITS["epochs"])
+    g.add_argument("--batch-size", type=LIMITS["batch_size"])
     g.add_argument("--optimizer", choices=("sgd", "adamw"),
                    help="default: sgd when starting from pretrained weights, adamw from scratch")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: sgd 0.02 x batch/16, adamw 0.001)")
-    g.add_argument("--momentum", type=float, default=_DEFAULTS.momentum)
-    g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+    g.add_argument("--lr", type=LIMITS["lr"], help="peak learning rate (default: sgd 0.02 x batch/16, adamw 0.001)")
+    g.add_argument("--momentum", type=LIMITS["momentum"], default=_DEFAULTS.momentum)
+    g.add_argument("--weight-decay", type=LIMITS["weight_decay"], default=_DEFAULTS.weight_decay)
     g.add_argument("--schedule", choices=("cosine", "step"), default=_DEFAULTS.schedule)
-    g.add_argument("--warmup-iters", type=int, default=_DEFAULTS.warmup_iters, help="linear warm-up iterations (capped at one epoch)")
-    g.add_argument("--clip-grad", type=float, default=_DEFAULTS.clip_grad, help="max gradient norm; 0 disables")
-    g.add_argument("--patience", type=int, default=_DEFAULTS.patience, help="stop after this many epochs without a better val mAP; 0 never")
+    g.add_argument("--warmup-iters", type=LIMITS["warmup_iters"], default=_DEFAULTS.warmup_iters, help="linear warm-up iterations (capped at one epoch)")
+    g.add_argument("--clip-grad", type=LIMITS["clip_grad"], default=_DEFAULTS.clip_grad, help="max gradient norm; 0 disables")
+    g.add_argument("--patience", type=LIMITS["patience"], default=_DEFAULTS.patience, help="stop after this many epochs without a better val mAP; 0 never")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: on CUDA bfloat16 where the GPU has it, else float16 (default: on); "
                    "on the CPU bfloat16, for CPUs with bfloat16 instructions (default: off)")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("run")
     add_device_option(g)
-    g.add_argument("--workers", type=int, help="data-loading processes (default: 0 on a CPU with <= 2 cores, else up to 4)")
+    g.add_argument("--workers", type=LIMITS["workers"], help="data-loading processes (default: 0 on a CPU with <= 2 cores, else up to 4)")
     g.add_argument("--cache", choices=CACHE_CHOICES, default=_DEFAULTS.cache,
                    help="keep decoded, resized images in RAM (per loader process) or on disk (.cache/decoded)")
     g.add_argument("--aspect-grouping", action=argparse.BooleanOptionalAction, default=_DEFAULTS.aspect_grouping,
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-loss", action=argparse.BooleanOptionalAction, default=None,
                    help="also measure the loss on the val split after each epoch, for results.csv and results.png "
                         "(demo: off, to fit 10 minutes; data: on)")
-    g.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    g.add_argument("--seed", type=LIMITS["seed"], default=_DEFAULTS.seed)
     g.add_argument("--out", type=Path, default=_DEFAULTS.out, help="folder holding the runs")
     g.add_argument("--name", help="run name (default: the backbone; a number is added rather than overwrite a run)")
     g.add_argument("--tensorboard", action="store_true",
@@ -141,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(r: TrainResult) -> int:
+    if not r.main:  # under torchrun only rank 0 speaks
+        return 130 if r.status == "interrupted" else 0
     if r.status == "interrupted":
         where = (f"saved {r.run.last} where epoch {r.stopped_in} stopped" if r.resume_exact else
                  f"{r.run.last} holds the end of epoch {r.stopped_in - 1}" if r.stopped_in > 1 else

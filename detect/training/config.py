@@ -33,28 +33,22 @@ __all__ = ["DATA_RECIPE", "DEMO_RECIPE", "LIMITS", "MODEL_FIELDS", "RESUMABLE", 
            "RunFacts", "input_size_for", "log_echo", "resolve_config", "resume_config"]
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
-# weights offline), on a 2-core CPU in under 10 minutes. Chosen by measurement, see the
-# README's "The demo recipe"; every value can be overridden.
+# weights offline), on a 2-core CPU in about 10 minutes. Each value was chosen by a measured
+# comparison (docs/performance.md, "The demo recipe history"); every value can be overridden.
 DEMO_RECIPE = dict(
-    # 12 since the faster RoIAlign gradient: 0.545 in 9.4 min, where 11 gave 0.507 in 8.2.
-    epochs=12,
+    epochs=12,  # the most that fit the 10 minutes
     batch_size=4,
     input_size=256,
-    # Upright cans are ~1.5x, bottles ~3x taller than wide, lying cans ~0.5x: these
-    # ratios lifted the demo's mAP@0.5 from 0.278 to 0.296 in the same 8 epochs (old layout).
-    anchor_ratios=[0.5, 1.5, 3.0],
+    anchor_ratios=[0.5, 1.5, 3.0],  # lying cans ~0.5, upright cans ~1.5, bottles ~3 (height/width)
     rpn_pre_nms=600,
     rpn_post_nms=300,
     rpn_batch=128,
-    # A quarter-width box head, one RoIAlign sample per bin and 64 sampled proposals cut
-    # the box head's cost; GroupNorm in the FPN trains faster from scratch (0.48 -> 0.54).
+    # A narrower box head on fewer, cheaper RoIs: the box head is most of a CPU step's cost.
     roi_batch=64,
     box_head_dim=256,
     roi_sampling_ratio=1,
-    fpn_norm="gn",
-    # The val loss pass costs 0.65x the val mAP pass, 4 s of a 56 s demo epoch: left out,
-    # the epochs fit in 10 minutes (--val-loss puts it back).
-    val_loss=False,
+    fpn_norm="gn",  # GroupNorm in the FPN trains faster from scratch
+    val_loss=False,  # its pass would push the 12 epochs past 10 minutes (--val-loss puts it back)
     demo_images=480,
     augment="light",
 )
@@ -84,6 +78,8 @@ MODEL_OPTIONS = MODEL_FIELDS - {"num_classes", "detector", "anchor_base_sizes", 
 # resolve_config checks a config built in Python against the same ranges.
 LIMITS: dict[str, Number] = {
     "val_fraction": Number(float, 0, 1, hi_open=True),
+    "folds": Number(int, 0, 1000),
+    "fold": Number(int, 0),
     "demo_images": Number(int, 1, 100_000),
     "trainable_layers": Number(int, 0),  # the backbone's own maximum is checked in resolve_config
     "input_size": Number(int, 32, 8192),
@@ -231,6 +227,8 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
         raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.model.fpn_norm!r}")
     if cfg.cache not in CACHE_CHOICES:
         raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
+    if cfg.folds and cfg.fold >= cfg.folds:
+        raise UsageError(f"--fold {cfg.fold}: with --folds {cfg.folds} the fold is 0 to {cfg.folds - 1}")
     if cfg.exif not in EXIF_MODES:
         raise UsageError(f"--exif must be one of {', '.join(EXIF_MODES)}, got {cfg.exif!r}")
     if cfg.resume is None and cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():
@@ -277,7 +275,9 @@ def input_size_for(size: tuple[int, int] | None, *, cuda: bool) -> int:
 
 # What may change when a run is resumed: the rest is the run's own (its optimizer state and
 # schedule were made for those settings). More epochs re-plan the schedule over the new length.
-RESUMABLE = frozenset({"resume", "epochs", "patience", "device", "workers"})
+# --data and --images point a resumed run at its own data moved elsewhere: the trainer checks that
+# the images and splits are the same ones.
+RESUMABLE = frozenset({"resume", "epochs", "patience", "device", "workers", "data", "images", "classes"})
 
 
 def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None = None) -> TrainConfig:
@@ -297,14 +297,26 @@ def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None =
         names = ", ".join(f"--{k.replace('_', '-')}" for k in refused)
         raise UsageError(
             f"--resume continues {path.parent.name} with its own settings, and {names} cannot change in a run "
-            f"(only --epochs, --patience, --device, --workers can); start a new run from its weights instead: "
+            f"(only --epochs, --patience, --device, --workers, and --data/--images/--classes for its data moved "
+            f"elsewhere, "
+            f"can); start a new run from its weights instead: "
             f"python -m detect.train --weights {path} ..."
         )
     done = ckpt["epoch"] + 1
     if "epochs" in changes and changes["epochs"] <= done:
         raise UsageError(f"--epochs {changes['epochs']}: {path.parent.name} has already trained {done} epoch(s); "
                          f"give more than {done} to train on")
-    return dataclasses.replace(TrainConfig.from_dict(ckpt["args"]), resume=path, **changes)
+    cfg = TrainConfig.from_dict(ckpt["args"])
+    for key in ("data", "images", "classes"):
+        if changes.get(key) is not None:
+            changes[key] = Path(changes[key])
+    if changes.get("data") is not None and cfg.data is not None:
+        # Files that lived inside the old data folder are looked for at the same place in the new one.
+        for key in ("images", "classes"):
+            old = getattr(cfg, key)
+            if key not in changes and old is not None and old.is_relative_to(cfg.data):
+                changes[key] = changes["data"] / old.relative_to(cfg.data)
+    return dataclasses.replace(cfg, resume=path, **changes)
 
 
 class Echo(Protocol):

@@ -2,7 +2,8 @@
 
 Shaped like torchvision's detection references (``train_one_epoch`` / ``evaluate`` in
 ``references/detection/engine.py``): :func:`train_one_epoch` runs the model over a loader
-once and returns the mean losses; :func:`evaluate` scores the model on the validation
+once, keeping the running losses in its :class:`EpochState` (``state.means()``), and returns
+whether the epoch finished; :func:`evaluate` scores the model on the validation
 loader through the shared inference code (:func:`detect.inference.torch_runtime.infer_batches`).
 
 Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the image tensors the loader yields.
