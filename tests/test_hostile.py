@@ -7,6 +7,7 @@ nothing lost, no traceback, one clear line with the right exit status.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -515,3 +516,57 @@ def test_a_run_without_val_split_says_so(tmp_path: Path, capsys) -> None:
     assert best["epoch"] == 1 and best["metrics"]["map50"] is None
     log = list(csv.DictReader((tmp_path / "w" / "runs.csv").open()))
     assert log[-1]["best_val_map50"] == "-"
+
+
+# --------------------------------------------------------------------------------------
+# Issue 16: the trainer's share of the hostile probe
+
+
+def test_a_val_image_with_cut_data_is_left_out_not_an_epoch_lost(small: Path, tmp_path: Path, capsys) -> None:
+    # img_000 is in the val split (make_devkit puts the first quarter there): its header is
+    # whole, so the checker passes it, but its data stops half-way.
+    victim = small / "JPEGImages" / "img_000.jpg"
+    data = victim.read_bytes()
+    victim.write_bytes(data[:len(data) * 2 // 3])
+    assert train(small, tmp_path / "w") == 0
+    captured = capsys.readouterr()
+    assert "leaving out of the val split an image that does not decode" in captured.err and "img_000.jpg" in captured.err
+    assert (tmp_path / "w" / "mobilenet" / "last.pt").is_file() and "Done:" in captured.out
+
+
+def test_resume_follows_its_data_to_a_new_place_and_refuses_other_data(small: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    out = tmp_path / "w"
+    assert train(small, out) == 0
+    last = out / "mobilenet" / "last.pt"
+    moved = tmp_path / "moved"
+    shutil.move(str(small), moved)
+    capsys.readouterr()
+    # The recorded folder is gone: one line that says how to point the run at the new place.
+    assert T.main(["--resume", str(last), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err)
+    assert "is not there any more" in err and "--data NEW_PLACE" in err
+    assert T.main(["--resume", str(last), "--epochs", "2", "--data", str(moved)]) == 0
+    assert load_checkpoint(last)["epoch"] == 1
+    # Other data (one image fewer) is not the run's data.
+    (moved / "Annotations" / "img_005.xml").unlink()
+    (moved / "JPEGImages" / "img_005.jpg").unlink()
+    capsys.readouterr()
+    assert T.main(["--resume", str(last), "--epochs", "3", "--data", str(moved)]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err)
+    assert "is not the one mobilenet trained on" in err and "img_005" in err
+
+
+def test_only_the_first_process_reports_the_run(tmp_path: Path, capsys) -> None:
+    from detect.training.run_folder import RunFolder
+    from detect.training.trainer import TrainResult
+
+    result = TrainResult(run=RunFolder(tmp_path / "run", writes=False), status="finished", best_map50=0.5,
+                         best_epoch=1, train_time=1.0, config=None, main=False)
+    assert T._report(result) == 0
+    assert capsys.readouterr().out == ""
+    assert T._report(dataclasses.replace(result, main=True)) == 0
+    assert "Done:" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from detect.checks.anchor_fit import anchor_rule
 from detect.common.errors import DetectError, UsageError, show
 from detect.data.dataset import DetectionDataset, GroupedBatchSampler, build_transforms, collate
 from detect.data.demo import is_complete, make_demo_dataset
+from detect.data.images import ImageError, read_image
 from detect.data.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.data.records import Record, check_classes, class_names_from, load_records, median_image_size
 from detect.training.config import Echo, RunFacts, TrainConfig, log_echo, resolve_config
@@ -97,7 +98,7 @@ def load_data(cfg: TrainConfig, files: DatasetFiles, echo: Echo = log_echo) -> D
     skip = set() if cfg.no_check else run_checker(files, listed, cfg, echo)
     splits, source = resolve_splits(files, val_fraction=cfg.val_fraction, folds=cfg.folds, fold=cfg.fold)
     train = load_records(files, splits["train"], skip=skip, exif=cfg.exif)
-    val = load_records(files, splits["val"], skip=skip, exif=cfg.exif)
+    val = readable(load_records(files, splits["val"], skip=skip, exif=cfg.exif), echo)
     if listed is not None:
         classes = listed
         check_classes(train + val, classes, classes_file=str(cfg.classes or cfg.data))
@@ -115,6 +116,22 @@ def load_data(cfg: TrainConfig, files: DatasetFiles, echo: Echo = log_echo) -> D
         )
     split_info = {"source": source, **{k: list(v) for k, v in splits.items()}}
     return Data(classes, train, val, split_info, Path(cfg.data), files.layout)
+
+
+def readable(records: list[Record], echo: Echo = log_echo) -> list[Record]:
+    """The records whose images decode whole. The checker reads only image headers (without
+    ``--deep``), and a val image with a good header but cut data would stop the run after a
+    whole epoch of training: the val images are decoded once here, and one that fails is left
+    out with a warning naming it."""
+    out = []
+    for r in records:
+        try:
+            read_image(r.image, exif=r.exif)
+        except ImageError as exc:
+            echo(f"leaving out of the val split an image that does not decode: {exc}", err=True)
+            continue
+        out.append(r)
+    return out
 
 
 def prepare_data(cfg: TrainConfig, echo: Echo = log_echo, *, dist: Dist = Dist(),

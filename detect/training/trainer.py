@@ -74,6 +74,7 @@ class TrainResult:
     resume_exact: bool = True
     model: Any = field(default=None, repr=False)  # the trained torch module (this process's)
     iterations: int = 0  # training steps this process took in this call
+    main: bool = True  # this process speaks for the run (rank 0 under torchrun)
 
 
 def model_for_config(cfg: TrainConfig, num_classes: int, weights: str | StartWeights | None = None):
@@ -171,6 +172,13 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _R
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
 
+    if ckpt is not None and cfg.data is not None and not Path(cfg.data).exists():
+        raise UsageError(f"{show(cfg.data)}: the data {cfg.resume.parent.name} trained on is not there any more; if it "
+                         f"moved, resume with --data NEW_PLACE (the same images): python -m detect.train --resume "
+                         f"{show(cfg.resume)} --data NEW_PLACE")
+    if ckpt is not None and cfg.classes is not None and not Path(cfg.classes).exists():
+        raise UsageError(f"{show(cfg.classes)}: the class list {cfg.resume.parent.name} trained with is not there any "
+                         "more; give it again with --classes FILE")
     cfg, files = open_data(cfg, echo, dist=dist)
     median, input_note = data_facts(cfg, files)
     start = None if ckpt else start_weights(cfg.model.backbone, cfg.weights)
@@ -180,6 +188,8 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _R
     data.input_note = input_note
     if ckpt is not None and list(ckpt["classes"]) != data.classes:
         raise UsageError(f"{show(cfg.resume)}: trained on classes {ckpt['classes']}, but the data now has {data.classes}")
+    if ckpt is not None:
+        _check_same_split(cfg, ckpt, data)
     # Rank 0 claims the run folder (a new name when the default is taken); the others follow.
     run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.model.backbone).path if dist.main else None)
     folder = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main,
@@ -332,7 +342,7 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
             })
     return TrainResult(run=folder, status=status, best_map50=max(run.best_map, 0.0) if data.val else None,
                        best_epoch=run.best_epoch + 1, train_time=run.train_time, config=cfg, stopped_in=stopped_in,
-                       resume_exact=exact, model=model, iterations=iterations)
+                       resume_exact=exact, model=model, iterations=iterations, main=dist.main)
 
 
 def _validate(run: _Run, epoch: int, stop) -> tuple[float | None, float | None, bool]:
@@ -412,6 +422,23 @@ def _resume_checkpoint(cfg: TrainConfig, dist: Dist = Dist()) -> dict[str, Any] 
                          "with detect.training.trainer.resume_config, which allows only --epochs, --patience, --device, "
                          "--workers to change")
     return ckpt
+
+
+def _check_same_split(cfg: TrainConfig, ckpt: dict[str, Any], data: Data) -> None:
+    """A resumed run must see the images it trained on: the same train and val ids (its data
+    may have moved, ``--data``)."""
+    recorded = (ckpt.get("data") or {}).get("splits") or {}
+    for split in ("train", "val"):
+        if split not in recorded:
+            continue
+        have, had = set(data.split_info.get(split, ())), set(recorded[split])
+        if have != had:
+            missing = sorted(had - have)
+            extra = sorted(have - had)
+            first = f"{len(missing)} missing (first {show(missing[0])})" if missing else f"{len(extra)} new (first {show(extra[0])})"
+            raise UsageError(f"{show(cfg.data)}: its {split} split is not the one {cfg.resume.parent.name} trained on "
+                             f"({first}); resume on the same data (moved: --data NEW_PLACE), or start a new run "
+                             f"from its weights: python -m detect.train --weights {show(cfg.resume)} ...")
 
 
 def _flat(cfg: TrainConfig) -> dict[str, Any]:
