@@ -229,7 +229,7 @@ def _output_folder(args, meta) -> Path:
 
 
 def _gallery(report, folder: Path, args) -> Path:
-    from detect.scoring.report import BoxPair, plot_box_pairs
+    from detect.scoring.galleries import BoxPair, plot_box_pairs
 
     panels = []
     for f in report.findings[: args.gallery]:

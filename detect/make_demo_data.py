@@ -17,10 +17,10 @@ import logging
 import sys
 import time
 
-from detect.common.errors import show
+from detect.common.errors import DetectError, UsageError, show
 from detect.data.demo import DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.common.logs import setup_logging
-from detect.common.options import CliParser, Number
+from detect.common.options import CliParser, Number, run_command
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -64,11 +64,10 @@ def _conveyor(args, started: float) -> int:
         truth = write_conveyor(args.out, args.conveyor, seed=args.seed, size=args.size, speed=args.speed,
                                spacing=args.spacing, fps=args.fps)
     except OSError as exc:
-        print(f"make_demo_data.py: error: {exc}", file=sys.stderr)
-        return 1
+        raise DetectError(f"{show(args.out)}: cannot write the conveyor video there ({show(exc)})") from None
     counts = ", ".join(f"{k} {v}" for k, v in truth["counts"].items())
     print(f"conveyor: {args.conveyor} items ({counts}), {truth['frames']} frames at {args.fps:g} FPS "
-          f"({truth['frames'] / args.fps:.1f} s) -> {args.out}/conveyor.mp4 and conveyor.json "
+          f"({truth['frames'] / args.fps:.1f} s) -> {show(args.out)}/conveyor.mp4 and conveyor.json "
           f"({time.perf_counter() - started:.1f} s)")
     return 0
 
@@ -76,19 +75,20 @@ def _conveyor(args, started: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.WARNING)
+    return run_command(lambda: _conveyor(args, time.perf_counter()) if args.conveyor else _dataset(args),
+                       interrupted="interrupted; a half-made dataset is never left as finished (run it again)")
+
+
+def _dataset(args) -> int:
     started = time.perf_counter()
-    if args.conveyor:
-        return _conveyor(args, started)
     try:
         out = make_demo_dataset(
             args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction
         )
     except (FileExistsError, ValueError) as exc:
-        print(f"make_demo_data.py: error: {show(exc)}", file=sys.stderr)
-        return 2
+        raise UsageError(show(exc)) from None
     except OSError as exc:
-        print(f"make_demo_data.py: error: {show(exc)}", file=sys.stderr)
-        return 1
+        raise DetectError(f"{show(args.out)}: cannot write the demo dataset there ({show(exc)})") from None
     elapsed = time.perf_counter() - started
     marker = read_marker(out) or {}
     counts = marker.get("objects", {})

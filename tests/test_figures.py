@@ -24,16 +24,16 @@ from detect.eval import main as eval_main
 from detect.scoring.evaluation import TRAINING_KEYS
 from detect.common.types import Detections, GroundTruth
 from detect.scoring.metrics import detection_confusion
-from detect.scoring.report import (
+from detect.scoring.figures import read_plotted_data
+from detect.scoring.galleries import (
     plot_easiest,
     plot_false_alarms,
     plot_gallery,
-    read_plotted_data,
-    read_results,
     select_easiest,
     select_false_alarms,
     select_hardest,
 )
+from detect.scoring.report import read_results
 from detect.training.run_folder import RESULT_FIELDS, RunFolder, training_mode
 
 from conftest import REPO, TINY_TRAIN, make_devkit
@@ -333,3 +333,11 @@ def test_train_modes_refuses_a_missing_starting_checkpoint(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train_modes.py"), "--weights", "nope.pt"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "nope.pt: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_importing_the_report_leaves_the_matplotlib_backend_alone() -> None:
+    code = ("import matplotlib; matplotlib.use('svg'); import detect.scoring.report; "
+            "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "svg"
