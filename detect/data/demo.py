@@ -38,6 +38,10 @@ depend on ``num_images``; the train/val split is :func:`detect.data.layout.split
 Atomicity: everything is written into a hidden sibling folder that is renamed to ``out``
 once finished, and the ``.complete`` marker is its last file; :func:`is_complete` tells a
 finished dataset with given parameters from anything else.
+
+One module of ~1000 lines: it is mostly the drawing of each object kind and each defect,
+procedural art whose pieces share palettes and shapes and change together; the writer is
+the last part.
 """
 
 from __future__ import annotations
