@@ -220,3 +220,14 @@ def test_cli_main_refuses_foreign_folder(tmp_path, capsys):
     assert main([str(tmp_path), "--images", "2", "--size", "64x64"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_demo_made_by_earlier_versions_still_counts_as_finished(tmp_path, many):
+    # The marker is a stored format: its generator name stays "detect.demo" although the
+    # module now lives in detect/data/, so caches made before the move are not refused.
+    marker = json.loads((many / MARKER_NAME).read_text())
+    assert marker["generator"] == "detect.demo"
+    older = tmp_path / "older"
+    shutil.copytree(many, older)
+    (older / MARKER_NAME).write_text(json.dumps({**marker, "generator": "detect.demo"}))
+    assert is_complete(older, num_images=60, seed=1, image_size=(64, 48))
