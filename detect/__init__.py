@@ -1,0 +1,16 @@
+"""can-detect: Faster R-CNN detection of defective cans and bottles.
+
+The commands are the front doors (``python -m detect.X``): ``train``, ``eval``, ``predict``,
+``export``, ``check_xml``, ``audit``, ``convert``, ``make_demo_data``. Behind them, one
+sub-package per stage, each importing only itself and those above it in this list:
+
+* ``common``: errors and exit codes, atomic files, CLI options, logging, the box types
+* ``data``: VOC/COCO/YOLO files, dataset layouts, images (EXIF applied), records, the demo
+* ``model``: the backbone table, ``ModelConfig``, the Faster R-CNN builder, checkpoints
+* ``scoring``: metrics, evaluation tables, the predictions file, plots and reports
+* ``inference``: detectors (PyTorch, ONNX), the predictor, sources, outputs, tracking
+* ``checks``: the annotation checker and the label audit's rules
+* ``training``: config and recipes, data preparation, ``train()``, the engine, run folders
+
+Everything but the torch modules works without torch (docs/architecture.md lists them).
+"""
