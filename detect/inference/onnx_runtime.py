@@ -2,8 +2,8 @@
 
 A model written by ``python -m detect.export`` is one ``.onnx`` file that carries what
 prediction and evaluation need in its metadata (``metadata_props``), so nothing else
-travels with it to the device at the line. The graph (batch 1; see the README, "ONNX
-export"):
+travels with it to the device at the line. The graph (batch 1; docs/prediction.md,
+"The graph"):
 
 =========  ===========  ==============  =================================================
 tensor     dtype        shape           meaning
