@@ -1,10 +1,12 @@
 """EXIF orientation (issue 16): one rule for the whole project, the upright frame LabelImg
 1.8.4+ (Qt's QImageReader with setAutoTransform), OpenCV's imread, PIL's exif_transpose and
-browsers show. Each test writes what LabelImg writes: ``<size>`` and boxes in the upright
-frame, ``xmin``/``ymin`` at least 1, ``truncated`` only where a box reaches the last pixel."""
+browsers show. The annotations are written by LabelImg 1.8.6's own code (:func:`labelimg_xml`):
+``<size>`` and boxes in the upright frame, ``xmin``/``ymin`` at least 1, ``truncated`` only
+where a box reaches the border."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,21 +59,39 @@ def rotated_photo(path: Path, tag: int, *, long: bool = False) -> Path:
     return path
 
 
-def labelimg_xml(image: Path, size: tuple[int, int], box) -> Path:
-    """What LabelImg 1.8.6 saves (labelFile.save_pascal_voc_format / pascal_voc_io): the
-    shown (upright) size, integer boxes clamped to at least 1, its truncated rule."""
+def labelimg_xml(image: Path, box) -> Path:
+    """The XML LabelImg 1.8.6 itself saves for one box drawn on ``image``: its own way of
+    reading the image (``labelImg.read``: Qt's QImageReader with setAutoTransform(True)) and its
+    own writer (``LabelFile.save_pascal_voc_format``: the shown size, integer boxes of at least
+    1, its truncated rule). The real client, from ``pip install labelImg`` (the test extra)."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display: Qt reads images all the same
+    pytest.importorskip("PyQt5.QtGui")
+    label_file = pytest.importorskip("libs.labelFile", reason="LabelImg is not installed (pip install labelImg)")
+    from PyQt5.QtGui import QImageReader
+
+    reader = QImageReader(str(image))
+    reader.setAutoTransform(True)
+    shown = reader.read()
+    assert not shown.isNull()
+    x0, y0, x1, y1 = box
+    xml = image.with_suffix(".xml")
+    shape = {"points": [(x0, y0), (x1, y0), (x1, y1), (x0, y1)], "label": "Lata", "difficult": False}
+    label_file.LabelFile().save_pascal_voc_format(str(xml), [shape], str(image), shown)
+    return xml
+
+
+def unaware_tool_xml(image: Path, size: tuple[int, int], box) -> Path:
+    """What an EXIF-unaware tool (LabelImg before 1.8.4) saved: ``size`` and ``box`` in the
+    stored frame, in LabelImg's layout."""
     w, h = size
-    x0, y0, x1, y1 = (max(1, int(v)) if i < 2 else int(v) for i, v in enumerate(box))
-    truncated = int(y1 == h or y0 == 1 or x1 == w or x0 == 1)
+    x0, y0, x1, y1 = (int(v) for v in box)
     xml = image.with_suffix(".xml")
     xml.write_text(
         f"<annotation>\n\t<folder>{image.parent.name}</folder>\n\t<filename>{image.name}</filename>\n"
-        f"\t<path>{image}</path>\n\t<source>\n\t\t<database>Unknown</database>\n\t</source>\n"
         f"\t<size>\n\t\t<width>{w}</width>\n\t\t<height>{h}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
-        f"\t<segmented>0</segmented>\n\t<object>\n\t\t<name>Lata</name>\n\t\t<pose>Unspecified</pose>\n"
-        f"\t\t<truncated>{truncated}</truncated>\n\t\t<difficult>0</difficult>\n\t\t<bndbox>\n"
-        f"\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n"
-        f"\t\t</bndbox>\n\t</object>\n</annotation>\n"
+        f"\t<object>\n\t\t<name>Lata</name>\n\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
+        f"\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n\t\t\t<xmax>{x1}</xmax>\n"
+        f"\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n</annotation>\n"
     )
     return xml
 
@@ -99,7 +119,7 @@ def test_an_invalid_tag_is_no_rotation(tmp_path: Path, tag: int, long: bool) -> 
     assert Image.open(path).getexif()[0x0112] == tag
     assert image_size(path) == UPRIGHT and brightness(read_image(path), OBJECT) > 200
     root = tmp_path
-    labelimg_xml(path, UPRIGHT, OBJECT)
+    labelimg_xml(path, OBJECT)
     report = check_dataset(discover(root), classes=["Lata"])
     assert not {f.code for f in report.findings} & {"VOC405", "VOC406", "VOC409"}
 
@@ -111,7 +131,7 @@ def test_labelimg_boxes_train_where_labelimg_showed_the_object(tmp_path: Path, t
     from detect.data.dataset import DetectionDataset
 
     image = rotated_photo(tmp_path / "data" / "IMG_0001.jpg", tag)
-    labelimg_xml(image, UPRIGHT, OBJECT)
+    labelimg_xml(image, OBJECT)
     files = discover(tmp_path / "data")
     report = check_dataset(files, classes=["Lata"])
     assert not report.errors, report.errors
@@ -139,7 +159,7 @@ def test_a_one_image_rotated_dataset_trains(tmp_path: Path, capsys) -> None:
 
     data = tmp_path / "data"
     image = rotated_photo(data / "IMG_0002.jpg", 6)
-    labelimg_xml(image, UPRIGHT, OBJECT)
+    labelimg_xml(image, OBJECT)
     (data / "classes.txt").write_text("Lata\n")
     argv = ["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(tmp_path / "w"),
             "--epochs", "1", "--weights", "none", "--val-fraction", "0", *TINY_TRAIN]
@@ -158,7 +178,7 @@ def test_the_stored_frame_is_recognised_and_fixed(tmp_path: Path, capsys) -> Non
     # where the can is on the stored pixels: the upright box mapped back (6's inverse is 8)
     old_box = exif_box(OBJECT, *UPRIGHT, 8)
     assert brightness(stored, old_box) > 200
-    xml = labelimg_xml(image, (sw, sh), old_box)
+    xml = unaware_tool_xml(image, (sw, sh), old_box)
     assert check_xml.main([str(data), "--format", "json"]) == 1
     assert '"VOC409"' in capsys.readouterr().out
     assert check_xml.main([str(data), "--fix"]) == 0, capsys.readouterr()
