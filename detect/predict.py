@@ -73,6 +73,8 @@ def build_parser() -> CliParser:
     p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference (default: the library's)")
     p.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="onnxruntime graph optimisation level (default: all)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="what runs an .onnx export (default: onnxruntime; openvino needs pip install -e \".[openvino]\")")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
@@ -113,7 +115,8 @@ def _predict(args) -> int:
     from detect.inference.loader import load_detector  # torch only for a .pt file
 
     detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                             optimization=args.optimization, test_settings=settings)
+                             optimization=args.optimization, test_settings=settings,
+                             backend=args.backend)
     from detect.inference.predictor import Predictor
 
     predictor = Predictor(detector, conf=args.conf or [], classes=_names(args.classes),
@@ -127,7 +130,7 @@ def _run(args, detector, predictor) -> int:
 
     from detect.inference.outputs import PredictionWriter
     from detect.inference.predictor import RateMeter
-    from detect.inference.sources import open_sources
+    from detect.inference.sources import open_sources, prefetch
 
     window = args.show
     if window and not _gui_available():
@@ -176,7 +179,10 @@ def _run(args, detector, predictor) -> int:
                           file=sys.stderr)
             n = 0
             try:
-                for result in predictor.predict_frames(source, live=source.live):
+                # A reader thread decodes the next image while the model runs (in order; live sources
+                # have their own grabber).
+                frames = prefetch(source)
+                for result in predictor.predict_frames(frames, live=source.live):
                     if result.error:
                         bar.write(f"error: {printable(result.error)}", file=sys.stderr)
                     before = len(writer.summary.failed)
@@ -199,6 +205,7 @@ def _run(args, detector, predictor) -> int:
                     if args.max_frames and source.kind != "images" and n >= args.max_frames:
                         break
             finally:
+                frames.close()  # stops the reader before the source is closed under it
                 source.close()
                 reached = quit_requested or (bool(args.max_frames) and n >= args.max_frames)
                 stopped = None if reached else getattr(source, "ended", None)
