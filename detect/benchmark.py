@@ -69,7 +69,7 @@ def end_to_end(weights: Path, listing: Path, out: Path, extra: Sequence[str], th
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         code = predict(["--weights", str(weights), str(listing), "--out", str(out), "--name", "e2e", "--no-progress",
-                        "--threads", str(threads), "--conf", "0.05", "--no-save-images", "--save-json", *extra])
+                        "--threads", str(threads), "--conf", "0.05", *extra])
     if code != 0:
         raise RuntimeError(f"detect.predict failed with exit {code}: {err.getvalue().strip()[-300:]}")
     folder = sorted(out.glob("e2e*"), key=lambda p: p.stat().st_mtime)[-1]
@@ -144,7 +144,8 @@ def _benchmark(args) -> int:
                 row["latency"][str(t)] = {"p50": r["p50"], "p95": r["p95"], "ips": r["ips"]}
             row["map50"] = map50(det, ckpt if path.suffix == ".pt" else exported.metadata, path)[0]
             if not args.no_e2e:
-                row["e2e_ips"] = end_to_end(path, listing, tmp / "e2e", extra, top)["ips"]
+                row["e2e_ips"] = end_to_end(path, listing, tmp / "e2e", ["--no-save-images", "--save-json", *extra],
+                                            top)["ips"]
             rows.append(row)
             del det
         torch.set_num_threads(top)
