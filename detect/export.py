@@ -100,7 +100,7 @@ def _export_variant(args, settings: dict, source: Path, target: Path) -> int:
                           opset=args.opset)
         print(f"levers on this box (model only, batch 1; val mAP@0.5 of the checkpoint in PyTorch float32: "
               f"{result.reference:.4f}):")
-        print(f"  {"variant":<34} {"run with":<34} {'MB':>6} {'ms p50':>7} {'img/s':>6} {'mAP50':>7} {'drop':>7}")
+        print(f"  {'variant':<34} {'run with':<34} {'MB':>6} {'ms p50':>7} {'img/s':>6} {'mAP50':>7} {'drop':>7}")
         for v in result.rows:
             run = ", ".join(f"{k} {w}" for k, w in v.runtime.items())
             print(f"  {v.name:<34} {run:<34} {v.bytes / 1e6:6.1f} {v.p50:7.1f} {v.ips:6.1f} {v.map50:7.4f} "
