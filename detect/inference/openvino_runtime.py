@@ -96,6 +96,7 @@ class OpenVinoDetector:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path}: OpenVINO cannot compile it ({first})") from None
         self.request = self.compiled.create_infer_request()
+        self.invalid = 0  # detections dropped for a label outside 1..K (see detect)
         names = [o.get_any_name() for o in self.compiled.outputs]
         if not {"boxes", "labels", "scores"} <= set(names):
             raise ModelError(f"{self.path}: expected outputs boxes, labels, scores; it has {names}")
@@ -120,5 +121,14 @@ class OpenVinoDetector:
             boxes = np.asarray(result[self.outputs["boxes"]], np.float64).reshape(-1, 4)
             labels = np.asarray(result[self.outputs["labels"]], np.int64).reshape(-1)
             scores = np.asarray(result[self.outputs["scores"]], np.float64).reshape(-1)
+            valid = (labels >= 1) & (labels <= len(self.classes))
+            if not valid.all():
+                # Seen with OpenVINO 2026.4 on the float graph: now and then one detection with label 0
+                # (onnxruntime gives none on the same frame). Dropped, counted, logged once.
+                self.invalid += int((~valid).sum())
+                if self.invalid == int((~valid).sum()):
+                    log.warning("%s: OpenVINO returned detections with labels outside 1..%d (dropped; "
+                                "onnxruntime does not)", self.path, len(self.classes))
+                boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
             out.append(Detections(key, boxes, scores, labels))
         return out
