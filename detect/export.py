@@ -38,6 +38,19 @@ def build_parser() -> CliParser:
     add_inference_options(p, what="fixed in the graph")
     p.add_argument("--verify-images", type=Number(int, 0), default=8, metavar="N",
                    help="val images of the checkpoint to compare PyTorch and onnxruntime on (default: 8)")
+    g = p.add_argument_group("int8, the accuracy gate and --optimize (docs/prediction.md)")
+    g.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    g.add_argument("--calibrate", type=Number(int, 1, 10000), default=32, metavar="N",
+                   help="training images to calibrate int8 on (default: 32)")
+    g.add_argument("--calibrate-on", metavar="SOURCE",
+                   help="calibrate on these images instead (a folder, glob or .txt list: e.g. frames from the line)")
+    g.add_argument("--max-drop", type=Number(float, 0, 1), default=0.01, metavar="D",
+                   help="largest drop of val mAP@0.5 against the checkpoint that a variant (int8, fewer "
+                        "proposals, another input size) may have, else nothing is written (default: 0.01)")
+    g.add_argument("--force", action="store_true", help="write the variant even past --max-drop (recorded in it)")
+    g.add_argument("--optimize", action="store_true",
+                   help="measure the levers (int8, proposals, threads, optimisation level, OpenVINO) on this box "
+                        "and write the fastest variant within --max-drop")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
 
@@ -64,6 +77,8 @@ def _export(args) -> int:
     except OSError as exc:
         raise UsageError(f"--out {show(target)}: cannot write the ONNX file there: {show(exc.filename or target)}: "
                          f"{exc.strerror or exc}; choose another --out") from None
+    if args.optimize or args.int8 or any(v is not None for v in settings.values()):
+        return _export_variant(args, settings, source, target)  # numerics change: the accuracy gate
     from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
     before = _stat(target)
@@ -95,6 +110,71 @@ def _stat(path: Path) -> tuple | None:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _export_variant(args, settings: dict, source: Path, target: Path) -> int:
+    """``--int8``, ``--optimize`` or changed settings: the variant is measured against the
+    checkpoint (val mAP@0.5) and written only within ``--max-drop`` (or with ``--force``)."""
+    from detect.inference.variants import gated_export, optimize  # torch is imported here
+
+    if args.optimize:
+        result = optimize(source, target, settings=settings, calibrate=args.calibrate, max_drop=args.max_drop,
+                          opset=args.opset)
+        print(f"levers on this box (model only, batch 1; val mAP@0.5 of the checkpoint in PyTorch float32: "
+              f"{result.reference:.4f}):")
+        print(f"  {'variant':<34} {'run with':<34} {'MB':>6} {'ms p50':>7} {'img/s':>6} {'mAP50':>7} {'drop':>7}")
+        for v in result.rows:
+            run = ", ".join(f"{k} {w}" for k, w in v.runtime.items())
+            print(f"  {v.name:<34} {run:<34} {v.bytes / 1e6:6.1f} {v.p50:7.1f} {v.ips:6.1f} {v.map50:7.4f} "
+                  f"{result.reference - v.map50:+7.4f}")
+        if result.best is None:
+            print(f"error: no variant is within --max-drop {args.max_drop:g} of the checkpoint; nothing was written",
+                  file=sys.stderr)
+            return 1
+        print(f"wrote {target} ({result.gate.bytes / 1e6:.1f} MB): {result.best.name}; {result.gate.describe()}")
+        return 0
+
+    calibration = None
+    if args.calibrate_on:
+        from detect.inference.sources import SourceError, open_source
+
+        try:
+            images = open_source(args.calibrate_on)
+        except SourceError as exc:
+            raise UsageError(f"--calibrate-on: {exc}") from None
+        if images.kind != "images":
+            images.close()
+            raise UsageError(f"--calibrate-on {args.calibrate_on}: give images (a folder, glob or .txt list), "
+                             f"not a {images.kind}")
+        calibration = images.paths[: args.calibrate]
+    gate, exported = gated_export(source, target, settings=settings, int8=args.int8, calibrate=args.calibrate,
+                                  calibration=calibration,
+                                  max_drop=args.max_drop, force=args.force, opset=args.opset,
+                                  verify_images=args.verify_images)
+    if exported.mismatches:
+        print(f"error: onnxruntime and PyTorch disagree on {len(exported.mismatches)} image(s) before quantising: "
+              f"{'; '.join(exported.mismatches[:3])}; nothing was written", file=sys.stderr)
+        return 1
+    s = exported.metadata["test_settings"]
+    what = (f"int8 ({gate.quantized.quantized} Conv/Gemm int8, {len(gate.quantized.kept_float)} kept float, "
+            f"{gate.quantized.calibration} calibration images)" if gate.quantized else "float32")
+    if not gate.written:
+        print(f"error: {gate.describe()}: the {what} variant (input {s['input_size']} px, proposals "
+              f"{s['rpn_post_nms_top_n_test']}) loses too much; nothing was written (--force writes it anyway, "
+              "--max-drop raises the limit)", file=sys.stderr)
+        return 1
+    print(f"wrote {target} ({gate.bytes / 1e6:.1f} MB, {what}): input {s['input_size']} px, proposals "
+          f"{s['rpn_pre_nms_top_n_test']}/{s['rpn_post_nms_top_n_test']}")
+    print(f"float graph checked against PyTorch on {exported.checked} images: max box difference "
+          f"{exported.max_box_diff:.2g} px")
+    if gate.reference is None:
+        print(f"warning: {gate.describe()}; the accuracy of this variant is unchecked", file=sys.stderr)
+    elif not gate.passed:
+        print(f"warning: {gate.describe()}: written because of --force (the drop is recorded in its metadata)",
+              file=sys.stderr)
+    else:
+        print(gate.describe())
+    return 0
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def build_parser() -> CliParser:
     p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference (default: the library's)")
     p.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="onnxruntime graph optimisation level (default: all)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="what runs an .onnx export (default: onnxruntime; openvino needs pip install -e \".[openvino]\")")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
     t = p.add_argument_group(
         "counting items (--track)",
@@ -164,7 +166,8 @@ def _predict(args) -> int:
     from detect.inference.loader import load_detector  # torch only for a .pt file
 
     detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                             optimization=args.optimization, test_settings=settings)
+                             optimization=args.optimization, test_settings=settings,
+                             backend=args.backend)
     from detect.inference.predictor import Predictor
 
     classes = tuple(detector.classes)
@@ -180,7 +183,7 @@ def _run(args, detector, predictor) -> int:
 
     from detect.inference.outputs import PredictionWriter
     from detect.inference.predictor import RateMeter
-    from detect.inference.sources import open_sources
+    from detect.inference.sources import open_sources, prefetch
 
     window = args.show
     if window and not _gui_available():
@@ -249,13 +252,17 @@ def _run(args, detector, predictor) -> int:
                           file=sys.stderr)
             n = 0
             try:
+                # A reader thread decodes the next image while the model runs (in order; live sources
+                # have their own grabber).
+                frames = prefetch(source)
                 if counter is not None:
                     from detect.inference.tracking import ByteTracker
 
                     tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)))
-                    results = predictor.track_frames(source, counter, tracker=tracker, low=args.track_low)
+                    results = predictor.track_frames(source, counter, tracker=tracker, low=args.track_low,
+                                                     frames=frames)
                 else:
-                    results = predictor.predict_frames(source, live=source.live)
+                    results = predictor.predict_frames(frames, live=source.live)
                 for result in results:
                     if counter is not None and result.error is None:
                         cost["frames"] += 1
@@ -286,6 +293,7 @@ def _run(args, detector, predictor) -> int:
                     if args.max_frames and source.kind != "images" and n >= args.max_frames:
                         break
             finally:
+                frames.close()  # stops the reader before the source is closed under it
                 source.close()
                 reached = quit_requested or (bool(args.max_frames) and n >= args.max_frames)
                 stopped = None if reached else getattr(source, "ended", None)

@@ -30,7 +30,7 @@ PACKAGE = REPO / "detect"
 ORDER = ("detect.common", "detect.data", "detect.model", "detect.scoring", "detect.inference", "detect.checks",
          "detect.training")
 COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
-            "detect.export", "detect.convert", "detect.audit")
+            "detect.export", "detect.convert", "detect.audit", "detect.benchmark")
 # The modules that may import torch (and those that import them); the rest is the core.
 TORCH = frozenset({
     "detect.common.device",
@@ -42,6 +42,7 @@ TORCH = frozenset({
     "detect.inference.torch_runtime",
     "detect.inference.loader",
     "detect.inference.onnx_export",
+    "detect.inference.variants",
     "detect.checks.anchor_fit",
     "detect.training",
     "detect.training.config",

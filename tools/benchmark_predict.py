@@ -51,33 +51,12 @@ from detect.model.build import build_model, model_from_checkpoint
 from detect.model.config import ModelConfig
 from detect.inference.onnx_runtime import OnnxDetector
 from detect.inference.onnx_export import export_onnx
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def time_detector(detector, images: list[np.ndarray], *, warmup: int = 3) -> dict:
-    for im in images[:warmup]:
-        detector.detect([im], ["w"])
-    ms = []
-    for im in images:
-        t0 = time.perf_counter()
-        detector.detect([im], ["x"])
-        ms.append(1000 * (time.perf_counter() - t0))
-    return {"p50": percentile(ms, 50), "p95": percentile(ms, 95), "ips": 1000 * len(ms) / sum(ms)}
+from detect.inference.measure import map50 as _map50, time_detector
+from detect.benchmark import end_to_end
 
 
 def map50(detector, ckpt: dict, path: Path) -> float:
-    """VOC mAP@0.5 of ``detector`` on the val split the checkpoint records."""
-    ev = Evaluator(EvalSettings())
-    eval_set, classes = ev.checkpoint_eval_set(ckpt, path)
-    dets = []
-    for p, key in zip(eval_set.image_paths, eval_set.keys):
-        dets.extend(detector.detect([read_image(p)], [key]))
-    r = ev.score(name="x", backbone="x", kind="checkpoint", source=path, eval_set=eval_set, classes=classes,
-                 detections=dets)
-    return float(r.voc.map)
+    return _map50(detector, ckpt, path)[0]
 
 
 def calibrated_resnet(config: dict, classes: list[str], out: Path) -> Path:
@@ -135,19 +114,6 @@ def print_table(header: list[str], rows: list[list], *, title: str) -> None:
     for r in rows:
         print(row(r, widths))
     sys.stdout.flush()
-
-
-def end_to_end(weights: Path, listing: Path, out: Path, extra: list[str], threads: int) -> dict:
-    from detect.predict import main
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = main(["--weights", str(weights), str(listing), "--out", str(out), "--name", "e2e", "--no-progress",
-                     "--threads", str(threads), "--conf", "0.05", *extra])
-    if code != 0:
-        raise SystemExit(f"detect.predict failed with exit {code}")
-    folder = sorted(out.glob("e2e*"), key=lambda p: p.stat().st_mtime)[-1]
-    s = json.loads((folder / "summary.json").read_text())
-    return {"images": s["images"], "seconds": s["seconds"], "ips": s["images"] / s["seconds"]}
 
 
 def profile(detector_path: Path, images: list[np.ndarray], threads: int, tmp: Path) -> None:

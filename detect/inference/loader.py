@@ -34,6 +34,7 @@ def load_detector(
     batch_size: int = 1,
     optimization: str = "all",
     test_settings: dict[str, Any] | None = None,
+    backend: str = "auto",
 ) -> Detector:
     """Load ``weights`` as a :class:`~detect.inference.predictor.Detector`.
 
@@ -45,6 +46,8 @@ def load_detector(
         optimization: onnxruntime graph optimisation level (ONNX only).
         test_settings: PyTorch only: inference-time settings to change
             (:data:`detect.inference.torch_runtime.TEST_SETTINGS`); an ONNX export has them fixed at export.
+        backend: what runs an ``.onnx`` file: ``auto``/``onnxruntime``, or ``openvino``
+            (:mod:`detect.inference.openvino_runtime`, optional; a usage error when not installed).
 
     Raises:
         UsageError: the file does not exist, or an option does not apply.
@@ -59,8 +62,15 @@ def load_detector(
         if any(v is not None for v in (test_settings or {}).values()):
             raise UsageError("proposal counts and thresholds of an .onnx model are fixed when it is exported: "
                              "pass them to `python -m detect.export` instead")
+        if backend == "openvino":
+            from detect.inference.openvino_runtime import OpenVinoDetector
+
+            return OpenVinoDetector(path, threads=threads)
         return OnnxDetector(path, threads=threads, optimization=optimization, device=device)
 
+    if backend not in ("auto", "pytorch"):
+        raise UsageError(f"--backend {backend} runs an .onnx export; {path.name} is a PyTorch checkpoint "
+                         "(export it with `python -m detect.export`)")
     # PyTorch: the only branch that imports torch.
     import torch
 

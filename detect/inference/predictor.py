@@ -315,8 +315,9 @@ class Predictor:
             yield from self._run(batch, floor)
 
     def track_frames(self, source: Source, counter: "ItemCounter", *, tracker: "ByteTracker | None" = None,
-                     low: float = 0.1) -> Iterator[Result]:
-        """Track and count over one opened source (see :meth:`track`)."""
+                     low: float = 0.1, frames: Iterable[Frame] | None = None) -> Iterator[Result]:
+        """Track and count over one opened source (see :meth:`track`); ``frames``: its frames
+        as read ahead by :func:`detect.inference.sources.prefetch` (default: the source itself)."""
         from detect.inference.tracking import ByteTracker, merge_classes
 
         if tracker is None:
@@ -324,7 +325,7 @@ class Predictor:
         start = time.perf_counter()
         last_index, last_time = 0, 0.0
         thresholds = self._thresholds
-        for result in self.predict_frames(source, live=source.live, floor=low):
+        for result in self.predict_frames(source if frames is None else frames, live=source.live, floor=low):
             if result.error or result.image is None:
                 yield result
                 continue

@@ -64,6 +64,7 @@ __all__ = [
     "VideoSource",
     "open_source",
     "open_sources",
+    "prefetch",
     "redact",
 ]
 
@@ -454,3 +455,65 @@ def open_sources(specs: Sequence[str], *, recursive: bool = False) -> tuple[list
         except SourceError as exc:
             errors.append(str(exc))
     return sources, errors
+
+
+_DONE = object()
+
+
+def prefetch(frames: Iterator[Frame] | Source, depth: int = 2) -> Iterator[Frame]:
+    """The frames of a finite source, decoded ``depth`` ahead by a reader thread, in order.
+
+    While the model runs on one frame (onnxruntime and OpenCV release the GIL), the next
+    image is read and decoded, so ``detect.predict`` end to end approaches the model's own
+    rate. The order is kept (one thread, one FIFO queue). When the consumer stops early
+    (``break``, an exception, Ctrl-C in the main thread), closing this generator stops the
+    reader and waits for it to finish the frame in hand, so the caller may then close the
+    source safely (a capture is never released under a ``read()``). An exception in the
+    reader is raised here, at the position it happened. Live sources have their own grabber
+    thread: pass them through unchanged.
+    """
+    if getattr(frames, "live", False):
+        yield from frames
+        return
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for frame in frames:
+                if not put(frame):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=reader, name="detect-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if not thread.is_alive() and q.empty():
+                    return
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, tuple) and len(item) == 2 and item[0] == "error":
+                raise item[1]
+            yield item
+    finally:
+        stop.set()
+        thread.join()
