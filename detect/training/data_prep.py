@@ -67,7 +67,13 @@ def open_data(cfg: TrainConfig, echo: Echo = log_echo, *, dist: Dist = Dist()) -
         root = demo_root(cfg.demo_images)
         if dist.main and not is_complete(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE):
             echo(f"Generating the demo dataset ({cfg.demo_images} images) into {root} ...")
-            make_demo_dataset(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
+            try:
+                make_demo_dataset(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
+            except FileExistsError as exc:  # a folder of something else where the demo goes
+                raise UsageError(f"{show(exc)}; or set DETECT_CACHE to another folder for the demo data") from None
+            except OSError as exc:
+                raise UsageError(f"{show(root)}: cannot write the demo dataset there ({exc.strerror or exc}); "
+                                 "set DETECT_CACHE to a folder you can write to") from None
         dist.barrier()
         cfg.data = root
         if cfg.classes is None:
