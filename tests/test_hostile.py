@@ -570,3 +570,14 @@ def test_only_the_first_process_reports_the_run(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().out == ""
     assert T._report(dataclasses.replace(result, main=True)) == 0
     assert "Done:" in capsys.readouterr().out
+
+
+def test_a_foreign_folder_where_the_demo_goes_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DETECT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "demo-8").mkdir(parents=True)
+    (tmp_path / "cache" / "demo-8" / "notes.txt").write_text("mine")
+    assert T.main(["--demo-images", "8", "--out", str(tmp_path / "w"), *TINY]) == 2
+    err = capsys.readouterr().err
+    one_line_error(err)
+    assert "demo-8" in err and "DETECT_CACHE" in err
+    assert (tmp_path / "cache" / "demo-8" / "notes.txt").read_text() == "mine"
