@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from detect.common.errors import DetectError, UsageError, printable
+from detect.common.errors import DetectError, UsageError, printable, show
 from detect.scoring.evaluation import (
     PROJECT_ROOT,
     SPLITS,
@@ -50,7 +50,7 @@ from detect.scoring.evaluation import (
     write_json,
 )
 from detect.common.logs import setup_logging
-from detect.common.options import CliParser, Number, add_device_option
+from detect.common.options import CliParser, Number, add_device_option, run_command
 
 log = logging.getLogger(__name__)
 
@@ -170,62 +170,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.eval``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    try:
-        _check_args(args)
-        checkpoints = _find_checkpoints(args)
-        device = None
-        if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
-            from detect.common.device import resolve_device
+    return run_command(lambda: _evaluate(args))
 
-            device = resolve_device(args.device)  # a bad --device fails here, before any model loads
-        device_name = str(device) if device is not None else args.device
-        evaluator = Evaluator(EvalSettings(
-            data=Path(args.data) if args.data else None, images=Path(args.images) if args.images else None,
-            split=args.split, val_fraction=args.val_fraction, iou=args.iou, voc07=args.voc07, conf=args.conf,
-        ))
-        results: list[RunResult] = []
-        failures: list[str] = []
-        runs = [(p, "checkpoint") for p in checkpoints] + [(Path(p), "predictions") for p in args.predictions or ()]
-        for path, kind in runs:
-            try:
-                if kind == "checkpoint":
-                    results.append(model_run(evaluator, path, device=device_name, batch_size=args.batch_size,
-                                             progress=not args.no_progress))
-                else:
-                    results.append(evaluator.predictions_run(path))
-            except UsageError:  # the command line itself is wrong: stop
-                raise
-            except DetectError as exc:  # this run fails; the others go on
-                failures.append(str(exc))
-                print(f"error: {printable(exc)}", file=sys.stderr)
-    except DetectError as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def _evaluate(args) -> int:
+    _check_args(args)
+    checkpoints = _find_checkpoints(args)
+    device = None
+    if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
+        from detect.common.device import resolve_device
+
+        device = resolve_device(args.device)  # a bad --device fails here, before any model loads
+    device_name = str(device) if device is not None else args.device
+    evaluator = Evaluator(EvalSettings(
+        data=Path(args.data) if args.data else None, images=Path(args.images) if args.images else None,
+        split=args.split, val_fraction=args.val_fraction, iou=args.iou, voc07=args.voc07, conf=args.conf,
+    ))
+    results: list[RunResult] = []
+    failures: list[str] = []
+    runs = [(p, "checkpoint") for p in checkpoints] + [(Path(p), "predictions") for p in args.predictions or ()]
+    for path, kind in runs:
+        try:
+            if kind == "checkpoint":
+                results.append(model_run(evaluator, path, device=device_name, batch_size=args.batch_size,
+                                         progress=not args.no_progress))
+            else:
+                results.append(evaluator.predictions_run(path))
+        except UsageError:  # the command line itself is wrong: stop
+            raise
+        except DetectError as exc:  # this run fails; the others go on
+            failures.append(str(exc))
+            print(f"error: {printable(exc)}", file=sys.stderr)
 
     if not results:
         return 1
     sort_results(results)
     settings = {"iou": args.iou, "voc07": args.voc07, "conf": args.conf, "split": args.split,
-                "device": str(device) if device is not None else args.device, "batch_size": args.batch_size}
+                "device": device_name, "batch_size": args.batch_size}
     print_results(results, settings)
 
     try:
         if args.json:
             write_json(Path(args.json), results, settings)
-            print(f"\nwrote {args.json}")
+            print(f"\nwrote {show(args.json)}")
         if args.report:
             from detect.scoring.report import write_report
 
             header, rows = table_rows(results, iou=args.iou)
             md = write_report(Path(args.report), results, settings=settings,
                               table_markdown=format_table(header, rows, markdown=True))
-            print(f"wrote {md}")
+            print(f"wrote {show(md)}")
     except OSError as exc:
-        print(f"error: cannot write output: {exc}", file=sys.stderr)
-        return 1
+        raise DetectError(f"cannot write output: {show(exc.filename or '')}: {exc.strerror or exc}") from None
     return 1 if failures else 0
 
 
