@@ -28,7 +28,7 @@ from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
-from detect.training.config import LIMITS, TrainConfig, resume_config
+from detect.training.config import LIMITS, RECIPES, TrainConfig, resume_config
 from detect.training.trainer import TrainResult, train
 
 _DEFAULTS = TrainConfig()  # one source of defaults for the parser and the library
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo-images", type=LIMITS["demo_images"], help="images in the generated demo dataset (no --data)")
 
     g = p.add_argument_group("model")
+    g.add_argument("--recipe", choices=tuple(k for k in RECIPES if k != "data"),
+                   help="the defaults below (default: demo without --data; else cpu-scratch or cpu-pretrained on a "
+                        "CPU, by the starting weights, and gpu on CUDA: docs/training.md)")
     g.add_argument("--backbone", choices=tuple(BACKBONES), default=_DEFAULTS.model.backbone)
     g.add_argument("--weights", default=_DEFAULTS.weights, help=f"{', '.join(WEIGHT_CHOICES)} or a checkpoint path")
     g.add_argument("--trainable-layers", type=LIMITS["trainable_layers"], help="backbone stages to train; 0 = frozen feature extractor (default: 3 pretrained, all from scratch)")
@@ -71,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "faster from scratch; data: none, torchvision's, what COCO weights fit)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=LIMITS["epochs"])
+    g.add_argument("--epochs", type=LIMITS["epochs"], help="default: 12 for the demo, 24 for a user's data")
+    g.add_argument("--time", type=LIMITS["time"], metavar="MINUTES",
+                   help="train for about this long (training and validation): the epochs are set from steps "
+                        "measured before training and the schedule is fitted to them (instead of --epochs)")
     g.add_argument("--batch-size", type=LIMITS["batch_size"])
     g.add_argument("--optimizer", choices=("sgd", "adamw"),
                    help="default: sgd when starting from pretrained weights, adamw from scratch")
@@ -107,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results.csv numbers and the settings as TensorBoard events into the run "
                         "folder (tensorboard --logdir weights); needs pip install 'can-detect[tensorboard]'")
     g.add_argument("--resume", type=Path, help="continue from a last.pt, with the run's own settings "
-                   "(only --epochs, --patience, --device, --workers may be given with it)")
+                   "(only --epochs, --time, --patience, --device, --workers may be given with it)")
     g.add_argument("--no-check", action="store_true", help="skip the annotation checker pass before training")
     return p
 

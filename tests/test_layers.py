@@ -48,6 +48,7 @@ TORCH = frozenset({
     "detect.training.config",
     "detect.training.data_prep",
     "detect.training.stop",
+    "detect.training.budget",
     "detect.training.trainer",
     "detect.training.engine",
     "detect.training.run_folder",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,10 @@ from detect.model.config import FPN_NORMS, ModelConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATA_RECIPE", "DEMO_RECIPE", "LIMITS", "MODEL_FIELDS", "RESUMABLE", "Echo", "TrainConfig",
-           "RunFacts", "input_size_for", "log_echo", "resolve_config", "resume_config"]
+__all__ = ["CPU_PRETRAINED_RECIPE", "CPU_SCRATCH_RECIPE", "DATA_RECIPE", "DEMO_RECIPE", "GPU_RECIPE", "RECIPES",
+           "RECIPE_REASONS", "LIMITS", "MODEL_FIELDS", "RESUMABLE", "Echo", "TrainConfig",
+           "RunFacts", "epochs_for_budget", "input_size_for", "log_echo", "recipe_for", "resolve_config",
+           "resume_config"]
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
 # weights offline), on a 2-core CPU in about 10 minutes. Each value was chosen by a measured
@@ -52,9 +55,11 @@ DEMO_RECIPE = dict(
     demo_images=480,
     augment="light",
 )
-# The recipe for a user's dataset: torchvision's reference settings (and the box head and
-# FPN that COCO weights fit), at an input size that fits the data and the machine.
-DATA_RECIPE = dict(
+# The recipes for a user's dataset, one per kind of machine and starting weights: the
+# trainer picks one (recipe_for) once it knows both, and says why in the banner.
+# On a GPU: torchvision's reference settings (and the box head and FPN that COCO weights fit),
+# at an input size that fits the data and the machine.
+GPU_RECIPE = dict(
     epochs=24,
     batch_size=4,
     # input_size: from the data (see input_size_for), unless given.
@@ -69,6 +74,50 @@ DATA_RECIPE = dict(
     val_loss=True,
     augment="light",
 )
+# On a CPU, torchvision's budget per image (512 sampled RoIs through a 1024-wide head, RoIAlign
+# sampling 2, 2000/1000 proposals) does not shrink with the image: on 200 px photos it is most
+# of a step. From scratch, the demo's kind of model (docs/performance.md, "Recipes per machine"):
+CPU_SCRATCH_RECIPE = dict(
+    GPU_RECIPE,
+    rpn_pre_nms=600,
+    rpn_post_nms=300,
+    rpn_batch=128,
+    roi_batch=64,
+    box_head_dim=256,
+    roi_sampling_ratio=1,
+    fpn_norm="gn",  # nothing pretrained to fit; GroupNorm trains faster from scratch
+    val_loss=False,  # a forward pass over the val split each epoch, for a curve only (--val-loss)
+)
+# With COCO weights the box head and FPN stay what the weights fit (1024 wide, no FPN norm);
+# only the sampling budget is cut to a CPU's size.
+CPU_PRETRAINED_RECIPE = dict(
+    GPU_RECIPE,
+    rpn_pre_nms=600,
+    rpn_post_nms=300,
+    roi_batch=128,
+    val_loss=False,
+)
+DATA_RECIPE = GPU_RECIPE  # "data": the one user-data recipe of runs from before the per-machine ones
+RECIPES = {"demo": DEMO_RECIPE, "cpu-scratch": CPU_SCRATCH_RECIPE, "cpu-pretrained": CPU_PRETRAINED_RECIPE,
+           "gpu": GPU_RECIPE, "data": DATA_RECIPE}
+RECIPE_REASONS = {
+    "demo": "the demo data, sized for a 2-core CPU",
+    "cpu-scratch": "no GPU and no pretrained weights: the demo's CPU-sized model (256-wide box head, "
+                   "64 sampled RoIs, RoIAlign sampling 1, GroupNorm FPN), about 6x cheaper a step than torchvision's",
+    "cpu-pretrained": "no GPU, pretrained weights: the box head and FPN they fit, with a CPU-sized sampling "
+                      "budget (300 proposals, 128 sampled RoIs)",
+    "gpu": "a GPU: torchvision's reference recipe",
+    "data": "torchvision's reference recipe (a run from before the per-machine recipes)",
+}
+
+
+def recipe_for(facts: "RunFacts") -> str:
+    """The user-data recipe that fits the machine and the starting weights (the table in
+    docs/training.md): ``gpu`` on CUDA, else ``cpu-pretrained`` or ``cpu-scratch``."""
+    if facts.cuda:
+        return "gpu"
+    return "cpu-pretrained" if facts.pretrained else "cpu-scratch"
+
 
 # The options that are the model's (:class:`ModelConfig` fields the command line sets).
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
@@ -101,6 +150,7 @@ LIMITS: dict[str, Number] = {
     "patience": Number(int, 0),
     "workers": Number(int, 0, 256),
     "seed": Number(int, 0, 2**31 - 1),
+    "time": Number(float, 0, 100_000, lo_open=True),
 }
 
 
@@ -108,8 +158,8 @@ LIMITS: dict[str, Number] = {
 class TrainConfig:
     """Every training option (``python -m detect.train --help`` describes each).
 
-    ``None`` means "from the recipe" (:data:`DEMO_RECIPE` without ``data``, else
-    :data:`DATA_RECIPE`), or "decided from the machine, the data and the weights" (``workers``,
+    ``None`` means "from the recipe" (:data:`DEMO_RECIPE` without ``data``, else the one
+    :func:`recipe_for` picks for the machine and the weights), or "decided from the machine, the data and the weights" (``workers``,
     ``model.input_size``, ``optimizer``, ``lr``): :func:`resolve_config` fills all of them. Two
     are left to where they take effect: ``amp`` (on by default on CUDA only) and
     ``model.trainable_layers`` (3 with pretrained weights, all without: ``build_model``).
@@ -117,7 +167,7 @@ class TrainConfig:
     """
 
     # data
-    recipe: str | None = None  # "demo" or "data": which recipe fills the unset options (from ``data``)
+    recipe: str | None = None  # which of RECIPES fills the unset options (from data, device and weights)
     data: Path | None = None
     images: Path | None = None
     classes: Path | None = None
@@ -134,6 +184,7 @@ class TrainConfig:
     weights: str = "auto"
     # optimisation
     epochs: int | None = None
+    time: float | None = None  # minutes of training and validation: the epochs are fitted to it
     batch_size: int | None = None
     optimizer: str | None = None
     lr: float | None = None
@@ -189,28 +240,41 @@ class TrainConfig:
 class RunFacts:
     """What some defaults depend on besides the options, known once the data and the starting
     weights are: the data's median image ``(width, height)``, whether the starting weights are
-    pretrained, the number of processes, and whether training runs on CUDA."""
+    pretrained, the number of processes, and whether training runs on CUDA; once a few steps
+    are measured (:mod:`detect.training.budget`), the seconds an epoch of training and
+    validation takes, and for a resumed run the seconds and epochs already spent."""
 
     median_size: tuple[int, int] | None = None
     pretrained: bool = False
     world: int = 1
     cuda: bool = False
+    epoch_seconds: float | None = None
+    spent_seconds: float = 0.0
+    epochs_done: int = 0
 
 
 def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConfig:
     """The one place every default is decided: fill unset options from the recipe that fits
-    (demo or user data) and validate; with ``facts``, also the defaults that depend on the
-    data and the weights (input size, optimizer, learning rate). Training calls it twice: without
-    facts before any work (so a bad option fails at once), with them before the first step.
+    and validate; with ``facts``, also the defaults that depend on the data, the machine and
+    the weights (the user-data recipe, input size, optimizer, learning rate) and, with
+    ``facts.epoch_seconds`` and a ``time`` budget, the epochs. Training calls it without facts
+    before any work (so a bad option fails at once), with them before building the model, and
+    once more with the measured epoch time. Without facts a user's data has no recipe yet: its
+    options stay None.
 
     Raises:
-        UsageError: a value out of range, or ``weights`` neither a choice nor a file.
+        UsageError: a value out of range, ``weights`` neither a choice nor a file, ``time``
+            with ``epochs``, or a ``time`` budget too small for one epoch.
     """
     cfg = dataclasses.replace(cfg)
-    if cfg.recipe is None:
-        cfg.recipe = "demo" if cfg.data is None else "data"
-    recipe = DEMO_RECIPE if cfg.recipe == "demo" else DATA_RECIPE
-    for key, value in recipe.items():
+    if facts is None and cfg.time is not None and cfg.epochs is not None and cfg.resume is None:
+        raise UsageError(f"--time {cfg.time:g} and --epochs {cfg.epochs}: --time sets the epochs that fit the "
+                         "budget; give one of them")
+    if cfg.recipe is None and (cfg.data is None or facts is not None):
+        cfg.recipe = "demo" if cfg.data is None else recipe_for(facts)
+    if cfg.recipe is not None and cfg.recipe not in RECIPES:
+        raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, got {cfg.recipe!r}")
+    for key, value in RECIPES.get(cfg.recipe, {}).items():
         holder = cfg.model if key in MODEL_FIELDS else cfg
         if getattr(holder, key, None) is None:
             _set(cfg, key, value)
@@ -223,7 +287,7 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
                          f"got {cfg.model.trainable_layers}")
     if not 0 <= cfg.model.rpn_bg_iou <= cfg.model.rpn_fg_iou <= 1:
         raise UsageError("need 0 <= --rpn-bg-iou <= --rpn-fg-iou <= 1")
-    if cfg.model.fpn_norm not in FPN_NORMS:
+    if cfg.model.fpn_norm is not None and cfg.model.fpn_norm not in FPN_NORMS:
         raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.model.fpn_norm!r}")
     if cfg.cache not in CACHE_CHOICES:
         raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
@@ -247,7 +311,30 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
     if cfg.lr is None:
         # torchvision's linear scaling rule for SGD: 0.02 at 16 images a step, all processes together.
         cfg.lr = 0.02 * cfg.batch_size * facts.world / 16 if cfg.optimizer == "sgd" else 0.001
+    if cfg.time is not None and facts.epoch_seconds:
+        cfg.epochs = epochs_for_budget(cfg.time, facts)
     return cfg
+
+
+def epochs_for_budget(minutes: float, facts: RunFacts) -> int:
+    """The epochs that fit ``minutes`` of training and validation, at ``facts.epoch_seconds``
+    an epoch, after ``facts.spent_seconds`` and ``facts.epochs_done`` (a resumed run).
+
+    Raises:
+        UsageError: not one more epoch fits.
+    """
+    left = minutes * 60 - facts.spent_seconds
+    more = int(left // facts.epoch_seconds)
+    if more >= 1:
+        return facts.epochs_done + more
+    epoch_min = facts.epoch_seconds / 60
+    if facts.epochs_done:
+        raise UsageError(f"--time {minutes:g}: {facts.spent_seconds / 60:.1f} min of it are spent and one more epoch "
+                         f"takes about {epoch_min:.1f} min here; resume with a larger budget, at least "
+                         f"--time {math.ceil((facts.spent_seconds + facts.epoch_seconds) / 60)}")
+    raise UsageError(f"--time {minutes:g}: one epoch (training and validation) takes about {epoch_min:.1f} min on "
+                     f"this machine, more than the budget; give at least --time {math.ceil(epoch_min)}, or make "
+                     f"epochs cheaper (a smaller --input-size)")
 
 
 def _set(cfg: TrainConfig, key: str, value: Any) -> None:
@@ -274,10 +361,11 @@ def input_size_for(size: tuple[int, int] | None, *, cuda: bool) -> int:
 
 
 # What may change when a run is resumed: the rest is the run's own (its optimizer state and
-# schedule were made for those settings). More epochs re-plan the schedule over the new length.
+# schedule were made for those settings). More epochs re-plan the schedule over the new length;
+# so does a new --time budget (the epochs that fit what is left of it).
 # --data and --images point a resumed run at its own data moved elsewhere: the trainer checks that
 # the images and splits are the same ones.
-RESUMABLE = frozenset({"resume", "epochs", "patience", "device", "workers", "data", "images", "classes"})
+RESUMABLE = frozenset({"resume", "epochs", "time", "patience", "device", "workers", "data", "images", "classes"})
 
 
 def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None = None) -> TrainConfig:
@@ -297,7 +385,7 @@ def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None =
         names = ", ".join(f"--{k.replace('_', '-')}" for k in refused)
         raise UsageError(
             f"--resume continues {path.parent.name} with its own settings, and {names} cannot change in a run "
-            f"(only --epochs, --patience, --device, --workers, and --data/--images/--classes for its data moved "
+            f"(only --epochs, --time, --patience, --device, --workers, and --data/--images/--classes for its data moved "
             f"elsewhere, "
             f"can); start a new run from its weights instead: "
             f"python -m detect.train --weights {path} ..."
@@ -307,6 +395,8 @@ def resume_config(path: str | os.PathLike[str], changes: dict[str, Any] | None =
         raise UsageError(f"--epochs {changes['epochs']}: {path.parent.name} has already trained {done} epoch(s); "
                          f"give more than {done} to train on")
     cfg = TrainConfig.from_dict(ckpt["args"])
+    if "epochs" in changes and "time" not in changes:
+        changes["time"] = None  # epochs given: the run trains that many, budget or not
     for key in ("data", "images", "classes"):
         if changes.get(key) is not None:
             changes[key] = Path(changes[key])

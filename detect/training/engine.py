@@ -106,6 +106,7 @@ def train_one_epoch(
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
     sync_every: int | None = None,
+    later_seconds: float | None = None,
 ) -> bool:
     """Train ``model`` on the batches of ``loader`` from ``state.iteration`` on, stepping the
     schedule per iteration; ``state`` is updated as it goes.
@@ -121,7 +122,8 @@ def train_one_epoch(
     ``amp_dtype`` (``torch.bfloat16`` / ``torch.float16``) runs the forward pass in mixed
     precision. Losses are read back (and checked for NaN) every ``sync_every`` steps: every
     step on a CPU, where reading is free; every 20 on a GPU, where each read waits for the
-    device.
+    device. ``later_seconds``: what the run is expected to take after this epoch's steps
+    (its validation and the epochs after it), for the progress bar's run ETA.
 
     Returns:
         True when the epoch is complete; False when ``stop()`` asked to stop (checked at each
@@ -145,6 +147,7 @@ def train_one_epoch(
     if state.rng is not None:
         restore_rng(state.rng)
         state.rng = None
+    first, seconds_before = state.iteration, state.seconds
     bar = tqdm(total=total, initial=state.iteration, desc=f"epoch {state.epoch + 1}/{epochs}",
                disable=not progress, leave=False, file=sys.stderr)
     try:
@@ -179,8 +182,13 @@ def train_one_epoch(
             pending.append(({**{k: v.detach() for k, v in losses.items()}, "loss": loss.detach()}, metas))
             if len(pending) >= sync_every or state.iteration == total:
                 _read_losses(pending, state)
+                eta = {}
+                if later_seconds is not None:
+                    mean = (state.seconds - seconds_before) / max(1, state.iteration - first)
+                    left = (total - state.iteration) * mean + later_seconds
+                    eta = {"run_left": f"{left / 60:.1f}min"}
                 bar.set_postfix(loss=f"{state.sums['loss'] / state.iteration:.3f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.4f}")
+                                lr=f"{optimizer.param_groups[0]['lr']:.4f}", **eta)
             state.seconds += time.perf_counter() - started
             state.data_seconds += waited
             bar.update(1)

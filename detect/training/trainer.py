@@ -13,12 +13,13 @@ the ``echo`` callback, which ``python -m detect.train`` prints and which logs by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from detect.model.build import StartWeights, anchors_per_location, build_model, 
 from detect.model.checkpoint import load_checkpoint
 from detect.model.config import ModelConfig
 from detect.training import distributed
-from detect.training.config import RESUMABLE, Echo, RunFacts, TrainConfig, log_echo, resolve_config
+from detect.training.budget import Pace, format_duration, measure
+from detect.training.config import RECIPE_REASONS, RESUMABLE, Echo, RunFacts, TrainConfig, log_echo, resolve_config
 from detect.training.data_prep import Data, data_facts, load_data, make_loaders, open_data
 from detect.training.distributed import Dist
 from detect.training.engine import (
@@ -83,7 +85,8 @@ def model_for_config(cfg: TrainConfig, num_classes: int, weights: str | StartWei
     return build_model(cfg.model.replace(num_classes=num_classes), weights=cfg.weights if weights is None else weights)
 
 
-def train(cfg: TrainConfig, *, echo: Echo = log_echo, progress: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, *, echo: Echo = log_echo, progress: bool = False,
+          clock: Callable[[], float] = time.perf_counter) -> TrainResult:
     """Train a detector as ``cfg`` says (to resume, ``cfg`` is :func:`resume_config`'s).
 
     Under ``torchrun`` every process calls this; they train together with
@@ -92,14 +95,17 @@ def train(cfg: TrainConfig, *, echo: Echo = log_echo, progress: bool = False) ->
     Ctrl-C stops at the next iteration boundary, saves ``last.pt`` and returns
     ``interrupted``; resuming from it ends exactly as an uninterrupted run would.
 
+    ``clock`` times the steps measured before training (the estimate, the epochs of a
+    ``time`` budget); tests pass a fake one.
+
     Raises:
-        DetectError: a usage error (exit 2), annotation errors, a non-finite loss or a
+        DetectError: a usage error (exit 2; a ``time`` budget too small for one epoch), annotation errors, a non-finite loss or a
             checkpoint that cannot be written (exit 1).
     """
     dist, device_name = distributed.setup(cfg.device)
     try:
         device = resolve_device(device_name)
-        run = _setup(cfg, dist, device, echo if dist.main else _silent)
+        run = _setup(cfg, dist, device, echo if dist.main else _silent, clock)
         return _fit(run, echo if dist.main else _silent, progress and dist.main)
     finally:
         dist.close()
@@ -139,6 +145,8 @@ class _Run:
     final_loss: float | None = None
     partial: EpochState | None = None  # a resumed run's unfinished epoch
     earlier: dict[str, Any] | None = None  # a resumed run's training record (its peak memory so far)
+    pace: Pace | None = None  # the measured step and val costs (detect.training.budget)
+    epoch_estimate: float = 0.0  # seconds an epoch of training and validation is expected to take
 
     def train_state(self, state: EpochState | None = None, rngs: list | None = None) -> dict[str, Any]:
         """What ``last.pt`` holds to resume: optimizer, schedule, scaler, the best so far, and
@@ -153,9 +161,11 @@ class _Run:
                                device=self.device, earlier=self.earlier)
 
 
-def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _Run:
-    """Config -> data -> run folder -> model -> loaders -> optimizer and schedule, for a new
-    run or one resumed from its ``last.pt``; prints the banner."""
+def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo,
+           clock: Callable[[], float] = time.perf_counter) -> _Run:
+    """Config -> data -> model -> loaders -> a few measured steps (the estimate, the epochs of
+    a ``time`` budget) -> run folder -> optimizer and schedule, for a new run or one resumed
+    from its ``last.pt``; prints the banner."""
     ckpt = _resume_checkpoint(cfg, dist)
     cfg = resolve_config(cfg)  # every option checked before any work
     out = cfg.resume.parent if ckpt is not None else cfg.out
@@ -182,20 +192,15 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _R
     cfg, files = open_data(cfg, echo, dist=dist)
     median, input_note = data_facts(cfg, files)
     start = None if ckpt else start_weights(cfg.model.backbone, cfg.weights)
-    cfg = resolve_config(cfg, RunFacts(median_size=median, pretrained=bool(start and start.pretrained),
-                                       world=dist.world, cuda=device.type == "cuda"))
+    facts = RunFacts(median_size=median, pretrained=bool(start and start.pretrained), world=dist.world,
+                     cuda=device.type == "cuda")
+    cfg = resolve_config(cfg, facts)
     data = load_data(cfg, files, echo)
     data.input_note = input_note
     if ckpt is not None and list(ckpt["classes"]) != data.classes:
         raise UsageError(f"{show(cfg.resume)}: trained on classes {ckpt['classes']}, but the data now has {data.classes}")
     if ckpt is not None:
         _check_same_split(cfg, ckpt, data)
-    # Rank 0 claims the run folder (a new name when the default is taken); the others follow.
-    run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.model.backbone).path if dist.main else None)
-    folder = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main,
-                       tensorboard=cfg.tensorboard)
-    cfg.name = folder.name
-
     # The model: a resumed run is rebuilt from its checkpoint's own description. Every rank
     # starts from the same seed, and DDP broadcasts rank 0's weights besides.
     if ckpt:
@@ -220,6 +225,21 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _R
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_set, train_loader, sampler, val_loader, generator = make_loaders(cfg, data, dist, device)
+    # A few measured steps: the banner's estimate, and the epochs a --time budget holds (rank 0
+    # measures, every rank plans with its figures). Before the run folder: a budget too small
+    # for one epoch leaves nothing behind.
+    pace = dist.broadcast(measure(model, train_loader, val_loader if data.val else None, device,
+                                  optimizer=cfg.optimizer, lr=cfg.lr, amp_dtype=amp_dtype,
+                                  load_in_step=cfg.workers == 0, clock=clock) if dist.main else None)
+    epoch_s = pace.epoch_seconds(len(train_loader), len(data.val), bool(cfg.val_loss))
+    cfg = resolve_config(cfg, dataclasses.replace(
+        facts, epoch_seconds=epoch_s, spent_seconds=ckpt["train_state"]["train_time"] if ckpt else 0.0,
+        epochs_done=ckpt["epoch"] + 1 if ckpt else 0))
+    # Rank 0 claims the run folder (a new name when the default is taken); the others follow.
+    run_path = cfg.resume.parent if ckpt else (RunFolder.new(cfg.out, cfg.name or cfg.model.backbone).path if dist.main else None)
+    folder = RunFolder(Path(dist.broadcast(str(run_path) if run_path else None)), writes=dist.main,
+                       tensorboard=cfg.tensorboard)
+    cfg.name = folder.name
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg.optimizer, params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
@@ -228,7 +248,7 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo) -> _R
     run = _Run(cfg, dist, device, data, folder, model, net, optimizer, scheduler, scaler, amp_dtype, train_set,
                train_loader, sampler, val_loader, generator, ground_truths(data.val, data.classes), mode,
                weights_source="resumed" if ckpt else model.weights_report.source,
-               final_loss=(earlier or {}).get("final_loss"), earlier=earlier)
+               final_loss=(earlier or {}).get("final_loss"), earlier=earlier, pace=pace, epoch_estimate=epoch_s)
     if ckpt is not None:
         _restore(run, ckpt, echo)
     else:
@@ -280,7 +300,10 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
             # All processes must stop at the same step: the request is shared (every step on
             # CPUs; every 10 steps on GPUs, where sharing means waiting for the device).
             stop_now = shared_stop(stop, dist, every=10 if run.device.type == "cuda" else 1)
+            fitted_from = run.train_time  # what this call has spent, for the budget's check
             for epoch in range(run.start_epoch, cfg.epochs):
+                if epoch >= cfg.epochs:  # a --time budget cut the run shorter
+                    break
                 state = partial if partial is not None and partial.epoch == epoch else EpochState(epoch)
                 partial = None
                 # The epoch's data order, augmentations and samplers follow from (seed, epoch):
@@ -291,7 +314,7 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
                 complete = train_one_epoch(run.net, run.optimizer, run.train_loader, run.device, state=state,
                                            epochs=cfg.epochs, scheduler=run.scheduler, scaler=run.scaler,
                                            amp_dtype=run.amp_dtype, clip_grad=cfg.clip_grad, progress=progress,
-                                           stop=stop_now)
+                                           stop=stop_now, later_seconds=_later(run, epoch))
                 iterations += state.iteration - done_before
                 dist.sync_buffers(model)
                 t0 = time.perf_counter()
@@ -319,6 +342,8 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
                 wait = f"  data wait {100 * state.data_seconds / max(state.seconds, 1e-9):.0f}%" if progress else ""
                 echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {run.final_loss or 0:.4f}  lr {lr:.5f}  "
                      f"val mAP@0.5 {shown}  {epoch_time:.0f}s{wait}")
+                if cfg.time is not None and epoch + 1 < cfg.epochs:
+                    _keep_to_budget(run, epoch, run.train_time - fitted_from, epoch + 1 - run.start_epoch, echo)
                 if cfg.patience and data.val and epoch - run.best_epoch >= cfg.patience:
                     echo(f"Early stop: no better val mAP@0.5 for {cfg.patience} epochs "
                          f"(best {run.best_map:.4f} at epoch {run.best_epoch + 1})")
@@ -343,6 +368,40 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
     return TrainResult(run=folder, status=status, best_map50=max(run.best_map, 0.0) if data.val else None,
                        best_epoch=run.best_epoch + 1, train_time=run.train_time, config=cfg, stopped_in=stopped_in,
                        resume_exact=exact, model=model, iterations=iterations, main=dist.main)
+
+
+def _later(run: _Run, epoch: int) -> float:
+    """Seconds the run is expected to take after the training steps of ``epoch``: its
+    validation and the epochs after it (for the progress bar's run ETA)."""
+    val = run.pace.val_seconds(len(run.data.val), bool(run.cfg.val_loss)) if run.pace else 0.0
+    return val + (run.cfg.epochs - epoch - 1) * run.epoch_estimate
+
+
+# A --time run re-fits its epochs when they take this much longer than measured before training.
+OVERRUN = 1.05
+
+
+def _keep_to_budget(run: _Run, epoch: int, spent: float, epochs_done: int, echo: Echo) -> None:
+    """After ``epoch``: when the epochs take longer than the estimate the ``time`` budget was
+    planned with (``spent`` seconds over ``epochs_done`` epochs in this call), fewer epochs
+    fit: rank 0 cuts them and the schedule is re-fitted to the new length on every rank."""
+    cfg, budget = run.cfg, run.cfg.time * 60
+    epochs = cfg.epochs
+    if run.dist.main and epochs_done:
+        mean = spent / epochs_done
+        if mean > run.epoch_estimate * OVERRUN and run.train_time + mean * (cfg.epochs - epoch - 1) > budget:
+            epochs = epoch + 1 + max(0, int((budget - run.train_time) // mean))
+            echo(f"--time {cfg.time:g}: an epoch takes {format_duration(mean)}, not the "
+                 f"{format_duration(run.epoch_estimate)} measured before training; {epochs} epochs fit the budget "
+                 f"(the schedule is re-fitted to them)", err=True)
+            run.epoch_estimate = mean
+    epochs = run.dist.broadcast(epochs)
+    if epochs == cfg.epochs:
+        return
+    cfg.epochs = epochs
+    run.folder.checkpoint_base["args"]["epochs"] = epochs
+    run.scheduler.lr_lambdas = [lr_lambda(epochs=epochs, iters_per_epoch=len(run.train_loader),
+                                          warmup_iters=cfg.warmup_iters, schedule=cfg.schedule)]
 
 
 def _validate(run: _Run, epoch: int, stop) -> tuple[float | None, float | None, bool]:
@@ -419,7 +478,7 @@ def _resume_checkpoint(cfg: TrainConfig, dist: Dist = Dist()) -> dict[str, Any] 
     changed = sorted(k for k in given if k not in RESUMABLE and given[k] != stored.get(k))
     if changed:
         raise UsageError(f"{cfg.resume}: resuming with other settings ({', '.join(changed)}); build the config "
-                         "with detect.training.trainer.resume_config, which allows only --epochs, --patience, --device, "
+                         "with detect.training.trainer.resume_config, which allows only --epochs, --time, --patience, --device, "
                          "--workers to change")
     return ckpt
 
@@ -469,6 +528,8 @@ def _banner(echo: Echo, run: _Run) -> None:
     echo(f"Run {run.folder.path}: {cfg.model.backbone}, {len(data.classes)} classes ({', '.join(map(show, data.classes))}), "
          f"{len(data.train)} train / {len(data.val)} val images, input {cfg.model.input_size}px{data.input_note}, "
          f"device {run.device}{procs}{amp}")
+    echo(f"Recipe {cfg.recipe}: {RECIPE_REASONS.get(cfg.recipe, 'as the run recorded')}; each value can be "
+         "overridden (--box-head-dim, --roi-batch, ..., or --recipe)")
     if cfg.exif == "ignore":
         echo("EXIF orientation: ignored (--exif ignore): boxes and images in the stored frame")
     mc = model.config
@@ -483,7 +544,33 @@ def _banner(echo: Echo, run: _Run) -> None:
     if not data.val:
         echo("No val split: val mAP is not measured, and best.pt is the last epoch (pass --val-fraction, or "
              "ImageSets/Main/val.txt, to measure it)")
+    _estimate(echo, run)
     batch = f"batch {cfg.batch_size}" + (f" x {dist.world} = {cfg.batch_size * dist.world}" if dist.active else "")
     echo(f"Optimizer {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}, "
          f"{min(cfg.warmup_iters, len(run.train_loader))} warm-up iterations), "
          f"{batch}, {cfg.epochs} epochs, augment {cfg.augment}")
+
+
+LONG_RUN_S = 3600  # an estimate past this says what would shorten it
+
+
+def _estimate(echo: Echo, run: _Run) -> None:
+    """The run's expected cost on this machine, from the steps measured before training;
+    a ``time`` budget's plan; and, for a long run, what would shorten it."""
+    cfg, pace = run.cfg, run.pace
+    if pace is None:
+        return
+    steps, left = len(run.train_loader), cfg.epochs - run.start_epoch
+    val = pace.val_seconds(len(run.data.val), bool(cfg.val_loss))
+    parts = f"{steps} steps x {pace.step_s:.2f} s" + (f" + validation {format_duration(val)}" if run.data.val else "")
+    total = run.epoch_estimate * left
+    echo(f"Estimate on this machine (from {pace.steps} steps measured before training): "
+         f"{format_duration(run.epoch_estimate)} an epoch ({parts}), {format_duration(total)} for "
+         f"{'the ' + str(left) + ' epochs left' if run.start_epoch else str(left) + ' epochs'}")
+    if cfg.time is not None:
+        spent = f", {format_duration(run.train_time)} of it spent" if run.start_epoch else ""
+        echo(f"--time {cfg.time:g} min{spent}: {cfg.epochs} epochs fit it; the learning-rate schedule "
+             f"(warm-up, {cfg.schedule}) is fitted to {cfg.epochs} epochs")
+    elif total > LONG_RUN_S:
+        echo(f"That is long. To shorten it: --time MINUTES (the epochs that fit the budget), a smaller "
+             f"--input-size (now {cfg.model.input_size} px; a step's cost grows with it), or a GPU")

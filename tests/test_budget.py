@@ -1,0 +1,153 @@
+"""Recipes per machine and weights, the estimate before training, and --time budgets (issue 18).
+
+The clock that times the steps measured before training is injected (a fake one that advances
+a fixed tick per reading): no test sleeps, and none asserts a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from detect import train as T
+from detect.model.checkpoint import load_checkpoint
+from detect.training import config as C, data_prep, trainer
+from detect.training.budget import fake_clock
+from detect.data import dataset as D
+
+from conftest import TINY_TRAIN, make_devkit
+
+# TINY_TRAIN without the recipe's own values, so that the recipe's choice shows.
+TICK = 1000.0  # seconds the fake clock advances per reading
+TINY = ["--weights", "none", "--batch-size", "2", "--input-size", "96", "--workers", "0"]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_devkit(tmp_path / "data", n=8)  # 6 train (3 steps of 2), 2 val
+
+
+def config(data: Path, out: Path, *extra: str) -> C.TrainConfig:
+    args = T.build_parser().parse_args(["--data", str(data), "--classes", str(data / "classes.txt"),
+                                        "--out", str(out), *TINY, *extra])
+    return T.config_from_args(args)
+
+
+@pytest.mark.parametrize("cuda, pretrained, recipe, head, roi_batch, sampling, fpn_norm", [
+    (False, False, "cpu-scratch", 256, 64, 1, "gn"),
+    (False, True, "cpu-pretrained", 1024, 128, 2, "none"),  # the head and FPN COCO weights fit
+    (True, False, "gpu", 1024, 512, 2, "none"),
+    (True, True, "gpu", 1024, 512, 2, "none"),
+])
+def test_the_recipe_follows_the_machine_and_the_weights(tmp_path, cuda, pretrained, recipe, head, roi_batch, sampling,
+                                                        fpn_norm) -> None:
+    cfg = C.TrainConfig(data=tmp_path, weights="none")
+    first = C.resolve_config(cfg)  # before the facts: no recipe yet, nothing filled from one
+    assert first.recipe is None and first.model.box_head_dim is None and first.epochs is None
+    got = C.resolve_config(first, C.RunFacts(median_size=(200, 200), pretrained=pretrained, cuda=cuda))
+    m = got.model
+    assert (got.recipe, m.box_head_dim, m.roi_batch, m.roi_sampling_ratio, m.fpn_norm) == (
+        recipe, head, roi_batch, sampling, fpn_norm)
+    # Every value stays the user's to set, and so does the recipe itself.
+    given = C.resolve_config(C.TrainConfig(data=tmp_path, weights="none", model=m.replace(box_head_dim=None, roi_batch=32)),
+                             C.RunFacts(cuda=cuda, pretrained=pretrained))
+    assert given.model.roi_batch == 32 and given.model.box_head_dim == head
+    chosen = C.resolve_config(C.TrainConfig(data=tmp_path, weights="none", recipe="gpu"), C.RunFacts(cuda=False))
+    assert chosen.recipe == "gpu" and chosen.model.roi_batch == 512
+
+
+def test_the_demo_keeps_its_recipe_on_every_machine() -> None:
+    demo = C.resolve_config(C.TrainConfig(), C.RunFacts(cuda=True, pretrained=True))
+    assert demo.recipe == "demo" and demo.model.box_head_dim == 256 and demo.epochs == 12
+
+
+def test_epochs_for_budget() -> None:
+    assert C.epochs_for_budget(10, C.RunFacts(epoch_seconds=100)) == 6
+    # A resumed run: what is spent is spent, the epochs done stay done.
+    assert C.epochs_for_budget(10, C.RunFacts(epoch_seconds=100, spent_seconds=250, epochs_done=2)) == 5
+    with pytest.raises(C.UsageError, match="at least --time 2"):
+        C.epochs_for_budget(1, C.RunFacts(epoch_seconds=100))
+    with pytest.raises(C.UsageError, match="of it are spent"):
+        C.epochs_for_budget(5, C.RunFacts(epoch_seconds=100, spent_seconds=250, epochs_done=2))
+
+
+def test_time_sets_the_epochs_and_the_schedule_from_measured_steps(data: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    # Each reading of the fake clock advances 1000 s (far more than the tiny epochs really
+    # take): a step measures 1000 s, a val batch of 2 images 1000 s (500 s an image). An epoch:
+    # 3 steps x 1000 s + 2 val images x 500 s = 4000 s.
+    result = trainer.train(config(data, tmp_path / "w", "--time", "200"), echo=lambda t, err=False: lines.append(t),
+                           clock=fake_clock(TICK))
+    text = "\n".join(lines)
+    assert "Recipe cpu-scratch: no GPU and no pretrained weights" in text
+    assert "66.7 min an epoch (3 steps x 1000.00 s + validation 16.7 min)" in text
+    assert "--time 200 min: 3 epochs fit it" in text  # 12000 s // 4000 s
+    assert result.status == "finished" and result.config.epochs == 3
+    rows = list(csv.DictReader((result.run.path / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # The cosine schedule was fitted to the 3 epochs: it ends at its floor (1 % of the peak).
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * result.config.lr)
+    args = load_checkpoint(result.run.last)["args"]
+    assert (args["recipe"], args["time"], args["epochs"]) == ("cpu-scratch", 200.0, 3)
+
+
+def test_without_time_the_banner_still_states_the_estimate(data: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    trainer.train(config(data, tmp_path / "w", "--epochs", "1"), echo=lambda t, err=False: lines.append(t),
+                  clock=fake_clock(2000.0))
+    text = "\n".join(lines)
+    # 3 steps x 2000 s + 2 val images x 1000 s = 8000 s an epoch: long, so it says what shortens it.
+    assert "2 h 13 min an epoch" in text and "2 h 13 min for 1 epochs" in text
+    assert "To shorten it: --time MINUTES" in text and "--input-size (now 96 px" in text and "or a GPU" in text
+
+
+def test_resume_continues_what_is_left_of_the_budget(data: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    collate = D.collate
+
+    def interrupting(batch):  # Ctrl-C when epoch 2 asks for its first batch (3 train + 1 val batches before)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return collate(batch)
+
+    monkeypatch.setattr(data_prep, "collate", interrupting)
+    cut = trainer.train(config(data, tmp_path / "w", "--time", "200"), clock=fake_clock(TICK))
+    assert cut.status == "interrupted" and cut.config.epochs == 3
+    monkeypatch.setattr(data_prep, "collate", collate)
+    last = cut.run.last
+    spent = load_checkpoint(last)["train_state"]["train_time"]
+    assert 0 < spent < 4000  # one tiny epoch, really timed
+
+    shutil.copytree(cut.run.path, tmp_path / "copy")
+    lines: list[str] = []
+    done = trainer.train(C.resume_config(last), echo=lambda t, err=False: lines.append(t), clock=fake_clock(TICK))
+    # 1 epoch done, then (12000 s - spent) // 4000 s = 2 more: the budget goes on, it does not start over (4).
+    assert done.status == "finished" and done.config.epochs == 3
+    assert "of it spent: 3 epochs fit it" in "\n".join(lines)
+    rows = list(csv.DictReader((done.run.path / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # A new budget given on resume: what is left of it after the time already spent.
+    again = tmp_path / "copy" / "last.pt"
+    smaller = trainer.train(C.resume_config(again, {"time": 100.0}), clock=fake_clock(TICK))
+    assert smaller.config.epochs == 2  # 1 done + (6000 s - spent) // 4000 s
+    with pytest.raises(C.UsageError, match="of it are spent"):
+        trainer.train(C.resume_config(again, {"time": 50.0}), clock=fake_clock(TICK))
+
+
+def test_a_budget_smaller_than_one_epoch_is_refused_in_one_line(data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w"
+    assert T.main(["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(out), *TINY,
+                   "--time", "0.00001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--time 1e-05: one epoch (training and validation) takes about" in err[0]
+    assert "Traceback" not in err[0]
+    assert not any(out.glob("*/last.pt"))  # refused before the run folder
+
+
+def test_time_with_epochs_is_refused(data: Path, tmp_path: Path, capsys) -> None:
+    assert T.main(["--data", str(data), "--out", str(tmp_path / "w"), *TINY, "--time", "5", "--epochs", "3"]) == 2
+    assert "give one of them" in capsys.readouterr().err
