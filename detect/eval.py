@@ -78,6 +78,10 @@ def build_parser() -> CliParser:
                    help="score threshold for precision/recall/F1, confusion matrix and gallery (default: 0.5)")
     add_device_option(p)
     p.add_argument("--batch-size", type=Number(int, 1, 1024), default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--corruptions", nargs="*", metavar="NAME",
+                   help="robustness report: also the val mAP under camera corruptions (noise, blur, JPEG, light) "
+                   "at 3 severities each, seeded per image; no NAME: all of "
+                   "gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg, brightness, dark, contrast")
     p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write plots and report.md to this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,12 +133,23 @@ def _check_args(args) -> None:
             raise UsageError(f"{p}: no such predictions file")
     if args.data and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder")
+    if args.corruptions is not None:
+        if args.predictions:
+            raise UsageError("--corruptions runs the models on corrupted images; it cannot score a --predictions file")
+        from detect.data.corruptions import check_names
+
+        try:
+            args.corruptions = check_names(args.corruptions)
+        except ValueError as exc:
+            raise UsageError(f"--corruptions: {exc}") from None
 
 
-def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int, progress: bool) -> RunResult:
+def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int, progress: bool,
+              corruptions: Sequence[str] = ()) -> RunResult:
     """Load a ``.pt`` checkpoint or an ``.onnx`` export through
     :func:`detect.inference.loader.load_detector` (the path ``detect.predict`` takes; torch is
-    imported only for a checkpoint), predict on the images it is evaluated on, and score it."""
+    imported only for a checkpoint), predict on the images it is evaluated on, and score it;
+    with ``corruptions``, also its mAP under each at each severity (``result.robustness``)."""
     from detect.data.images import ImageError
     from detect.inference.loader import is_onnx, load_detector
     from detect.inference.predictor import detect_files
@@ -159,11 +174,43 @@ def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int,
     backbone = str(meta.get("backbone") or (meta.get("model_config") or {}).get("backbone") or "?")
     info = {"epoch": meta.get("epoch"), "metrics": meta.get("metrics"), "run": run, "history": meta.get("history")}
     name = f"{run}/{path.name}" if is_onnx(path) else run if path.name == "best.pt" else f"{run}/{path.stem}"
-    return evaluator.score(
+    result = evaluator.score(
         name=name, backbone=backbone, kind="checkpoint", source=path, eval_set=eval_set, classes=classes,
         detections=dets, timing=timing, params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
         training=meta.get("training"),
     )
+    if corruptions:
+        result.robustness = corrupted_maps(evaluator, detector, eval_set, classes, result.voc.map, corruptions,
+                                           progress=progress)
+    return result
+
+
+def corrupted_maps(evaluator: Evaluator, detector, eval_set, classes, clean: float, corruptions: Sequence[str], *,
+                   progress: bool = False):
+    """The VOC mAP of ``detector`` on ``eval_set`` under each corruption at each severity
+    (:mod:`detect.data.corruptions`, seeded per image), as a :class:`detect.scoring.robustness.Robustness`."""
+    from detect.data.corruptions import SEVERITIES, corrupt, corruption
+    from detect.data.images import ImageError
+    from detect.inference.predictor import detect_files
+    from detect.scoring.metrics import voc_evaluate
+    from detect.scoring.robustness import Robustness
+
+    s = evaluator.settings
+    truths = eval_set.truths(classes)
+    out = Robustness(clean=clean, iou=s.iou)
+    for name in corruptions:
+        for severity in SEVERITIES:
+            t = corruption(name, severity)
+            try:
+                dets, _ = detect_files(detector, eval_set.image_paths, eval_set.keys, exif=eval_set.exif,
+                                       progress=progress,
+                                       transform=lambda im, key: corrupt(im, name, severity, key, transform=t))
+            except ImageError as exc:
+                raise EvalError(str(exc)) from None
+            voc = voc_evaluate(truths, dets, classes=classes, iou_threshold=s.iou, use_07_metric=s.voc07)
+            out.maps.setdefault(name, {})[severity] = voc.map
+            log.info("%s severity %d: mAP %.3f", name, severity, voc.map)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,7 +240,8 @@ def _evaluate(args) -> int:
         try:
             if kind == "checkpoint":
                 results.append(model_run(evaluator, path, device=device_name, batch_size=args.batch_size,
-                                         progress=not args.no_progress))
+                                         progress=not args.no_progress,
+                                         corruptions=args.corruptions or ()))
             else:
                 results.append(evaluator.predictions_run(path))
         except UsageError:  # the command line itself is wrong: stop
@@ -245,6 +293,24 @@ def print_results(results: Sequence[RunResult], settings: dict[str, Any]) -> Non
         print(f"\n{r.name}: {r.eval_set.describe()}, split: {r.eval_set.split_source}; "
               f"P/R/F1 at score >= {conf:g}, IoU >= {iou:g}")
         print(format_table(h, rws, left=1))
+    print_robustness(results)
+
+
+def print_robustness(results: Sequence[RunResult]) -> None:
+    """With ``--corruptions``: the summary (clean, mean corrupted, relative) and each run's grid."""
+    from detect.scoring.robustness import robustness_grid, robustness_summary
+
+    named = [(r.name, r.robustness) for r in results if r.robustness is not None]
+    if not named:
+        return
+    header, rows = robustness_summary(named)
+    print(f"\nrobustness: VOC mAP@{named[0][1].iou:g} under camera corruptions (mean of severities 1-3 per "
+          "corruption); relative = mean corrupted / clean")
+    print(format_table(header, rows, left=1))
+    for name, rob in named:
+        header, rows = robustness_grid(rob)
+        print(f"\n{name}: mAP per corruption and severity")
+        print(format_table(header, rows, left=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Write the procedural demo dataset (cans and bottles, whole and defective) as a VOC devkit.
 
     python -m detect.make_demo_data OUT --images 400 [--seed 0] [--size 320x240] [--val-fraction 0.2]
+    python -m detect.make_demo_data OUT --defect-rate 0.05     (rare defects: 5 % of objects defective)
     python -m detect.make_demo_data OUT --conveyor 40 [--speed 4] [--spacing 130] [--fps 25]
     python tools/make_demo_data.py OUT ...     (from a clone; make-demo-data once installed)
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=_size, default=(320, 240), metavar="WxH", help="image size (default 320x240)")
     parser.add_argument("--val-fraction", type=Number(float, 0, 1, hi_open=True), default=0.2, metavar="F",
                         help="share of images listed in ImageSets/Main/val.txt (default 0.2)")
+    parser.add_argument("--defect-rate", type=Number(float, 0, 1), metavar="P",
+                        help="each object is defective with probability P (e.g. 0.05 for rare defects); default: "
+                        "the four classes equally likely")
     c = parser.add_argument_group("a conveyor video (instead of the dataset)")
     c.add_argument("--conveyor", type=Number(int, 1, 100_000), metavar="N",
                    help="write OUT/conveyor.mp4, N items crossing the frame, and OUT/conveyor.json, the ground truth")
@@ -83,7 +87,8 @@ def _dataset(args) -> int:
     started = time.perf_counter()
     try:
         out = make_demo_dataset(
-            args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction
+            args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction,
+            defect_rate=args.defect_rate,
         )
     except (FileExistsError, ValueError) as exc:
         raise UsageError(show(exc)) from None

@@ -28,6 +28,7 @@ from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
+from detect.training.balance import BALANCE_CHOICES
 from detect.training.config import LIMITS, RECIPES, TrainConfig, resume_config
 from detect.training.trainer import TrainResult, train
 
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--augment", choices=AUGMENT_CHOICES, help="augmentation strength (default: light)")
     g.add_argument("--skip-invalid", action="store_true", help="leave out annotation files the checker finds errors in, instead of refusing the dataset")
     g.add_argument("--demo-images", type=LIMITS["demo_images"], help="images in the generated demo dataset (no --data)")
+    g.add_argument("--demo-defect-rate", type=LIMITS["demo_defect_rate"], metavar="P",
+                   help="a demo whose objects are defective with probability P (e.g. 0.05: rare defects); "
+                   "default: the standard demo, a quarter of each kind")
+    g.add_argument("--balance", choices=BALANCE_CHOICES, default=_DEFAULTS.balance,
+                   help="repeat: images with rare classes are seen more often per epoch (repeat-factor sampling, "
+                   "as in LVIS); the banner shows each class's factor")
+    g.add_argument("--balance-t", type=LIMITS["balance_t"], default=_DEFAULTS.balance_t, metavar="T",
+                   help="with --balance repeat: a class in fewer than this fraction of the train images is "
+                   "repeated by sqrt(T / fraction)")
 
     g = p.add_argument_group("model")
     g.add_argument("--recipe", choices=tuple(k for k in RECIPES if k != "data"),

@@ -36,6 +36,7 @@ TORCH = frozenset({
     "detect.common.device",
     "detect.data.dataset",
     "detect.data.tensors",
+    "detect.data.corruptions",  # albumentations, not torch: the robustness report's corruptions
     "detect.model.build",
     "detect.model.roi_align",
     "detect.model.checkpoint",
@@ -53,6 +54,7 @@ TORCH = frozenset({
     "detect.training.engine",
     "detect.training.run_folder",
     "detect.training.distributed",
+    "detect.training.balance",
 })
 TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
 

@@ -413,7 +413,8 @@ def dataset_findings(
                     files.root,
                     None,
                     f"class imbalance {ratio:.1f}:1 ('{top}' {most} objects, '{low}' {least}); the model "
-                    f"will favour '{top}': annotate more '{low}', or weight or resample the rare classes",
+                    f"will favour '{top}': annotate more '{low}', or resample the rare classes in training "
+                    f"(python -m detect.train --balance repeat)",
                 )
             )
 

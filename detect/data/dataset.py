@@ -41,11 +41,15 @@ from detect.data.records import Record, sanitize_objects  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-AUGMENT_CHOICES = ("none", "light", "strong")
+AUGMENT_CHOICES = ("none", "light", "strong", "line")
 
 
 def build_transforms(augment: str, *, input_size: int | None = None) -> A.Compose | None:
-    """The albumentations pipeline for ``augment`` in ``("none", "light", "strong")``.
+    """The albumentations pipeline for ``augment`` in :data:`AUGMENT_CHOICES`: ``"light"``
+    (flips, small shifts and scales, light and colour), ``"strong"`` (more of each, some blur
+    and noise), ``"line"`` (``"light"`` plus what a line camera does to images: sensor noise,
+    motion and defocus blur, JPEG compression, harder light and contrast changes; aimed at the
+    corruptions of ``detect.eval --corruptions``).
 
     Boxes travel in ``pascal_voc`` format (pixels, xmin/ymin/xmax/ymax) with their labels;
     a box pushed mostly out of the frame (less than 30 % visible) is dropped with its label.
@@ -58,7 +62,7 @@ def build_transforms(augment: str, *, input_size: int | None = None) -> A.Compos
     steps: list[A.BasicTransform] = []
     if input_size:
         steps.append(A.LongestMaxSize(max_size=input_size, p=1.0))
-    if augment in ("light", "strong"):
+    if augment in ("light", "strong", "line"):
         strong = augment == "strong"
         steps += [
             A.HorizontalFlip(p=0.5),
@@ -76,6 +80,14 @@ def build_transforms(augment: str, *, input_size: int | None = None) -> A.Compos
             steps += [
                 A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.3),
                 A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
+            ]
+        if augment == "line":
+            steps += [
+                A.OneOf([A.MotionBlur(blur_limit=(3, 11), angle_range=(0, 0), direction_range=(0, 0)),
+                         A.Defocus(radius=(1, 4), alias_blur=(0.1, 0.3))], p=0.3),
+                A.OneOf([A.GaussNoise(std_range=(0.02, 0.1)), A.ShotNoise(scale_range=(0.002, 0.03))], p=0.3),
+                A.RandomBrightnessContrast(brightness_limit=0.4, contrast_limit=(-0.6, 0.2), p=0.3),
+                A.ImageCompression(quality_range=(10, 60), p=0.25),
             ]
     if not steps:
         return None

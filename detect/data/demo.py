@@ -110,6 +110,7 @@ def make_demo_dataset(
     seed: int = 0,
     image_size: tuple[int, int] = (320, 240),
     val_fraction: float = 0.2,
+    defect_rate: float | None = None,
 ) -> Path:
     """Write a demo VOC devkit into ``out`` and return ``Path(out)``.
 
@@ -121,6 +122,9 @@ def make_demo_dataset(
         seed: a non-negative integer; the same parameters give identical files.
         image_size: ``(width, height)`` in pixels, each 32 to 8192.
         val_fraction: share of the images listed in ``val.txt``, in ``[0, 1)``.
+        defect_rate: the probability, in ``[0, 1]``, that an object is defective (a rare-defect
+            demo with e.g. 0.05); None (the default): each of the four classes equally likely,
+            and the files are those of earlier versions byte for byte.
 
     Raises:
         ValueError: a parameter is out of range.
@@ -128,8 +132,10 @@ def make_demo_dataset(
         OSError: the files cannot be written.
     """
     num_images, seed, (width, height), val_fraction = _check_params(num_images, seed, image_size, val_fraction)
+    defect_rate = _check_rate(defect_rate)
     out = Path(out)
-    if is_complete(out, num_images=num_images, seed=seed, image_size=(width, height), val_fraction=val_fraction):
+    if is_complete(out, num_images=num_images, seed=seed, image_size=(width, height), val_fraction=val_fraction,
+                   defect_rate=defect_rate):
         log.info("%s: demo dataset already complete (%d images, seed %d)", out, num_images, seed)
         return out
     if out.exists() or out.is_symlink():
@@ -147,7 +153,8 @@ def make_demo_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        marker = _generate(tmp, num_images=num_images, seed=seed, size=(width, height), val_fraction=val_fraction)
+        marker = _generate(tmp, num_images=num_images, seed=seed, size=(width, height), val_fraction=val_fraction,
+                           defect_rate=defect_rate)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +175,7 @@ def is_complete(
     seed: int,
     image_size: tuple[int, int],
     val_fraction: float | None = None,
+    defect_rate: float | None = None,
 ) -> bool:
     """Whether ``out`` holds a finished demo dataset made with these parameters.
 
@@ -184,6 +192,8 @@ def is_complete(
     if marker.get("num_images") != num_images or marker.get("seed") != seed or marker.get("image_size") != size:
         return False
     if val_fraction is not None and marker.get("val_fraction") != float(val_fraction):
+        return False
+    if marker.get("defect_rate") != (None if defect_rate is None else float(defect_rate)):
         return False
     root = Path(out)
     try:
@@ -214,21 +224,34 @@ def read_marker(out: str | os.PathLike[str]) -> dict | None:
 
 
 def render_demo_image(
-    seed: int, index: int, image_size: tuple[int, int] = (320, 240)
+    seed: int, index: int, image_size: tuple[int, int] = (320, 240), *, defect_rate: float | None = None
 ) -> tuple[np.ndarray, tuple[VocObject, ...]]:
     """Draw image ``index`` of the dataset with ``seed``: a BGR uint8 array and its objects.
 
     This is what :func:`make_demo_dataset` writes (before JPEG compression).
     """
     _, seed, (width, height), _ = _check_params(1, seed, image_size, 0.0)
+    defect_rate = _check_rate(defect_rate)
     index = operator.index(index)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    return _Scene(rng, width, height).render()
+    return _Scene(rng, width, height, defect_rate).render()
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def _check_rate(defect_rate):
+    if defect_rate is None:
+        return None
+    try:
+        rate = float(defect_rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"defect_rate must be a number from 0 to 1, got {defect_rate!r}") from None
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"defect_rate must be from 0 to 1, got {defect_rate}")
+    return rate
 
 
 def _check_params(num_images, seed, image_size, val_fraction):
@@ -253,7 +276,8 @@ def _check_params(num_images, seed, image_size, val_fraction):
     return num_images, seed, (width, height), val_fraction
 
 
-def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], val_fraction: float) -> dict:
+def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], val_fraction: float,
+              defect_rate: float | None = None) -> dict:
     width, height = size
     ann_dir = root / "Annotations"
     img_dir = root / "JPEGImages"
@@ -266,7 +290,7 @@ def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], 
     negatives = 0
     for k in range(num_images):
         sample_id = f"demo_{k:0{digits}d}"
-        image, objects = render_demo_image(seed, k, (width, height))
+        image, objects = render_demo_image(seed, k, (width, height), defect_rate=defect_rate)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR image
             raise OSError(f"OpenCV could not encode {sample_id}.jpg")
@@ -308,6 +332,8 @@ def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], 
         "train": len(splits["train"]),
         "val": len(splits["val"]),
     }
+    if defect_rate is not None:  # only then: the default demo's marker stays as it was
+        marker["defect_rate"] = defect_rate
     # The marker is the last file written: its presence means everything else is there.
     (root / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return marker
@@ -875,10 +901,11 @@ def _clip_region(x0: int, y0: int, w: int, h: int, W: int, H: int):
 class _Scene:
     """One image: a background, objects placed back to front, global effects."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int) -> None:
+    def __init__(self, rng: np.random.Generator, width: int, height: int, defect_rate: float | None = None) -> None:
         self.rng = rng
         self.W = width
         self.H = height
+        self.defect_rate = defect_rate
 
     def _make_sprite(self, cls: str, light_x: float) -> _Sprite:
         rng, H, W = self.rng, self.H, self.W
@@ -917,6 +944,9 @@ class _Scene:
         placed: list[dict] = []
         for _ in range(n_wanted):
             cls = DEMO_CLASSES[int(rng.integers(len(DEMO_CLASSES)))]
+            if self.defect_rate is not None:  # the kind (can, bottle) as drawn; defective or not by the rate
+                kind = "Lata" if cls.startswith("Lata") else "Botella"
+                cls = f"{kind}_defectuosa" if rng.random() < self.defect_rate else kind
             sprite = self._make_sprite(cls, light_x)
             solid = sprite.alpha > 0.5
             area = int(solid.sum())

@@ -431,11 +431,13 @@ class RateMeter:
 
 
 def detect_files(detector: Detector, paths: Sequence[Any], keys: Sequence[str], *, exif: str = "apply",
-                 progress: bool = False) -> tuple[list[Detections], Timing]:
+                 progress: bool = False,
+                 transform: Callable[[np.ndarray, str], np.ndarray] | None = None) -> tuple[list[Detections], Timing]:
     """Run ``detector`` on image files (read by :func:`detect.data.images.read_image` with the
     ``exif`` rule), ``detector.batch_size`` at a time: the detections keyed ``keys`` in input
     order, and the timing, where the first batch is left out when there is more than one (it
-    pays one-off costs: memory allocation, kernel selection).
+    pays one-off costs: memory allocation, kernel selection). ``transform(image, key)``, when
+    given, changes each image before the model sees it (the robustness report's corruptions).
 
     Raises:
         detect.data.images.ImageError: an image cannot be decoded.
@@ -450,6 +452,8 @@ def detect_files(detector: Detector, paths: Sequence[Any], keys: Sequence[str], 
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False) as bar:
         for first in range(0, len(paths), size):
             images = [read_image(p, exif=exif) for p in paths[first:first + size]]
+            if transform is not None:
+                images = [transform(im, k) for im, k in zip(images, keys[first:first + size])]
             t0 = time.perf_counter()
             dets = detector.detect(images, list(keys[first:first + size]))
             if first > 0 or len(paths) <= size:

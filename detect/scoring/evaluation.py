@@ -265,6 +265,7 @@ class RunResult:
     checkpoint_info: dict[str, Any] | None = None
     training: dict[str, Any] | None = None  # the checkpoint's ``training`` record (see TRAINING_KEYS)
     best: bool = False
+    robustness: Any = None  # a detect.scoring.robustness.Robustness with ``--corruptions``
 
 
 def score(
@@ -629,6 +630,7 @@ def result_json(r: RunResult) -> dict[str, Any]:
         "checkpoint_bytes": r.checkpoint_bytes,
         "checkpoint": r.checkpoint_info,
         "training": training_cost(r),
+        **({"robustness": r.robustness.as_dict()} if r.robustness is not None else {}),
     }
 
 

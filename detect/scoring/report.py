@@ -52,6 +52,7 @@ from matplotlib.ticker import MaxNLocator
 from detect.common.files import write_atomic
 from detect.scoring.evaluation import RunResult, class_rows
 from detect.scoring.figures import colors, save_png, subplots
+from detect.scoring.robustness import plot_robustness, robustness_grid, robustness_summary
 from detect.scoring.galleries import plot_easiest, plot_false_alarms, plot_gallery
 from detect.scoring.metrics import ConfusionResult, VocResult
 
@@ -364,6 +365,23 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int
     return "\n".join(lines)
 
 
+def _robustness_section(results: Sequence[RunResult], out_dir: Path) -> list[str]:
+    """With ``--corruptions``: the summary table, the heat-map and each run's grid."""
+    named = [(r.name, r.robustness) for r in results if r.robustness is not None]
+    if not named:
+        return []
+    header, rows = robustness_summary(named)
+    plot_robustness(named, out_dir / "robustness.png")
+    md = ["## Robustness to camera corruptions", "",
+          f"VOC mAP@{named[0][1].iou:g} on the same images corrupted (detect/data/corruptions.py: noise, blur, "
+          "JPEG, light; three severities, seeded per image); relative = mean corrupted mAP / clean mAP.", "",
+          _md_table(header, rows), "", "![robustness heat-map](robustness.png)", ""]
+    for name, rob in named:
+        header, rows = robustness_grid(rob)
+        md += [f"{name}:", "", _md_table(header, rows), ""]
+    return md
+
+
 def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[str, Any],
                  table_markdown: str) -> Path:
     """Write every plot for every run and ``out_dir/report.md``; returns the report's path."""
@@ -401,6 +419,7 @@ def write_report(out_dir: Path, results: Sequence[RunResult], *, settings: dict[
             "![training curves](training_curves.png)",
             "",
         ]
+    md += _robustness_section(results, out_dir)
     md += [
         "Image galleries, per run: **hardest**: the images with the most misses plus false alarms at "
         f"score >= {conf:g}; **easiest**: images where every (non-difficult) object is found and nothing "

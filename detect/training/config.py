@@ -27,6 +27,7 @@ from detect.model.backbones import get_backbone
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.checkpoint import load_checkpoint
 from detect.model.config import FPN_NORMS, ModelConfig
+from detect.training.balance import BALANCE_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ LIMITS: dict[str, Number] = {
     "folds": Number(int, 0, 1000),
     "fold": Number(int, 0),
     "demo_images": Number(int, 1, 100_000),
+    "demo_defect_rate": Number(float, 0, 1),
+    "balance_t": Number(float, 0, 1, lo_open=True),
     "trainable_layers": Number(int, 0),  # the backbone's own maximum is checked in resolve_config
     "input_size": Number(int, 32, 8192),
     "rpn_fg_iou": Number(float, 0, 1),
@@ -179,6 +182,9 @@ class TrainConfig:
     exif: str = "apply"  # "ignore": boxes were drawn on the stored pixels of rotated photos
     tensorboard: bool = False  # also log results.csv's rows and the settings for TensorBoard
     demo_images: int | None = None
+    demo_defect_rate: float | None = None  # the demo's share of defective objects (None: the default demo)
+    balance: str = "none"  # "repeat": repeat-factor sampling of images with rare classes (training/balance.py)
+    balance_t: float = 0.3  # the image fraction under which a class is repeated
     # model: the architecture; None fields come from the recipe (num_classes from the data)
     model: ModelConfig = field(default_factory=ModelConfig)
     weights: str = "auto"
@@ -293,6 +299,8 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
         raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
     if cfg.folds and cfg.fold >= cfg.folds:
         raise UsageError(f"--fold {cfg.fold}: with --folds {cfg.folds} the fold is 0 to {cfg.folds - 1}")
+    if cfg.balance not in BALANCE_CHOICES:
+        raise UsageError(f"--balance must be one of {', '.join(BALANCE_CHOICES)}, got {cfg.balance!r}")
     if cfg.exif not in EXIF_MODES:
         raise UsageError(f"--exif must be one of {', '.join(EXIF_MODES)}, got {cfg.exif!r}")
     if cfg.resume is None and cfg.weights not in WEIGHT_CHOICES and not Path(cfg.weights).is_file():

@@ -23,13 +23,14 @@ from detect.data.images import ImageError, read_image
 from detect.data.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.data.records import Record, check_classes, class_names_from, load_records, median_image_size
 from detect.training.config import Echo, RunFacts, TrainConfig, log_echo, resolve_config
+from detect.training.balance import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
 from detect.training.distributed import Dist
 from detect.training.engine import seed_worker
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AnnotationErrors", "Data", "data_facts", "demo_root", "load_data", "make_loaders", "open_data",
-           "prepare_data", "run_checker"]
+           "prepare_data", "repeat_factors", "run_checker"]
 
 DEMO_SEED = 0
 DEMO_IMAGE_SIZE = (320, 240)
@@ -52,9 +53,11 @@ class Data:
     input_note: str = ""  # how the input size was chosen, for the banner
 
 
-def demo_root(demo_images: int) -> Path:
-    """Where the demo dataset of ``demo_images`` images lives (``$DETECT_CACHE`` or ``.cache``)."""
-    return Path(os.environ.get("DETECT_CACHE", ".cache")) / f"demo-{demo_images}"
+def demo_root(demo_images: int, defect_rate: float | None = None) -> Path:
+    """Where the demo dataset of ``demo_images`` images (with ``defect_rate``, when given)
+    lives (``$DETECT_CACHE`` or ``.cache``)."""
+    rare = "" if defect_rate is None else f"-defects{defect_rate:g}"
+    return Path(os.environ.get("DETECT_CACHE", ".cache")) / f"demo-{demo_images}{rare}"
 
 
 def open_data(cfg: TrainConfig, echo: Echo = log_echo, *, dist: Dist = Dist()) -> tuple[TrainConfig, DatasetFiles]:
@@ -64,11 +67,14 @@ def open_data(cfg: TrainConfig, echo: Echo = log_echo, *, dist: Dist = Dist()) -
     """
     cfg = dataclasses.replace(cfg)
     if cfg.data is None:
-        root = demo_root(cfg.demo_images)
-        if dist.main and not is_complete(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE):
+        root = demo_root(cfg.demo_images, cfg.demo_defect_rate)
+        rare = {} if cfg.demo_defect_rate is None else {"defect_rate": cfg.demo_defect_rate}
+        if dist.main and not is_complete(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE,
+                                         **rare):
             echo(f"Generating the demo dataset ({cfg.demo_images} images) into {root} ...")
             try:
-                make_demo_dataset(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE)
+                make_demo_dataset(root, num_images=cfg.demo_images, seed=DEMO_SEED, image_size=DEMO_IMAGE_SIZE,
+                                  **rare)
             except FileExistsError as exc:  # a folder of something else where the demo goes
                 raise UsageError(f"{show(exc)}; or set DETECT_CACHE to another folder for the demo data") from None
             except OSError as exc:
@@ -185,6 +191,14 @@ def run_checker(files: DatasetFiles, classes: list[str] | None, cfg: TrainConfig
     )
 
 
+def repeat_factors(cfg: TrainConfig, data: Data) -> tuple[dict[str, float], list[float]]:
+    """``--balance repeat``: each class's repeat factor and each train image's (training/balance.py)."""
+    known = set(data.classes)
+    present = [{o.name for o in r.annotation.objects if o.name in known} for r in data.train]
+    per_class = class_repeat_factors(present, cfg.balance_t)
+    return {c: per_class[c] for c in data.classes if c in per_class}, image_repeat_factors(present, per_class)
+
+
 def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torch.device = torch.device("cpu")):
     """The train set and loader (this process's share of each epoch, in batches of like-shaped
     images), its sampler, the val loader (rank 0 validates) and the loader's generator."""
@@ -194,7 +208,11 @@ def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torc
     val_set = DetectionDataset(data.val, data.classes, None, cache=cfg.cache, cache_dir=cache_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     # One sampler for one process or many: the epoch's order comes from (seed, epoch).
-    sampler = DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
+    if cfg.balance == "repeat":
+        sampler = RepeatFactorSampler(repeat_factors(cfg, data)[1], num_replicas=dist.world, rank=dist.rank,
+                                      seed=cfg.seed)
+    else:
+        sampler = DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed)
     drop_last = len(sampler) > cfg.batch_size
     if cfg.aspect_grouping:
         batches = GroupedBatchSampler(sampler, train_set.aspect_groups(), cfg.batch_size, drop_last=drop_last)

@@ -34,7 +34,7 @@ from detect.model.config import ModelConfig
 from detect.training import distributed
 from detect.training.budget import Pace, format_duration, measure
 from detect.training.config import RECIPE_REASONS, RESUMABLE, Echo, RunFacts, TrainConfig, log_echo, resolve_config
-from detect.training.data_prep import Data, data_facts, load_data, make_loaders, open_data
+from detect.training.data_prep import Data, data_facts, load_data, make_loaders, open_data, repeat_factors
 from detect.training.distributed import Dist
 from detect.training.engine import (
     LOSS_KEYS,
@@ -549,6 +549,16 @@ def _banner(echo: Echo, run: _Run) -> None:
     echo(f"Optimizer {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}, "
          f"{min(cfg.warmup_iters, len(run.train_loader))} warm-up iterations), "
          f"{batch}, {cfg.epochs} epochs, augment {cfg.augment}")
+    if cfg.balance == "repeat":
+        _balance_banner(echo, run)
+
+
+def _balance_banner(echo: Echo, run: _Run) -> None:
+    """--balance repeat: each class's repeat factor and the epoch's size."""
+    per_class, _ = repeat_factors(run.cfg, run.data)
+    factors = ", ".join(f"{show(c)} x{r:.2f}" for c, r in per_class.items())
+    echo(f"Balance: repeat-factor sampling (t={run.cfg.balance_t:g}): {factors}; an epoch is "
+         f"{run.sampler.epoch_size} images drawn from {len(run.data.train)} train images")
 
 
 LONG_RUN_S = 3600  # an estimate past this says what would shorten it
