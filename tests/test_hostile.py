@@ -414,7 +414,8 @@ def _interrupt_at(monkeypatch, call: int) -> None:
 
 
 def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    args = ["--epochs", "2", "--seed", "5"]
+    # --val-loss: the CPU recipes leave it out, and a resumed run must reproduce it too.
+    args = ["--epochs", "2", "--seed", "5", "--val-loss"]
     straight = tmp_path / "straight"
     assert train(small, straight, *args) == 0
     # 5 train images in batches of 2 (2 batches an epoch) and 1 val batch, read twice (val

@@ -21,7 +21,7 @@ def test_tensorboard_events_hold_the_results_csv_numbers(tmp_path: Path) -> None
     data = make_devkit(tmp_path / "data", n=6)
     out = tmp_path / "weights"
     argv = ["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(out), "--epochs", "2",
-            "--weights", "none", "--name", "tb", "--tensorboard", *TINY_TRAIN]
+            "--weights", "none", "--name", "tb", "--tensorboard", "--val-loss", *TINY_TRAIN]  # val loss: logged too
     assert T.main(argv) == 0
     run = out / "tb"
     assert list(run.glob("events.out.tfevents.*"))
