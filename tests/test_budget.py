@@ -7,6 +7,7 @@ a fixed tick per reading): no test sleeps, and none asserts a time.
 from __future__ import annotations
 
 import csv
+import itertools
 import shutil
 from pathlib import Path
 
@@ -15,14 +16,18 @@ import pytest
 from detect import train as T
 from detect.model.checkpoint import load_checkpoint
 from detect.training import config as C, data_prep, trainer
-from detect.training.budget import fake_clock
 from detect.data import dataset as D
 
-from conftest import TINY_TRAIN, make_devkit
+from conftest import make_devkit
 
 # TINY_TRAIN without the recipe's own values, so that the recipe's choice shows.
 TICK = 1000.0  # seconds the fake clock advances per reading
 TINY = ["--weights", "none", "--batch-size", "2", "--input-size", "96", "--workers", "0"]
+
+
+def fake_clock(tick: float):
+    """A clock that advances ``tick`` seconds at each reading: the tests never sleep."""
+    return itertools.count(0.0, tick).__next__
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ so tests give a fake one instead of sleeping.
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 from detect.data.dataset import collate
 from detect.training.engine import capture_rng, make_optimizer, restore_rng
 
-__all__ = ["PROBE_STEPS", "Pace", "fake_clock", "format_duration", "measure"]
+__all__ = ["PROBE_STEPS", "Pace", "format_duration", "measure"]
 
 PROBE_STEPS = 3  # timed steps, after one untimed (the first step allocates and warms up)
 
@@ -119,8 +118,3 @@ def format_duration(seconds: float) -> str:
         return f"{seconds / 60:.1f} min"
     hours, minutes = divmod(int(round(seconds / 60)), 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def fake_clock(tick: float) -> Callable[[], float]:
-    """A clock that advances ``tick`` seconds at each reading: for tests, which never sleep."""
-    return itertools.count(0.0, tick).__next__
