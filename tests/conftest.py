@@ -166,3 +166,22 @@ class _NoTorch:
         return None
 sys.meta_path.insert(0, _NoTorch())
 """
+
+
+def assert_same_run(straight: Path, resumed: Path) -> None:
+    """A run stopped and resumed ended as the one never stopped: the same weights, and the same
+    loss and val mAP in every results.csv row."""
+    import csv
+
+    import torch
+
+    from detect.model.checkpoint import load_checkpoint
+
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(resumed / "last.pt")
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    rows_a = list(csv.DictReader((straight / "results.csv").open()))
+    rows_b = list(csv.DictReader((resumed / "results.csv").open()))
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4 and ra["val_map50"] == rb["val_map50"]

@@ -3,13 +3,11 @@ ranks), an exact mid-epoch resume with --balance repeat, the rare-defect demo, b
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from detect import train as T
 from detect.data.dataset import collate
@@ -18,7 +16,7 @@ from detect.model.checkpoint import load_checkpoint
 from detect.training import data_prep
 from detect.training.balance import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
 
-from conftest import TINY_TRAIN, make_devkit
+from conftest import TINY_TRAIN, assert_same_run, make_devkit
 
 TINY = ["--epochs", "1", "--weights", "none", *TINY_TRAIN]
 
@@ -108,14 +106,7 @@ def test_balance_repeat_resumes_mid_epoch_exactly(small: Path, tmp_path: Path, m
     assert last["epoch"] == 0 and last["train_state"]["partial"]["iteration"] == 1
     monkeypatch.setattr(data_prep, "collate", collate)
     assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
-    a = load_checkpoint(straight / "mobilenet" / "last.pt")
-    b = load_checkpoint(cut / "mobilenet" / "last.pt")
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
-    rows_a = list(csv.DictReader((straight / "mobilenet" / "results.csv").open()))
-    rows_b = list(csv.DictReader((cut / "mobilenet" / "results.csv").open()))
-    for ra, rb in zip(rows_a, rows_b, strict=True):
-        assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4 and ra["val_map50"] == rb["val_map50"]
+    assert_same_run(straight / "mobilenet", cut / "mobilenet")
 
 
 @pytest.mark.parametrize("argv, needle", [

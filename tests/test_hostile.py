@@ -29,7 +29,7 @@ from detect.data.dataset import collate
 from detect.data.layout import discover
 from detect.data.voc import Annotation, Box, VocObject, annotation_to_xml
 
-from conftest import TINY_TRAIN, make_devkit, write_sample
+from conftest import TINY_TRAIN, assert_same_run, make_devkit, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "1", "--weights", "none", *TINY_TRAIN]
@@ -429,14 +429,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(small: Path, tmp_path: Path, monkeypat
     assert last["epoch"] == 0 and last["train_state"]["partial"]["iteration"] == 1
     monkeypatch.setattr(data_prep, "collate", collate)
     assert T.main(["--resume", str(cut / "mobilenet" / "last.pt")]) == 0
-    a = load_checkpoint(straight / "mobilenet" / "last.pt")
-    b = load_checkpoint(cut / "mobilenet" / "last.pt")
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
-    rows_a = list(csv.DictReader((straight / "mobilenet" / "results.csv").open()))
-    rows_b = list(csv.DictReader((cut / "mobilenet" / "results.csv").open()))
-    for ra, rb in zip(rows_a, rows_b, strict=True):
-        assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4 and ra["val_map50"] == rb["val_map50"]
+    assert_same_run(straight / "mobilenet", cut / "mobilenet")
 
 
 def test_a_second_ctrl_c_during_the_save_cannot_break_it(small: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -85,7 +85,7 @@ def gather(files: DatasetFiles, classes: Sequence[str] | None = None) -> tuple[l
             continue
         image = files.find_image(xml, ann.filename)
         if image is None:
-            problems.append(f"{xml}: image '{show(ann.filename)}' not found; pass --images DIR")
+            problems.append(f"{show(xml)}: image '{show(ann.filename)}' not found; pass --images DIR")
             continue
         width, height = image_size(image)
         items.append(Item(files.sample_id(xml), image, ann, width, height))

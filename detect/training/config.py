@@ -80,13 +80,8 @@ GPU_RECIPE = dict(
 # of a step. From scratch, the demo's kind of model (docs/performance.md, "Recipes per machine"):
 CPU_SCRATCH_RECIPE = dict(
     GPU_RECIPE,
-    rpn_pre_nms=600,
-    rpn_post_nms=300,
-    rpn_batch=128,
-    roi_batch=64,
-    box_head_dim=256,
-    roi_sampling_ratio=1,
-    fpn_norm="gn",  # nothing pretrained to fit; GroupNorm trains faster from scratch
+    **{k: DEMO_RECIPE[k] for k in ("rpn_pre_nms", "rpn_post_nms", "rpn_batch", "roi_batch", "box_head_dim",
+                                   "roi_sampling_ratio", "fpn_norm")},
     val_loss=False,  # a forward pass over the val split each epoch, for a curve only (--val-loss)
 )
 # With COCO weights the box head and FPN stay what the weights fit (1024 wide, no FPN norm);
