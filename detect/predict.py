@@ -34,6 +34,7 @@ from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
+from detect.inference.counting import DEFECT_SHARE, TRACK_CONF
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def build_parser() -> CliParser:
     p.add_argument("--out", default="predictions", metavar="DIR", help="parent folder of the outputs (default: predictions)")
     p.add_argument("--name", metavar="NAME", help="output folder name (default: the model's run name)")
     p.add_argument("--conf", action="append", metavar="S|CLASS=S",
-                   help="score threshold (default 0.5); repeat with CLASS=S for per-class thresholds, "
+                   help=f"score threshold (default 0.5; {TRACK_CONF:g} with --track, where an item's frames vote); "
+                        "repeat with CLASS=S for per-class thresholds, "
                         "e.g. --conf 0.5 --conf Lata_defectuosa=0.3")
     p.add_argument("--classes", metavar="A,B", help="keep only these classes (separated by commas; a name may hold spaces)")
     p.add_argument("--defect-classes", metavar="A,B",
@@ -81,7 +83,8 @@ def build_parser() -> CliParser:
         "Each detection gets a track id (ByteTrack, class-agnostic) that follows the object from frame to frame; "
         "an item is counted once, when its box centre crosses the counting line. Its class is the score-weighted "
         "vote of all its frames so far (a class votes in a frame where it is seen at its --conf); it is defective "
-        "when a defect class was seen at its --conf in at least --defect-frames frames. One JSON line per item goes "
+        "when a defect class was seen at its --conf in at least --defect-frames frames and in at least --defect-share of "
+        "the frames where it was detected. One JSON line per item goes "
         "to events.jsonl as it is counted. Details: docs/counting.md")
     t.add_argument("--track", action="store_true", help="track objects and count items (videos, cameras, streams)")
     t.add_argument("--count-line", metavar="x1,y1,x2,y2|none",
@@ -91,6 +94,9 @@ def build_parser() -> CliParser:
                    help="the way the belt moves (default left-right): the default line and the forward direction")
     t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
                    help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
+    t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
+                   help="and the share of the item's detected frames it must be seen in (default "
+                        f"{DEFECT_SHARE:g}; 0: --defect-frames alone)")
     t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
                    help="with --count-line none: frames a track needs to be counted (default 3)")
     t.add_argument("--events", metavar="FILE|-",
@@ -171,7 +177,10 @@ def _predict(args) -> int:
     from detect.inference.predictor import Predictor
 
     classes = tuple(detector.classes)
-    predictor = Predictor(detector, conf=args.conf or [], classes=_names("--classes", args.classes, classes),
+    conf = list(args.conf or [])
+    if args.track and all("=" in c for c in conf):  # no overall threshold given: the tracking one
+        conf.insert(0, f"{TRACK_CONF:g}")
+    predictor = Predictor(detector, conf=conf, classes=_names("--classes", args.classes, classes),
                           defect_classes=_names("--defect-classes", args.defect_classes, classes),
                           batch_size=args.batch_size)
     return _run(args, detector, predictor)
@@ -234,7 +243,7 @@ def _run(args, detector, predictor) -> int:
         log_items = ItemLog(folder, path=events, save_crops=args.save_crops, stdout=sys.stdout if args.events == "-" else None)
         counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
                               line=args.line, belt=args.belt, min_frames=args.min_frames,
-                              defect_frames=args.defect_frames, keep_crops=args.save_crops, on_item=log_items.on_item)
+                              defect_frames=args.defect_frames, defect_share=args.defect_share, keep_crops=args.save_crops, on_item=log_items.on_item)
     cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
 
     finite = [s for s in sources if not s.live]

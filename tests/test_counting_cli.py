@@ -51,6 +51,16 @@ def test_track_writes_counts_events_and_summary(tiny_export, conveyor, tmp_path,
     assert (folder / "conveyor.mp4").stat().st_size > 0
 
 
+@pytest.mark.parametrize("given, said", [([], "conf 0.3"), (["--conf", "Lata=0.7"], "conf 0.3 (Lata 0.7)"),
+                                         (["--conf", "0.6"], "conf 0.6")])
+def test_track_thresholds_default_to_the_tracking_one(tiny_export, conveyor, tmp_path, capsys, given, said) -> None:
+    code = main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--track", "--out", str(tmp_path),
+                 "--no-progress", "--no-save-images", *given])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert said in err
+
+
 def test_events_to_stdout_keep_stdout_json_only(tiny_export, conveyor, tmp_path, capsys) -> None:
     code = main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--track", "--events", "-", "--out",
                  str(tmp_path), "--no-progress", "--conf", "0.05", "--count-line", "none", "--no-save-images"])

@@ -13,7 +13,7 @@ import pytest
 from detect.common.errors import UsageError
 from detect.data.conveyor import plan_conveyor, render_conveyor
 from detect.data.demo import DEMO_CLASSES
-from detect.inference.counting import CountingLine, ItemCounter, parse_count_line
+from detect.inference.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
 from detect.inference.tracking import ByteTracker, Observation, merge_classes
 
 DEFECTS = ("Lata_defectuosa", "Botella_defectuosa")
@@ -115,21 +115,47 @@ def test_tracking_ignores_the_class_and_merge_folds_one_object_in_two_classes() 
 # -- the vote
 
 
-def vote_counter(defect_frames=2) -> tuple[ItemCounter, ByteTracker]:
-    return ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=None, defect_frames=defect_frames, min_frames=1), ByteTracker()
+def vote_counter(defect_frames=2, defect_share=0.0) -> tuple[ItemCounter, ByteTracker]:
+    return ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=None, defect_frames=defect_frames, defect_share=defect_share,
+                       min_frames=1), ByteTracker()
+
+
+def vote(counter: ItemCounter, tr: ByteTracker, labels: list[int]):
+    """One object moving right, detected in each frame with the given label; its counted item."""
+    image = np.zeros((100, 300, 3), np.uint8)
+    for i, label in enumerate(labels):
+        tracks = tr.update([obs([10 + 2 * i, 10, 50 + 2 * i, 90], score=0.9 if label == 1 else 0.7, label=label)],
+                           THRESH)
+        counter.update(tracks, frame=i, video_time=i / 25, source="v", image=image)
+    [item] = counter.finish(tr.finish(), frame=len(labels), video_time=0, source="v")
+    assert item.frames == len(labels)
+    return item
 
 
 @pytest.mark.parametrize("defect_frames_seen, flagged", [(1, False), (2, True)])
 def test_one_defect_frame_neither_hides_nor_invents_a_defect(defect_frames_seen, flagged) -> None:
-    counter, tr = vote_counter(defect_frames=2)
-    image = np.zeros((100, 300, 3), np.uint8)
-    labels = [2] * defect_frames_seen + [1] * 6
-    for i, label in enumerate(labels):
-        tracks = tr.update([obs([10 + 4 * i, 10, 50 + 4 * i, 90], score=0.9 if label == 1 else 0.7, label=label)], THRESH)
-        counter.update(tracks, frame=i, video_time=i / 25, source="v", image=image)
-    [item] = counter.finish(tr.finish(), frame=len(labels), video_time=0, source="v")
+    item = vote(*vote_counter(defect_frames=2), [2] * defect_frames_seen + [1] * 6)
     assert (item.label, item.defect) == (("Lata_defectuosa", True) if flagged else ("Lata", False))
-    assert item.frames == len(labels)
+
+
+@pytest.mark.parametrize("defect_frames_seen, flagged", [(3, False), (8, False), (9, True), (20, True)])
+def test_on_a_long_track_a_defect_needs_its_share_of_the_frames(defect_frames_seen, flagged) -> None:
+    # 30 frames at --defect-share 0.3: 9 defect frames flag the item, 8 (or 3) stray ones do not,
+    # wherever in the track they fall
+    labels = [1] * (30 - defect_frames_seen)
+    for k in range(defect_frames_seen):
+        labels.insert(k * 30 // defect_frames_seen, 2)
+    item = vote(*vote_counter(defect_frames=2, defect_share=0.3), labels)
+    assert (item.label, item.defect) == (("Lata_defectuosa", True) if flagged else ("Lata", False))
+
+
+def test_the_default_share_is_the_counters_and_the_commands() -> None:
+    from detect.predict import build_parser
+
+    assert ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=None).defect_share == DEFECT_SHARE
+    args = build_parser().parse_args(["--weights", "m.onnx", "--track", "v.mp4"])
+    assert args.defect_share == DEFECT_SHARE
+    assert DEFECT_SHARE > 0  # long tracks need a share, not only --defect-frames (docs/performance.md)
 
 
 # -- the line
@@ -192,13 +218,16 @@ def test_a_video_that_ends_mid_crossing_does_not_count_the_item_half() -> None:
     items, counter = run_chain(plan, drop=0.0, jitter=0.0, flip=0.0, stop_at=stop)
     assert [i.label for i in items] == [plan[0].label] and counter.in_view_at_end >= 1
     items, counter = run_chain(plan, drop=0.0, jitter=0.0, flip=0.0, stop_at=stop, line="none", min_frames=3)
-    # with no line, a track the video ends is counted when it has its frames
-    assert [i.label for i in items][:2] == [plan[0].label, plan[1].label]
+    # with no line, a track the video ends is counted when it has its frames (both end together
+    # when the first item is still in view)
+    assert sorted(i.label for i in items[:2]) == sorted([plan[0].label, plan[1].label])
 
 
 def test_without_a_line_tracks_are_counted_when_they_end() -> None:
     plan = plan_conveyor(10, seed=2)
-    items, counter = run_chain(plan, line="none", min_frames=5)
+    # a can entering the frame is a 10 px sliver for a few frames, which 2 px jitter can split
+    # from its track: --min-frames is the guard against counting that stub
+    items, counter = run_chain(plan, line="none", min_frames=10)
     assert counter.counts == {c: sum(p.label == c for p in plan) for c in DEMO_CLASSES}
     assert all(i.direction is None for i in items)
 

@@ -7,8 +7,8 @@ frames with their ground-truth boxes (or the boxes alone, ``draw=False``, which 
 tests of the tracker and the counter that need no model.
 
 The objects are drawn by :mod:`detect.data.demo` (the same sprites the demo model trains
-on), scaled to 35-55 % of the frame height, moving left to right at ``speed`` pixels per
-frame, ``spacing`` pixels apart (centre to centre, +-20 %), at a height that varies a little
+on), 30-50 % of the frame height tall (:data:`ITEM_HEIGHTS`; the demo images hold 12-60 %),
+moving left to right at ``speed`` pixels per frame, ``spacing`` pixels apart (centre to centre, +-20 %), at a height that varies a little
 around the middle, over a belt with rails. The same options give the same video.
 
 Torch-free (OpenCV, numpy).
@@ -29,8 +29,10 @@ import numpy as np
 from detect.common.files import write_atomic
 from detect.data.demo import DEMO_CLASSES, _Scene, _Sprite, _u
 
-__all__ = ["CONVEYOR_MIX", "ConveyorItem", "plan_conveyor", "render_conveyor", "write_conveyor"]
+__all__ = ["CONVEYOR_MIX", "ITEM_HEIGHTS", "ConveyorItem", "plan_conveyor", "render_conveyor", "write_conveyor"]
 
+# An item's longest side, as a share of the frame height: the middle of the demo images' range.
+ITEM_HEIGHTS = (0.3, 0.5)
 # Share of each demo class on the belt: mostly sound, some defective.
 CONVEYOR_MIX = {"Lata": 0.35, "Lata_defectuosa": 0.15, "Botella": 0.35, "Botella_defectuosa": 0.15}
 
@@ -76,13 +78,16 @@ def plan_conveyor(items: int, *, seed: int = 0, size: tuple[int, int] = (320, 24
     x = 0.0  # how far the belt has moved when the item enters, in pixels
     for i in range(items):
         label = names[int(rng.choice(len(names), p=p / p.sum()))]
-        sprite = scene._make_sprite(label, _u(rng, -0.5, 0.5))
-        target = height * _u(rng, 0.35, 0.55)
+        # Drawn at its size on the belt, not drawn small and enlarged: an enlarged sprite is a
+        # blurred one, which the demo model never saw.
+        sprite = scene._make_sprite(label, _u(rng, -0.5, 0.5), size=height * _u(rng, *ITEM_HEIGHTS))
         h, w = sprite.alpha.shape
-        k = min(target / h, 0.8 * spacing / w, 1.0 if h >= target else 4.0)
-        nw, nh = max(4, int(round(w * k))), max(4, int(round(h * k)))
-        sprite = _Sprite(cv2.resize(sprite.rgb, (nw, nh), interpolation=cv2.INTER_AREA),
-                         cv2.resize(sprite.alpha, (nw, nh), interpolation=cv2.INTER_AREA))
+        if w > 0.8 * spacing:  # a lying can wider than the gap between items: shrink it to fit
+            k = 0.8 * spacing / w
+            nw, nh = max(4, int(round(w * k))), max(4, int(round(h * k)))
+            sprite = _Sprite(cv2.resize(sprite.rgb, (nw, nh), interpolation=cv2.INTER_AREA),
+                             cv2.resize(sprite.alpha, (nw, nh), interpolation=cv2.INTER_AREA))
+        nw = sprite.alpha.shape[1]
         cy = height / 2 + _u(rng, -0.08, 0.08) * height
         plan.append(ConveyorItem(i + 1, label, sprite, start=int(round(x / speed)), cy=cy, speed=speed, width=nw))
         x += spacing * _u(rng, 0.8, 1.2)

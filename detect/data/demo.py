@@ -907,9 +907,12 @@ class _Scene:
         self.H = height
         self.defect_rate = defect_rate
 
-    def _make_sprite(self, cls: str, light_x: float) -> _Sprite:
+    def _make_sprite(self, cls: str, light_x: float, size: float | None = None) -> _Sprite:
+        """A can or bottle of class ``cls``, its longest side ``size`` pixels (default: a
+        random 12-60 % of the image height, as the demo images have them)."""
         rng, H, W = self.rng, self.H, self.W
-        size = H * _u(rng, 0.12, 0.60)
+        if size is None:
+            size = H * _u(rng, 0.12, 0.60)
         if cls.startswith("Lata"):
             lying = rng.random() < 0.15
             length = size

@@ -5,8 +5,12 @@
 * **votes** each track's class over all the frames it has been seen in so far: a class gets
   a frame's score when the detector gave it at or above its ``--conf`` in that frame (the
   sum is a score-weighted vote). The item is **defective** when a defect class was seen at
-  its ``--conf`` in at least ``defect_frames`` frames (``--defect-frames``, default 2); its
-  class is then the defect class with the most votes, else the non-defect class with the
+  its ``--conf`` as the frame's best class (an intact and a defect box often overlap on one
+  object: the better score is the frame's class) in at least ``defect_frames`` frames
+  (``--defect-frames``, default 2) *and* in at least ``defect_share`` of the frames where any
+  class was seen at its ``--conf`` (``--defect-share``, default :data:`DEFECT_SHARE`: on a long
+  track a few stray defect frames are noise, not a defect); its class is then the defect
+  class with the most votes, else the non-defect class with the
   most votes (the intact counterpart of a defect class, ``Lata`` for ``Lata_defectuosa``,
   when only defect frames were seen). One bad frame neither hides nor invents a defect.
 * **counts** a track once, the first time its box centre crosses the counting line (the
@@ -35,8 +39,15 @@ import numpy as np
 from detect.common.errors import UsageError
 from detect.inference.tracking import Track
 
-__all__ = ["BELTS", "CountingLine", "Item", "ItemCounter", "intact_counterpart", "parse_count_line"]
+__all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart", "parse_count_line"]
 
+# The share of an item's frames a defect class must be seen in: chosen on the rendered conveyor
+# with the demo model (docs/performance.md, "Tracking and counting").
+DEFECT_SHARE = 0.3
+# The score threshold under --track when none is given: a track's frames vote, so one frame's
+# weak detection need not be thrown away; at 0.5 the demo model's belt run missed 6 of 20 items
+# (docs/performance.md, "Tracking and counting").
+TRACK_CONF = 0.3
 BELTS = {"left-right": (1.0, 0.0), "right-left": (-1.0, 0.0), "top-down": (0.0, 1.0), "bottom-up": (0.0, -1.0)}
 
 
@@ -149,8 +160,9 @@ class Item:
 @dataclass
 class _Vote:
     votes: np.ndarray  # (K + 1,) summed scores at or above --conf
-    hits: np.ndarray  # (K + 1,) frames at or above --conf
+    hits: np.ndarray  # (K + 1,) frames in which the class was the best one at or above its --conf
     frames: int = 0
+    seen: int = 0  # frames where some class was at or above its --conf
     best: float = 0.0
     side: float = 0.0  # which side of the line the centre was last seen on (0: not yet)
     side_point: tuple[float, float] | None = None  # where it was seen there
@@ -169,6 +181,7 @@ class ItemCounter:
         belt: the belt direction (``left-right``, ...), for the direction of a crossing.
         min_frames: with no line, frames a track needs to be counted.
         defect_frames: frames a defect class must be seen in (at its ``--conf``) to flag the item.
+        defect_share: and the share of the frames with a class at its ``--conf`` it must be seen in.
         keep_crops: keep each track's best crop, for ``on_item``'s ``crop`` argument.
         on_item: called ``on_item(item, crop)`` for each item when it is counted (``crop`` is
             the best crop so far, RGB, or None); may set ``item.crop``.
@@ -176,6 +189,7 @@ class ItemCounter:
 
     def __init__(self, classes: Sequence[str], defect_classes: Sequence[str], thresholds: np.ndarray, *,
                  line: CountingLine | None, belt: str = "left-right", min_frames: int = 3, defect_frames: int = 2,
+                 defect_share: float = DEFECT_SHARE,
                  keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None) -> None:
         self.classes = tuple(classes)
         self.defect_classes = tuple(defect_classes)
@@ -184,6 +198,7 @@ class ItemCounter:
         self.belt = belt
         self.min_frames = int(min_frames)
         self.defect_frames = int(defect_frames)
+        self.defect_share = float(defect_share)
         self.keep_crops = keep_crops
         self.on_item = on_item
         self._defect = np.array([False] + [c in self.defect_classes for c in self.classes])
@@ -206,7 +221,7 @@ class ItemCounter:
         return self._decide(self._votes[track_id])
 
     def _decide(self, v: _Vote) -> tuple[str, bool]:
-        defect_ok = self._defect & (v.hits >= self.defect_frames)
+        defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
         if defect_ok.any():
             label = int(np.argmax(np.where(defect_ok, v.votes, -1.0)))
             return self.classes[label - 1], True
@@ -236,7 +251,9 @@ class ItemCounter:
             seen = o.class_scores >= self.thresholds
             seen[0] = False
             v.votes += np.where(seen, o.class_scores, 0.0)
-            v.hits += seen
+            if seen.any():  # the frame's class: the best-scoring one at its --conf
+                v.hits[int(np.argmax(np.where(seen, o.class_scores, -1.0)))] += 1
+                v.seen += 1
             v.frames += 1
             if o.score > v.best:
                 v.best = o.score
@@ -347,6 +364,7 @@ class ItemCounter:
             "settings": {"count_line": self.line.spec if self.line else "none", "line_in": (
                 "fractions" if self.line and self.line.fractions else "pixels" if self.line else None),
                 "belt": self.belt, "min_frames": self.min_frames, "defect_frames": self.defect_frames,
+                "defect_share": self.defect_share,
                 "conf": {c: float(t) for c, t in zip(self.classes, self.thresholds[1:])}},
         }
 
