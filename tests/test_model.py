@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import urllib.error
 from pathlib import Path
 
@@ -247,3 +248,41 @@ def test_model_trains_through_the_fast_gradient() -> None:
         sum(model.train()(images, targets).values()).backward()
         grads.append(model.backbone.fpn.layer_blocks[0][0].weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
+def test_the_exported_level_merge_is_torchvisions_values_without_its_big_scatter() -> None:
+    """For export the pooled levels are merged by one gather (detect/model/roi_align.py): the
+    traced function gives torchvision's values exactly, on boxes of every level and a level
+    with none, and its graph scatters only a 1-D index, not C x 7 x 7 per box."""
+    import onnx
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from detect.model.roi_align import FastGradMultiScaleRoIAlign
+
+    torch.manual_seed(0)
+    image = (96, 128)
+    feats = [torch.randn(1, 8, 96 // s, 128 // s) for s in (8, 16, 32, 64)]
+    xy = torch.rand(30, 2) * torch.tensor([100.0, 70.0])
+    boxes = torch.cat([xy, xy + torch.rand(30, 2) * 80 + 1.0], 1).clamp(max=96)
+
+    class Pool(torch.nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.pool = cls(["0", "1", "2", "3"], 7, sampling_ratio=2).eval()
+
+        def forward(self, f0, f1, f2, f3, b):
+            return self.pool({"0": f0, "1": f1, "2": f2, "3": f3}, [b], [image])
+
+    ours, theirs = torch.jit.trace(Pool(FastGradMultiScaleRoIAlign), (*feats, boxes)), \
+        torch.jit.trace(Pool(MultiScaleRoIAlign), (*feats, boxes))
+    assert torch.equal(ours(*feats, boxes), theirs(*feats, boxes))
+    few = boxes[:3] * 0.2  # small boxes only: the upper levels get none
+    assert torch.equal(ours(*feats, few), theirs(*feats, few))
+
+    buffer = io.BytesIO()
+    torch.onnx.export(Pool(FastGradMultiScaleRoIAlign), (*feats, boxes), buffer, dynamo=False, opset_version=17,
+                      input_names=["f0", "f1", "f2", "f3", "b"], dynamic_axes={"b": {0: "n"}})
+    graph = onnx.load_from_string(buffer.getvalue()).graph
+    scatters = [n for n in graph.node if n.op_type.startswith("Scatter")]
+    assert len(scatters) == 1  # the inverse of the level order, N numbers
+    assert any(n.op_type == "Gather" for n in graph.node)
