@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--roi-sampling-ratio", type=LIMITS["roi_sampling_ratio"], help="RoIAlign samples per bin side (demo: 1; data: 2)")
     g.add_argument("--fpn-norm", choices=FPN_NORMS, help="normalisation after the FPN convolutions (demo: gn, which trains "
                    "faster from scratch; data: none, torchvision's, what COCO weights fit)")
+    g.add_argument("--fpn-channels", type=LIMITS["fpn_channels"], help="channels of the FPN levels, the RPN head's and "
+                   "the box head's input (demo: 128, which halves a CPU step; data: 256, torchvision's, what COCO "
+                   "weights fit; MobileNet only)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=LIMITS["epochs"], help="default: 12 for the demo, 24 for a user's data")

@@ -69,6 +69,22 @@ def test_the_demo_keeps_its_recipe_on_every_machine() -> None:
     assert demo.recipe == "demo" and demo.model.box_head_dim == 256 and demo.epochs == 12
 
 
+@pytest.mark.parametrize("epoch_s, epochs", [(30, 12), (50, 12), (90, 6), (700, 1)])
+def test_the_demo_trains_its_12_epochs_where_they_fit_10_minutes_and_fewer_elsewhere(epoch_s, epochs) -> None:
+    # 12 x 50 s = 10 min fits; a slower CPU gets the epochs that fit; one too slow for even one
+    # epoch still trains one (the user asked for no budget)
+    demo = C.resolve_config(C.TrainConfig())
+    assert (demo.time, demo.max_epochs, demo.epochs) == (10.0, 12, 12)
+    assert C.resolve_config(demo, C.RunFacts(epoch_seconds=epoch_s)).epochs == epochs
+
+
+def test_the_users_length_replaces_the_demos_budget() -> None:
+    given = C.resolve_config(C.resolve_config(C.TrainConfig(epochs=3)), C.RunFacts(epoch_seconds=90))
+    assert (given.epochs, given.time) == (3, None)
+    budget = C.resolve_config(C.resolve_config(C.TrainConfig(time=30)), C.RunFacts(epoch_seconds=60))
+    assert (budget.epochs, budget.max_epochs) == (30, None)  # the user's budget has no cap
+
+
 def test_epochs_for_budget() -> None:
     assert C.epochs_for_budget(10, C.RunFacts(epoch_seconds=100)) == 6
     # A resumed run: what is spent is spent, the epochs done stay done.

@@ -341,8 +341,11 @@ def build_model(config: ModelConfig | None = None, *, weights: str | StartWeight
         raise WeightsError(f"could not load {start.backbone_weights}: {exc}") from exc
     fpn_norm_layer = (lambda channels: nn.GroupNorm(32, channels)) if config.fpn_norm == "gn" else None
     if spec.family == "mobilenet":
-        features = _mobilenet_fpn(body, trainable_layers, list(config.feature_blocks), fpn_norm_layer)
+        features = _mobilenet_fpn(body, trainable_layers, list(config.feature_blocks), fpn_norm_layer,
+                                  config.fpn_channels)
     else:
+        if config.fpn_channels != 256:
+            raise ValueError(f"fpn_channels {config.fpn_channels}: {config.backbone} has torchvision's 256-channel FPN")
         features = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm_layer)
     generator = make_anchor_generator(backbone=config.backbone, scales=config.anchor_scales,
                                       ratios=config.anchor_ratios, base_sizes=config.anchor_base_sizes)
@@ -377,7 +380,8 @@ def build_model(config: ModelConfig | None = None, *, weights: str | StartWeight
     return model
 
 
-def _mobilenet_fpn(body: nn.Module, trainable_layers: int, blocks: list[int], norm_layer) -> BackboneWithFPN:
+def _mobilenet_fpn(body: nn.Module, trainable_layers: int, blocks: list[int], norm_layer,
+                   channels: int = 256) -> BackboneWithFPN:
     """An FPN on the outputs of MobileNetV3 ``features`` blocks ``blocks``, plus the
     max-pool level; ``[]``: torchvision's extractor (stride 32 twice, then 64).
 
@@ -385,6 +389,8 @@ def _mobilenet_fpn(body: nn.Module, trainable_layers: int, blocks: list[int], no
     the last block of a stage has seen all of it. Stages are frozen as torchvision does.
     """
     if not blocks:
+        if channels != 256:
+            raise ValueError(f"fpn_channels {channels}: torchvision's MobileNet extractor has 256")
         return _mobilenet_extractor(body, True, trainable_layers, norm_layer=norm_layer)
     trunk = body.features
     if not all(0 <= b < len(trunk) for b in blocks) or list(blocks) != sorted(set(blocks)):
@@ -395,7 +401,7 @@ def _mobilenet_fpn(body: nn.Module, trainable_layers: int, blocks: list[int], no
         for parameter in block.parameters():
             parameter.requires_grad_(False)
     return BackboneWithFPN(
-        trunk, {str(b): str(i) for i, b in enumerate(blocks)}, [trunk[b].out_channels for b in blocks], 256,
+        trunk, {str(b): str(i) for i, b in enumerate(blocks)}, [trunk[b].out_channels for b in blocks], channels,
         extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer,
     )
 

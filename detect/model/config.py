@@ -50,6 +50,8 @@ class ModelConfig:
         feature_blocks: (MobileNet) ``features`` blocks feeding the FPN (None: the
             backbone's; ``()``: torchvision's own extractor, the layout of old checkpoints).
         fpn_norm: ``"gn"`` (GroupNorm after each FPN convolution) or ``"none"`` (torchvision's).
+        fpn_channels: channels of every FPN level (None: torchvision's 256); the RPN head and
+            the box head's input follow it. MobileNet only (ResNet-50 keeps torchvision's 256).
         box_head_dim: width of the box head's two fully connected layers.
         roi_sampling_ratio: RoIAlign sampling points per bin side.
         trainable_layers: backbone stages that train (None: 3 with pretrained weights, all without).
@@ -71,6 +73,7 @@ class ModelConfig:
     anchor_base_sizes: tuple[int, ...] | None = None
     feature_blocks: tuple[int, ...] | None = None
     fpn_norm: str | None = None
+    fpn_channels: int | None = None
     box_head_dim: int | None = None
     roi_sampling_ratio: int | None = None
     trainable_layers: int | None = None
@@ -108,6 +111,7 @@ class ModelConfig:
             anchor_base_sizes=tuple(int(b) for b in bases),
             feature_blocks=tuple(int(b) for b in blocks),
             fpn_norm=self.fpn_norm or "none",
+            fpn_channels=self.fpn_channels or 256,
             box_head_dim=self.box_head_dim or 1024,
             roi_sampling_ratio=2 if self.roi_sampling_ratio is None else self.roi_sampling_ratio,
         )

@@ -13,6 +13,7 @@ so tests give a fake one instead of sleeping.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,7 +26,11 @@ from detect.training.engine import capture_rng, make_optimizer, restore_rng
 
 __all__ = ["PROBE_STEPS", "Pace", "format_duration", "measure"]
 
-PROBE_STEPS = 3  # timed steps, after one untimed (the first step allocates and warms up)
+PROBE_STEPS = 5  # timed steps, after WARM_UP_STEPS untimed ones
+# The first steps allocate and warm up (and a fresh model's first proposals are many): two
+# are left out, and the step time is the median of the timed ones, so that one slow step does
+# not cost a --time budget an epoch.
+WARM_UP_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class Pace:
 def measure(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, device: torch.device, *,
             optimizer: str, lr: float, amp_dtype: torch.dtype | None = None, load_in_step: bool = True,
             steps: int = PROBE_STEPS, clock: Callable[[], float] = time.perf_counter) -> Pace:
-    """Time ``steps`` training steps (after one untimed) and one val batch of a copy of ``model``.
+    """Time ``steps`` training steps (after :data:`WARM_UP_STEPS` untimed; their median) and
+    one val batch of a copy of ``model``.
 
     ``load_in_step``: the run loads its batches in the training process (``--workers 0``),
     so loading is timed as part of a step; with loader workers it overlaps the step and is
@@ -62,8 +68,8 @@ def measure(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLo
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             batches = iter(train)
-            timed, seconds = 0, 0.0
-            for i in range(steps + 1):
+            times: list[float] = []
+            for i in range(steps + WARM_UP_STEPS):
                 started = clock()
                 try:
                     images, targets, _ = next(batches)
@@ -72,12 +78,9 @@ def measure(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLo
                 if not load_in_step:
                     started = clock()
                 _train_step(probe, opt, images, targets, device, amp_dtype)
-                if i:  # the first step warms up
-                    seconds += clock() - started
-                    timed += 1
-            if timed == 0:  # an epoch of one step: its warm-up is all there is
-                seconds, timed = clock() - started, 1
-            step_s = seconds / timed
+                if i >= WARM_UP_STEPS or i == len(train) - 1:  # an epoch shorter than the warm-up: its last step
+                    times.append(clock() - started)
+            step_s = statistics.median(times) if times else 0.0
             val_image_s = 0.0
             if val_loader is not None and len(val_loader.dataset):
                 val = DataLoader(val_loader.dataset, batch_size=val_loader.batch_size, collate_fn=collate)
@@ -90,7 +93,7 @@ def measure(model: torch.nn.Module, train_loader: DataLoader, val_loader: DataLo
                 val_image_s = (clock() - started) / len(images)
     finally:
         restore_rng(rng)
-    return Pace(step_s=step_s, val_image_s=val_image_s, steps=timed)
+    return Pace(step_s=step_s, val_image_s=val_image_s, steps=len(times))
 
 
 def _train_step(model, optimizer, images, targets, device, amp_dtype) -> None:

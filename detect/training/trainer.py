@@ -391,7 +391,8 @@ def _keep_to_budget(run: _Run, epoch: int, spent: float, epochs_done: int, echo:
         mean = spent / epochs_done
         if mean > run.epoch_estimate * OVERRUN and run.train_time + mean * (cfg.epochs - epoch - 1) > budget:
             epochs = epoch + 1 + max(0, int((budget - run.train_time) // mean))
-            echo(f"--time {cfg.time:g}: an epoch takes {format_duration(mean)}, not the "
+            budget_name = f"--time {cfg.time:g}" if cfg.max_epochs is None else f"The {cfg.recipe} recipe's {cfg.time:g} min"
+            echo(f"{budget_name}: an epoch takes {format_duration(mean)}, not the "
                  f"{format_duration(run.epoch_estimate)} measured before training; {epochs} epochs fit the budget "
                  f"(the schedule is re-fitted to them)", err=True)
             run.epoch_estimate = mean
@@ -534,7 +535,7 @@ def _banner(echo: Echo, run: _Run) -> None:
         echo("EXIF orientation: ignored (--exif ignore): boxes and images in the stored frame")
     mc = model.config
     blocks = f" (MobileNetV3 blocks {'/'.join(map(str, mc.feature_blocks))} + max-pool)" if mc.feature_blocks else ""
-    echo(f"Features: FPN at strides {'/'.join(map(str, feature_strides(mc)))}{blocks}, FPN norm {mc.fpn_norm}; "
+    echo(f"Features: FPN at strides {'/'.join(map(str, feature_strides(mc)))}{blocks}, {mc.fpn_channels} channels, FPN norm {mc.fpn_norm}; "
          f"box head {mc.box_head_dim} wide, RoIAlign sampling {mc.roi_sampling_ratio}, "
          f"{mc.rpn_post_nms} proposals, {mc.roi_batch} sampled per image")
     echo(f"RPN anchors ({'/'.join(str(n) for n in anchors_per_location(model))} per location):")
@@ -577,7 +578,11 @@ def _estimate(echo: Echo, run: _Run) -> None:
     echo(f"Estimate on this machine (from {pace.steps} steps measured before training): "
          f"{format_duration(run.epoch_estimate)} an epoch ({parts}), {format_duration(total)} for "
          f"{'the ' + str(left) + ' epochs left' if run.start_epoch else str(left) + ' epochs'}")
-    if cfg.time is not None:
+    if cfg.time is not None and cfg.max_epochs is not None:
+        fit = "they fit" if cfg.epochs == cfg.max_epochs else f"only {cfg.epochs} fit on this machine"
+        echo(f"Budget of the {cfg.recipe} recipe: {cfg.max_epochs} epochs within {cfg.time:g} min ({fit}; --epochs "
+             f"or --time to choose)")
+    elif cfg.time is not None:
         spent = f", {format_duration(run.train_time)} of it spent" if run.start_epoch else ""
         echo(f"--time {cfg.time:g} min{spent}: {cfg.epochs} epochs fit it; the learning-rate schedule "
              f"(warm-up, {cfg.schedule}) is fitted to {cfg.epochs} epochs")
