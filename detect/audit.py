@@ -55,7 +55,7 @@ def build_parser() -> CliParser:
     p.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), default=0.05, metavar="S",
                    help="lowest score the model outputs, for a .pt (default 0.05; an .onnx has its own, fixed at export)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format (default text)")
-    p.add_argument("--top", type=Number(int, 1), metavar="N", help="print only the N surest findings (default: all)")
+    p.add_argument("--top", type=Number(int, 1), metavar="N", help="only the N surest findings: printed and, with --save-xml, corrected (default: all)")
     p.add_argument("--gallery", type=Number(int, 0, 60), default=12, metavar="N",
                    help="findings shown in audit.png (default 12; 0: no figure)")
     p.add_argument("--save-xml", type=Path, metavar="DIR",
@@ -179,7 +179,7 @@ def _audit(args, detector, meta) -> int:
         from detect.checks.audit import write_corrections
 
         try:
-            written = write_corrections(report.findings, args.save_xml, files.root)
+            written = write_corrections(shown, args.save_xml, files.root)  # what --top keeps, all by default
         except OSError as exc:
             raise UsageError(f"--save-xml {show(args.save_xml)}: cannot write ({exc.strerror or exc})") from None
 

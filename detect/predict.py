@@ -83,8 +83,8 @@ def build_parser() -> CliParser:
         "Each detection gets a track id (ByteTrack, class-agnostic) that follows the object from frame to frame; "
         "an item is counted once, when its box centre crosses the counting line. Its class is the score-weighted "
         "vote of all its frames so far (a class votes in a frame where it is seen at its --conf); it is defective "
-        "when a defect class was seen at its --conf in at least --defect-frames frames and in at least --defect-share of "
-        "the frames where it was detected. One JSON line per item goes "
+        "when a defect class was the frame's best class at its --conf in at least --defect-frames frames and in at "
+        "least --defect-share of the frames where it was detected. One JSON line per item goes "
         "to events.jsonl as it is counted. Details: docs/counting.md")
     t.add_argument("--track", action="store_true", help="track objects and count items (videos, cameras, streams)")
     t.add_argument("--count-line", metavar="x1,y1,x2,y2|none",
@@ -243,7 +243,8 @@ def _run(args, detector, predictor) -> int:
         log_items = ItemLog(folder, path=events, save_crops=args.save_crops, stdout=sys.stdout if args.events == "-" else None)
         counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
                               line=args.line, belt=args.belt, min_frames=args.min_frames,
-                              defect_frames=args.defect_frames, defect_share=args.defect_share, keep_crops=args.save_crops, on_item=log_items.on_item)
+                              defect_frames=args.defect_frames, defect_share=args.defect_share,
+                              keep_crops=args.save_crops, on_item=log_items.on_item)
     cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
 
     finite = [s for s in sources if not s.live]

@@ -111,6 +111,16 @@ def test_audit_finds_exactly_the_planted_mistakes(planted, tmp_path, use_detecto
     assert not (review / "e.xml").exists()
 
 
+def test_top_limits_the_corrections_written(planted, tmp_path, use_detector, capsys):
+    use_detector(TruthDetector())
+    review = tmp_path / "review"
+    rc = audit_cli.main(["--weights", "model.onnx", "--data", str(planted), "--format", "json", "--gallery", "0",
+                         "--save-xml", str(review), "--top", "1", "--no-progress"])
+    assert rc == 0
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert [p.stem for p in review.rglob("*.xml")] == [Path(finding["path"]).stem]
+
+
 def test_text_and_github_formats_are_the_checkers(planted, use_detector, capsys, tmp_path):
     use_detector(TruthDetector())
     assert audit_cli.main(["--weights", "m.onnx", "--data", str(planted), "--gallery", "0", "--no-progress"]) == 0

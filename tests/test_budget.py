@@ -78,6 +78,15 @@ def test_the_demo_trains_its_12_epochs_where_they_fit_10_minutes_and_fewer_elsew
     assert C.resolve_config(demo, C.RunFacts(epoch_seconds=epoch_s)).epochs == epochs
 
 
+def test_fpn_channels_are_the_demos_for_mobilenet_only_and_fit_groupnorm() -> None:
+    assert C.resolve_config(C.TrainConfig()).model.fpn_channels == 128
+    assert C.resolve_config(C.TrainConfig(model=C.ModelConfig(backbone="resnet50"))).model.fpn_channels is None
+    with pytest.raises(C.UsageError, match="keeps torchvision's 256"):
+        C.resolve_config(C.TrainConfig(model=C.ModelConfig(backbone="resnet50", fpn_channels=128)))
+    with pytest.raises(C.UsageError, match="multiple of 32"):
+        C.resolve_config(C.TrainConfig(model=C.ModelConfig(fpn_channels=48)))
+
+
 def test_the_users_length_replaces_the_demos_budget() -> None:
     given = C.resolve_config(C.resolve_config(C.TrainConfig(epochs=3)), C.RunFacts(epoch_seconds=90))
     assert (given.epochs, given.time) == (3, None)

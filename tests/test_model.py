@@ -286,3 +286,15 @@ def test_the_exported_level_merge_is_torchvisions_values_without_its_big_scatter
     scatters = [n for n in graph.node if n.op_type.startswith("Scatter")]
     assert len(scatters) == 1  # the inverse of the level order, N numbers
     assert any(n.op_type == "Gather" for n in graph.node)
+
+
+def test_fpn_channels_set_the_fpn_rpn_and_box_head_width_and_old_configs_read_as_256() -> None:
+    from detect.model.config import ModelConfig
+
+    model = build_model(ModelConfig(backbone="mobilenet", num_classes=3, input_size=96, fpn_channels=128), weights="none")
+    assert model.backbone.out_channels == 128
+    assert model.rpn.head.conv[0][0].in_channels == 128
+    assert model.roi_heads.box_head.fc6.in_features == 128 * 7 * 7
+    assert model.config.fpn_channels == 128
+    old = {k: v for k, v in ModelConfig(backbone="mobilenet", num_classes=3).as_dict().items() if k != "fpn_channels"}
+    assert ModelConfig.from_dict(old).with_defaults().fpn_channels == 256

@@ -39,7 +39,8 @@ import numpy as np
 from detect.common.errors import UsageError
 from detect.inference.tracking import Track
 
-__all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart", "parse_count_line"]
+__all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart",
+           "parse_count_line"]
 
 # The share of an item's frames a defect class must be seen in: chosen on the rendered conveyor
 # with the demo model (docs/performance.md, "Tracking and counting").

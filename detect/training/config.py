@@ -289,6 +289,8 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
     for key, value in RECIPES.get(cfg.recipe, {}).items():
         if key in ("time", "max_epochs") and not recipe_budget:
             continue
+        if key == "fpn_channels" and get_backbone(cfg.model.backbone).family != "mobilenet":
+            continue  # ResNet-50 keeps torchvision's FPN
         holder = cfg.model if key in MODEL_FIELDS else cfg
         if getattr(holder, key, None) is None:
             _set(cfg, key, value)
@@ -303,6 +305,12 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
         raise UsageError("need 0 <= --rpn-bg-iou <= --rpn-fg-iou <= 1")
     if cfg.model.fpn_norm is not None and cfg.model.fpn_norm not in FPN_NORMS:
         raise UsageError(f"--fpn-norm must be one of {', '.join(FPN_NORMS)}, got {cfg.model.fpn_norm!r}")
+    channels = cfg.model.fpn_channels
+    if channels not in (None, 256) and spec.family != "mobilenet":
+        raise UsageError(f"--fpn-channels {channels}: {cfg.model.backbone} keeps torchvision's 256-channel FPN "
+                         "(the option is for MobileNet)")
+    if channels is not None and cfg.model.fpn_norm == "gn" and channels % 32:
+        raise UsageError(f"--fpn-channels {channels} with --fpn-norm gn: GroupNorm's 32 groups need a multiple of 32")
     if cfg.cache not in CACHE_CHOICES:
         raise UsageError(f"--cache must be one of {', '.join(CACHE_CHOICES)}, got {cfg.cache!r}")
     if cfg.folds and cfg.fold >= cfg.folds:
