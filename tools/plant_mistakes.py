@@ -1,6 +1,7 @@
 """Copy a dataset with known label mistakes planted in it, to measure ``detect.audit``.
 
     python tools/plant_mistakes.py /work/cache/demo-480 /tmp/planted --split val --seed 0
+    python tools/plant_mistakes.py /work/cache/demo-480 /tmp/planted-train --split train --copy-rest
 
 Seeded: the same source, split and seed give the same mistakes. Of the copied boxes it
 removes ``--remove`` (10 %; a missing box), relabels ``--swap`` (5 %; intact <-> defective
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--remove", type=float, default=0.10)
     p.add_argument("--swap", type=float, default=0.05)
     p.add_argument("--shift", type=float, default=0.05)
+    p.add_argument("--copy-rest", action="store_true",
+                   help="also copy the images outside --split, unchanged (same sample ids, so a training run on the "
+                        "copy splits it as the source: mistakes in the train split, a clean val split)")
     args = p.parse_args(argv)
     if args.dest.exists():
         print(f"error: {args.dest} exists; give a new folder", file=sys.stderr)
@@ -72,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ids = None
     if args.split != "all":
         ids = resolve_splits(files, val_fraction=args.val_fraction)[0][args.split]
-    records = load_records(files, ids)
+    records = load_records(files, None if args.copy_rest else ids)
     classes = sorted({o.name for r in records for o in r.annotation.objects})
     rng = np.random.default_rng(args.seed)
-    boxes = [(i, j) for i, r in enumerate(records) for j in range(len(r.annotation.objects))]
+    planted_ids = None if ids is None else set(ids)
+    boxes = [(i, j) for i, r in enumerate(records) for j in range(len(r.annotation.objects))
+             if planted_ids is None or r.sample_id in planted_ids]
     order = rng.permutation(len(boxes))
     n_remove, n_swap, n_shift = (round(len(boxes) * f) for f in (args.remove, args.swap, args.shift))
     plan = {}
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(r.image, image)
         write_voc(replace(ann, objects=tuple(objects), filename=image.name, folder=args.dest.name,
                           path=str(image.resolve())), xml)
-    truth = {"source": str(args.source), "split": args.split, "seed": args.seed, "images": len(records),
+    truth = {"source": str(args.source), "split": args.split, "seed": args.seed,
+             "images": len(records) if ids is None else len(ids), "copied": len(records),
              "boxes": len(boxes), "classes": classes, "mistakes": mistakes}
     (args.dest / "planted.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     counts = {k: sum(m["kind"] == k for m in mistakes) for k in ("missing", "wrong_class", "loose")}
