@@ -256,3 +256,9 @@ def test_train_options_reach_the_config():
 
     cfg = config_from_args(build_parser().parse_args(["--folds", "5", "--fold", "2"]))
     assert (cfg.folds, cfg.fold) == (5, 2)
+
+
+def test_a_model_box_is_quoted_to_a_tenth_of_a_pixel():
+    from detect.checks.audit import _model_box_text
+
+    assert _model_box_text([257.14263916015625, 127.71810150146484, 358.0, 229]) == "257.1,127.7,358,229"

@@ -62,6 +62,11 @@ from detect.scoring.metrics import box_iou
 
 log = logging.getLogger(__name__)
 
+
+def _model_box_text(box) -> str:
+    """A model's box for a message: pixels to 0.1 (the annotation's own numbers are quoted exactly)."""
+    return ",".join(f"{float(v):.1f}".removesuffix(".0") for v in box)
+
 __all__ = [
     "AUDIT_CODES",
     "KINDS",
@@ -133,14 +138,14 @@ class AuditFinding:
     def message(self) -> str:
         s = f"{self.score:.2f}" if self.score is not None else ""
         if self.kind == "missing":
-            return (f"likely missing box: the model sees {self.model_name} ({s}) at {box_text(self.model_box)} and no "
+            return (f"likely missing box: the model sees {self.model_name} ({s}) at {_model_box_text(self.model_box)} and no "
                     f"annotation covers it; box it in LabelImg, or leave it if it is not a {self.model_name}")
         if self.kind == "wrong_class":
             return (f"likely wrong class: annotated {self.name} at {box_text(self.box)}, the model sees "
                     f"{self.model_name} ({s}, IoU {self.iou:.2f}); check the class, relabel it {self.model_name} if so")
         if self.kind == "loose":
             return (f"likely loose or shifted box: annotated {self.name} at {box_text(self.box)}, the model's box is "
-                    f"{box_text(self.model_box)} ({s}, IoU {self.iou:.2f}); redraw it tight around the object")
+                    f"{_model_box_text(self.model_box)} ({s}, IoU {self.iou:.2f}); redraw it tight around the object")
         return (f"likely spurious box: annotated {self.name} at {box_text(self.box)}, the model sees nothing there "
                 f"at any score, yet finds {self.confidence:.0%} of the other {self.name} boxes; delete it if "
                 "nothing is there")
