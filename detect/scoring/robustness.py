@@ -81,17 +81,20 @@ def plot_robustness(named: Sequence[tuple[str, Robustness]], path: Path) -> Path
     n = len(named)
     rows = list(dict.fromkeys(c for _, r in named for c in r.maps))
     severities = sorted({s for _, r in named for by in r.maps.values() for s in by})
-    fig, axes = subplots(1, n, figsize=(1.2 + 3.4 * n, 0.45 * len(rows) + 1.6), squeeze=False)
+    width = 1.6 + 3.2 * n
+    fig, axes = subplots(1, n, figsize=(width, 0.45 * len(rows) + 1.6), squeeze=False)
+    # Room for the corruption names left of the first map; the others share its rows.
+    fig.subplots_adjust(left=1.4 / width, wspace=0.08)
     top = max([r.clean for _, r in named if not math.isnan(r.clean)] + [1e-9])
     image = None
-    for ax, (run, r) in zip(axes[0], named):
+    for k, (ax, (run, r)) in enumerate(zip(axes[0], named)):
         grid = np.array([[r.clean, *[r.maps.get(c, {}).get(s, np.nan) for s in severities]] for c in rows], dtype=float)
         image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=top, aspect="auto")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 ax.text(j, i, _f(grid[i, j]), ha="center", va="center", fontsize=7)
         ax.set_xticks(range(grid.shape[1]), ["clean", *[str(s) for s in severities]])
-        ax.set_yticks(range(len(rows)), rows)
+        ax.set_yticks(range(len(rows)), rows if k == 0 else [])
         ax.set_xlabel("severity")
         ax.set_title(f"{run}: relative {_f(r.relative())}", fontsize=9)
     if image is not None:
