@@ -341,8 +341,7 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
         if cfg.max_epochs is None:
             cfg.epochs = epochs_for_budget(cfg.time, facts)
         else:  # the recipe's budget: its epochs where they fit, fewer on a slower machine, at least one
-            cfg.epochs = max(1, min(cfg.max_epochs, int((cfg.time * 60 - facts.spent_seconds) // facts.epoch_seconds)
-                                    + facts.epochs_done))
+            cfg.epochs = max(1, min(cfg.max_epochs, _epochs_that_fit(cfg.time, facts)))
     return cfg
 
 
@@ -353,10 +352,9 @@ def epochs_for_budget(minutes: float, facts: RunFacts) -> int:
     Raises:
         UsageError: not one more epoch fits.
     """
-    left = minutes * 60 - facts.spent_seconds
-    more = int(left // facts.epoch_seconds)
-    if more >= 1:
-        return facts.epochs_done + more
+    epochs = _epochs_that_fit(minutes, facts)
+    if epochs > facts.epochs_done:
+        return epochs
     epoch_min = facts.epoch_seconds / 60
     if facts.epochs_done:
         raise UsageError(f"--time {minutes:g}: {facts.spent_seconds / 60:.1f} min of it are spent and one more epoch "
@@ -365,6 +363,11 @@ def epochs_for_budget(minutes: float, facts: RunFacts) -> int:
     raise UsageError(f"--time {minutes:g}: one epoch (training and validation) takes about {epoch_min:.1f} min on "
                      f"this machine, more than the budget; give at least --time {math.ceil(epoch_min)}, or make "
                      f"epochs cheaper (a smaller --input-size)")
+
+
+def _epochs_that_fit(minutes: float, facts: RunFacts) -> int:
+    """The epochs done plus the whole epochs the rest of ``minutes`` holds at ``facts.epoch_seconds``."""
+    return facts.epochs_done + int((minutes * 60 - facts.spent_seconds) // facts.epoch_seconds)
 
 
 def _set(cfg: TrainConfig, key: str, value: Any) -> None:
