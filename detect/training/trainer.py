@@ -573,7 +573,7 @@ def _balance_banner(echo: Echo, run: _Run) -> None:
         echo(f"Balance: class weights in the box classifier's loss (t={cfg.balance_t:g}): {factors}, background x1")
         what = "objects"
     if all(r == 1 for r in per_class.values()):
-        echo(f"  no class is in fewer than {cfg.balance_t:g} of the train {what}, so this changes nothing: "
+        echo(f"  no class is under {cfg.balance_t:g} of the train {what} (--balance-t), so this changes nothing: "
              f"raise --balance-t{', or weight the loss by objects (--balance loss)' if what == 'images' else ''}")
 
 
