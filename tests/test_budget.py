@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +19,7 @@ from detect import train as T
 from detect.model.checkpoint import load_checkpoint
 from detect.training import config as C, data_prep, trainer
 from detect.data import dataset as D
+from detect.training.distributed import Dist
 
 from conftest import make_devkit
 
@@ -104,7 +107,10 @@ def test_epochs_for_budget() -> None:
         C.epochs_for_budget(5, C.RunFacts(epoch_seconds=100, spent_seconds=250, epochs_done=2))
 
 
-def test_time_sets_the_epochs_and_the_schedule_from_measured_steps(data: Path, tmp_path: Path) -> None:
+def test_time_sets_the_epochs_and_the_schedule_from_measured_steps(data: Path, tmp_path: Path, monkeypatch) -> None:
+    # The tiny epochs really take about a second, not the fake clock's 4000 s: no re-fit to
+    # their pace here (that rule has its own test below).
+    monkeypatch.setattr(trainer, "OVERRUN", math.inf)
     lines: list[str] = []
     # Each reading of the fake clock advances 1000 s (far more than the tiny epochs really
     # take): a step measures 1000 s, a val batch of 2 images 1000 s (500 s an image). An epoch:
@@ -145,6 +151,7 @@ def test_resume_continues_what_is_left_of_the_budget(data: Path, tmp_path: Path,
         return collate(batch)
 
     monkeypatch.setattr(data_prep, "collate", interrupting)
+    monkeypatch.setattr(trainer, "OVERRUN", math.inf)  # as above: no re-fit to the tiny epochs' real pace
     cut = trainer.train(config(data, tmp_path / "w", "--time", "200"), clock=fake_clock(TICK))
     assert cut.status == "interrupted" and cut.config.epochs == 3
     monkeypatch.setattr(data_prep, "collate", collate)
@@ -181,3 +188,43 @@ def test_a_budget_smaller_than_one_epoch_is_refused_in_one_line(data: Path, tmp_
 def test_time_with_epochs_is_refused(data: Path, tmp_path: Path, capsys) -> None:
     assert T.main(["--data", str(data), "--out", str(tmp_path / "w"), *TINY, "--time", "5", "--epochs", "3"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def _budget_run(epochs: int, estimate: float, *, time: float = 60, max_epochs: int | None = None):
+    cfg = SimpleNamespace(time=time, epochs=epochs, max_epochs=max_epochs, recipe="cpu-scratch", warmup_iters=0,
+                          schedule="cosine")
+    return SimpleNamespace(cfg=cfg, dist=Dist(), train_time=0.0, epoch_estimate=estimate, refitted=False,
+                           folder=SimpleNamespace(checkpoint_base={"args": {"epochs": epochs}}),
+                           scheduler=SimpleNamespace(lr_lambdas=[None]), train_loader=[None] * 10)
+
+
+def _after_epochs(run, seconds: list[float]) -> list[int]:
+    """The planned epochs after each epoch of ``seconds`` (the budget's check as _fit calls it)."""
+    planned, times, lines = [], [], []
+    for epoch, s in enumerate(seconds):
+        run.train_time += s
+        times.append(s)
+        trainer._keep_to_budget(run, epoch, times, lambda *a, **k: lines.append(a[0]))
+        planned.append(run.cfg.epochs)
+    return planned, lines
+
+
+def test_a_budget_follows_the_epochs_pace_both_ways_by_its_median() -> None:
+    # BCCD's hour: 11 epochs planned at 312 s; the first epoch shared the CPU (364 s), the rest
+    # ran at ~305 s. One slow epoch cuts the plan to 9; the median of the next ones restores 11.
+    run = _budget_run(11, 312.0)
+    planned, lines = _after_epochs(run, [364, 302, 313, 305, 306, 304])
+    assert planned == [9, 10, 11, 11, 11, 11]
+    assert run.folder.checkpoint_base["args"]["epochs"] == 11 and run.scheduler.lr_lambdas[0] is not None
+    assert "an epoch takes 6.1 min, not the 5.2 min measured before training; 9 epochs fit" in lines[0]
+    assert "planned with; 10 epochs fit" in lines[1] and len(lines) == 3
+    assert 364 + 10 * 306 <= 3600  # and the 11 fit the hour
+    # Faster than planned, late in the run: the schedule is not stretched any more.
+    run = _budget_run(6, 600.0)
+    assert _after_epochs(run, [600, 600, 600, 400, 400])[0] == [6, 6, 6, 6, 6]
+    # Faster early: more epochs, up to the recipe's cap.
+    run = _budget_run(8, 70.0, time=10, max_epochs=12)
+    assert _after_epochs(run, [40, 40])[0] == [12, 12]
+    # Slower: fewer, never below the epochs done.
+    run = _budget_run(10, 60.0, time=10)
+    assert _after_epochs(run, [300, 300])[0] == [2, 2]

@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -148,6 +149,7 @@ class _Run:
     earlier: dict[str, Any] | None = None  # a resumed run's training record (its peak memory so far)
     pace: Pace | None = None  # the measured step and val costs (detect.training.budget)
     epoch_estimate: float = 0.0  # seconds an epoch of training and validation is expected to take
+    refitted: bool = False  # a --time budget was re-fitted to the epochs' own pace
 
     def train_state(self, state: EpochState | None = None, rngs: list | None = None) -> dict[str, Any]:
         """What ``last.pt`` holds to resume: optimizer, schedule, scaler, the best so far, and
@@ -303,7 +305,7 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
             # All processes must stop at the same step: the request is shared (every step on
             # CPUs; every 10 steps on GPUs, where sharing means waiting for the device).
             stop_now = shared_stop(stop, dist, every=10 if run.device.type == "cuda" else 1)
-            fitted_from = run.train_time  # what this call has spent, for the budget's check
+            epoch_times: list[float] = []  # this call's epochs, for the budget's check
             for epoch in range(run.start_epoch, cfg.epochs):
                 if epoch >= cfg.epochs:  # a --time budget cut the run shorter
                     break
@@ -338,6 +340,7 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
                     break
                 epoch_time = state.seconds + time.perf_counter() - t0
                 run.train_time += epoch_time
+                epoch_times.append(epoch_time)
                 improved = _end_epoch(run, epoch, state, val_map, val_loss, epoch_time, stop)
                 last_done = epoch
                 lr = run.optimizer.param_groups[0]["lr"]
@@ -346,7 +349,7 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
                 echo(f"epoch {epoch + 1}/{cfg.epochs}  loss {run.final_loss or 0:.4f}  lr {lr:.5f}  "
                      f"val mAP@0.5 {shown}  {epoch_time:.0f}s{wait}")
                 if cfg.time is not None and epoch + 1 < cfg.epochs:
-                    _keep_to_budget(run, epoch, run.train_time - fitted_from, epoch + 1 - run.start_epoch, echo)
+                    _keep_to_budget(run, epoch, epoch_times, echo)
                 if cfg.patience and data.val and epoch - run.best_epoch >= cfg.patience:
                     echo(f"Early stop: no better val mAP@0.5 for {cfg.patience} epochs "
                          f"(best {run.best_map:.4f} at epoch {run.best_epoch + 1})")
@@ -380,25 +383,34 @@ def _later(run: _Run, epoch: int) -> float:
     return val + (run.cfg.epochs - epoch - 1) * run.epoch_estimate
 
 
-# A --time run re-fits its epochs when they take this much longer than measured before training.
+# A --time run re-fits its epochs when they take this much longer (or shorter) than planned.
 OVERRUN = 1.05
 
 
-def _keep_to_budget(run: _Run, epoch: int, spent: float, epochs_done: int, echo: Echo) -> None:
-    """After ``epoch``: when the epochs take longer than the estimate the ``time`` budget was
-    planned with (``spent`` seconds over ``epochs_done`` epochs in this call), fewer epochs
-    fit: rank 0 cuts them and the schedule is re-fitted to the new length on every rank."""
+def _keep_to_budget(run: _Run, epoch: int, epoch_times: Sequence[float], echo: Echo) -> None:
+    """After ``epoch``: when the epochs of this call (``epoch_times``, their median, so that one
+    epoch slowed by another program does not decide) take longer than the estimate the
+    ``time`` budget was planned with, fewer epochs fit; when they take less and the run is
+    still in its first half (where stretching the schedule barely moves the learning rate),
+    more fit, up to a recipe's cap. Rank 0 decides; the schedule is re-fitted to the new
+    length on every rank."""
     cfg, budget = run.cfg, run.cfg.time * 60
     epochs = cfg.epochs
-    if run.dist.main and epochs_done:
-        mean = spent / epochs_done
-        if mean > run.epoch_estimate * OVERRUN and run.train_time + mean * (cfg.epochs - epoch - 1) > budget:
-            epochs = epoch + 1 + max(0, int((budget - run.train_time) // mean))
+    if run.dist.main and epoch_times:
+        pace = statistics.median(epoch_times)
+        fit = epoch + 1 + max(0, int((budget - run.train_time) // pace))
+        if cfg.max_epochs is not None:
+            fit = min(fit, cfg.max_epochs)
+        slower = pace > run.epoch_estimate * OVERRUN and fit < cfg.epochs
+        faster = pace * OVERRUN < run.epoch_estimate and fit > cfg.epochs and 2 * (epoch + 1) <= cfg.epochs
+        if slower or faster:
+            epochs = fit
             budget_name = f"--time {cfg.time:g}" if cfg.max_epochs is None else f"The {cfg.recipe} recipe's {cfg.time:g} min"
-            echo(f"{budget_name}: an epoch takes {format_duration(mean)}, not the "
-                 f"{format_duration(run.epoch_estimate)} measured before training; {epochs} epochs fit the budget "
+            planned = "planned with" if run.refitted else "measured before training"
+            echo(f"{budget_name}: an epoch takes {format_duration(pace)}, not the "
+                 f"{format_duration(run.epoch_estimate)} {planned}; {epochs} epochs fit the budget "
                  f"(the schedule is re-fitted to them)", err=True)
-            run.epoch_estimate = mean
+            run.epoch_estimate, run.refitted = pace, True
     epochs = run.dist.broadcast(epochs)
     if epochs == cfg.epochs:
         return
