@@ -56,11 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the standard demo, a quarter of each kind")
     g.add_argument("--balance", choices=BALANCE_CHOICES, default=_DEFAULTS.balance,
                    help="repeat: images with rare classes are seen more often per epoch (repeat-factor sampling, "
-                   "as in LVIS); loss: rare classes weigh more in the box classifier's loss (for a class rare among "
-                   "the objects but in most images); the banner shows each class's factor")
+                   "as in LVIS); the banner shows each class's factor")
     g.add_argument("--balance-t", type=LIMITS["balance_t"], default=_DEFAULTS.balance_t, metavar="T",
                    help="with --balance repeat: a class in fewer than this fraction of the train images is "
-                   "repeated by sqrt(T / fraction); with loss, of the train objects, weighted by it")
+                   "repeated by sqrt(T / fraction)")
 
     g = p.add_argument_group("model")
     g.add_argument("--recipe", choices=tuple(k for k in RECIPES if k != "data"),

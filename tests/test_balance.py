@@ -1,6 +1,6 @@
 """Rebalancing (issue 20): repeat factors, the repeat-factor sampler (deterministic, split across
-ranks), an exact mid-epoch resume with --balance repeat, class weights in the classifier's loss
-(--balance loss), the rare-defect demo, bad values."""
+ranks), an exact mid-epoch resume with --balance repeat, the banner's hint when it changes
+nothing, the rare-defect demo, bad values."""
 
 from __future__ import annotations
 
@@ -9,18 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from detect import train as T
 from detect.data.dataset import collate
 from detect.data.demo import read_marker, render_demo_image
-from detect.model.build import build_model
 from detect.model.checkpoint import load_checkpoint
-from detect.model.config import ModelConfig
-from detect.model.roi_heads import ClassWeightedRoIHeads, with_class_weights
 from detect.training import data_prep
-from detect.training.balance import RepeatFactorSampler, class_loss_weights, class_repeat_factors, image_repeat_factors
+from detect.training.balance import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
 
 from conftest import TINY_TRAIN, assert_same_run, make_devkit
 
@@ -39,72 +34,6 @@ def test_repeat_factors_of_a_hand_made_histogram() -> None:
     assert r == pytest.approx({"A": 1.0, "B": 1.5, "C": 3.0})
     assert image_repeat_factors(images, r) == pytest.approx([1, 1, 1, 1, 1.5, 1.5, 1.5, 1.5, 3, 1])
     assert class_repeat_factors(images, 0.05) == {"A": 1.0, "B": 1.0, "C": 1.0}  # none rarer than t
-
-
-def test_loss_weights_of_a_hand_made_object_histogram() -> None:
-    # 100 objects: A 81 (f = 0.81), B 16 (f = 0.16), C 1 (f = 0.01), D 2 (f = 0.02), E none.
-    counts = {"A": 81, "B": 16, "C": 1, "D": 2, "E": 0}
-    # t = 0.64: w(A) = 1, w(B) = sqrt(0.64 / 0.16) = 2, w(C) = sqrt(64) = 8, w(D) = sqrt(32).
-    assert class_loss_weights(counts, 0.64) == pytest.approx({"A": 1.0, "B": 2.0, "C": 8.0, "D": math.sqrt(32)})
-    assert class_loss_weights(counts, 0.01) == {"A": 1.0, "B": 1.0, "C": 1.0, "D": 1.0}  # none rarer than t
-    with pytest.raises(ValueError):
-        class_loss_weights(counts, 0)
-
-
-def _heads_losses(model, seed: int = 3) -> dict:
-    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]]),
-                "labels": torch.tensor([1, 2])}]
-    torch.manual_seed(seed)  # the RPN's and the RoI heads' samplers draw from it
-    return model(images, targets)
-
-
-def test_weighted_roi_heads_weight_only_the_classifier_loss() -> None:
-    torch.manual_seed(0)
-    model = build_model(backbone="mobilenet", num_classes=3, weights="none", input_size=128, box_score_thresh=0.0)
-    plain = _heads_losses(model)
-    # Weights of 1: torchvision's losses, to the bit; the state dict keeps its keys.
-    keys = set(model.state_dict())
-    with_class_weights(model, torch.ones(3))
-    assert isinstance(model.roi_heads, ClassWeightedRoIHeads) and set(model.state_dict()) == keys
-    ones = _heads_losses(model)
-    assert {k: v.item() for k, v in ones.items()} == {k: v.item() for k, v in plain.items()}
-    # Other weights: the classifier loss is the weighted cross-entropy of the same sampled
-    # RoIs; the box regression and the RPN's losses do not change.
-    w = torch.tensor([1.0, 3.0, 0.5])
-    with_class_weights(model, w)
-    captured = {}
-    original = model.roi_heads.box_predictor.forward
-
-    def capture(x):
-        captured["logits"], reg = original(x)
-        return captured["logits"], reg
-
-    model.roi_heads.box_predictor.forward = capture
-    labels = {}
-    select = model.roi_heads.select_training_samples
-
-    def keep(proposals, targets):
-        out = select(proposals, targets)
-        labels["all"] = torch.cat(out[2])
-        return out
-
-    model.roi_heads.select_training_samples = keep
-    weighted = _heads_losses(model)
-    expected = F.cross_entropy(captured["logits"], labels["all"], weight=w)
-    assert weighted["loss_classifier"].item() == pytest.approx(expected.item(), rel=1e-6)
-    assert weighted["loss_classifier"].item() != pytest.approx(plain["loss_classifier"].item(), rel=1e-3)
-    for k in ("loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
-        assert weighted[k].item() == plain[k].item(), k
-    # Inference is torchvision's: the same detections as a stock model with the same weights.
-    stock = build_model(backbone="mobilenet", num_classes=3, weights="none", input_size=128, box_score_thresh=0.0)
-    stock.load_state_dict(model.state_dict())
-    image = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(2))]
-    with torch.no_grad():
-        got, want = model.eval()(image)[0], stock.eval()(image)[0]
-    assert len(want["boxes"]) > 0 and all(torch.equal(got[k], want[k]) for k in want)
-    with pytest.raises(ValueError):
-        with_class_weights(build_model(backbone="mobilenet", num_classes=3, weights="none"), torch.ones(4))
 
 
 def test_the_sampler_epoch_is_deterministic_and_splits_across_ranks() -> None:
@@ -181,20 +110,11 @@ def test_balance_repeat_resumes_mid_epoch_exactly(small: Path, tmp_path: Path, m
     assert_same_run(straight / "mobilenet", cut / "mobilenet")
 
 
-def test_balance_loss_trains_says_its_weights_and_saves_a_plain_model(small: Path, tmp_path: Path, capsys) -> None:
-    assert train(small, tmp_path / "w", "--balance", "loss", "--balance-t", "1") == 0
-    banner = capsys.readouterr().out
-    line = next(x for x in banner.splitlines() if x.startswith("Balance:"))
-    assert "class weights in the box classifier's loss (t=1)" in line and "background x1" in line
-    assert "changes nothing" not in banner
-    ckpt = load_checkpoint(tmp_path / "w" / "mobilenet" / "best.pt")
-    assert ckpt["args"]["balance"] == "loss"
-    plain = build_model(ModelConfig.from_dict(ckpt["model_config"]))
-    assert set(plain.state_dict()) == set(ckpt["model"])  # the weights are not part of the model
-    # A t under every class's share: the banner says the weights are all 1 and what to do.
+def test_the_banner_says_when_repeat_changes_nothing(small: Path, tmp_path: Path, capsys) -> None:
+    # Every class is in more than 1 % of the images: every factor is 1, and the banner says so.
     assert train(small, tmp_path / "r", "--balance", "repeat", "--balance-t", "0.01") == 0
     banner = capsys.readouterr().out
-    assert "changes nothing: raise --balance-t, or weight the loss by objects (--balance loss)" in banner
+    assert "x1.00" in banner and "so this changes nothing: raise --balance-t" in banner
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -39,7 +39,6 @@ TORCH = frozenset({
     "detect.data.corruptions",  # albumentations, not torch: the robustness report's corruptions
     "detect.model.build",
     "detect.model.roi_align",
-    "detect.model.roi_heads",
     "detect.model.checkpoint",
     "detect.inference.torch_runtime",
     "detect.inference.loader",

@@ -1,4 +1,3 @@
 """The detector: the backbone table, ModelConfig, the Faster R-CNN builder, the RoIAlign with a
-fast CPU gradient, RoI heads with class weights in the loss, checkpoints (torch-free:
-backbones.py, config.py).
+fast CPU gradient, checkpoints (torch-free: backbones.py, config.py).
 """

@@ -12,12 +12,6 @@ alone, identically on every process, shuffles it, fixes its length at the expect
 size (``round(sum of factors)``, so the schedule, the progress bar and a mid-epoch resume see
 the same number of batches every epoch) and hands each process every ``world``-th entry, as
 :class:`torch.utils.data.distributed.DistributedSampler` does.
-
-Image sampling cannot help a class that is rare among the *objects* but present in most
-images (BCCD: platelets are 7 % of the boxes and in 57 % of the images, beside red cells in
-every image). :func:`class_loss_weights` is the loss-side counterpart for that case: the
-same formula with ``f(c)`` the fraction of training *objects* of class ``c``, used as the
-weight of the class in the box classifier's cross-entropy (``--balance loss``).
 """
 
 from __future__ import annotations
@@ -28,11 +22,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import Sampler
 
-__all__ = [
-    "BALANCE_CHOICES", "RepeatFactorSampler", "class_loss_weights", "class_repeat_factors", "image_repeat_factors",
-]
+__all__ = ["BALANCE_CHOICES", "RepeatFactorSampler", "class_repeat_factors", "image_repeat_factors"]
 
-BALANCE_CHOICES = ("none", "repeat", "loss")
+BALANCE_CHOICES = ("none", "repeat")
 
 
 def class_repeat_factors(image_classes: Sequence[Iterable[str]], t: float) -> dict[str, float]:
@@ -46,15 +38,6 @@ def class_repeat_factors(image_classes: Sequence[Iterable[str]], t: float) -> di
         for name in set(names):
             counts[name] = counts.get(name, 0) + 1
     return {c: max(1.0, math.sqrt(t / (k / n))) for c, k in sorted(counts.items())}
-
-
-def class_loss_weights(object_counts: Mapping[str, int], t: float) -> dict[str, float]:
-    """``w(c) = max(1, sqrt(t / f(c)))`` for every class with objects, ``f(c)`` its share of all
-    the training objects (``object_counts``: objects per class name)."""
-    if not t > 0:
-        raise ValueError(f"t must be > 0, got {t}")
-    total = sum(object_counts.values())
-    return {c: max(1.0, math.sqrt(t / (k / total))) for c, k in sorted(object_counts.items()) if k > 0}
 
 
 def image_repeat_factors(image_classes: Sequence[Iterable[str]], factors: Mapping[str, float]) -> list[float]:

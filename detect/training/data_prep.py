@@ -23,7 +23,7 @@ from detect.data.images import ImageError, read_image
 from detect.data.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.data.records import Record, check_classes, class_names_from, load_records, median_image_size
 from detect.training.config import Echo, RunFacts, TrainConfig, log_echo, resolve_config
-from detect.training.balance import RepeatFactorSampler, class_loss_weights, class_repeat_factors, image_repeat_factors
+from detect.training.balance import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
 from detect.training.distributed import Dist
 from detect.training.engine import seed_worker
 
@@ -197,18 +197,6 @@ def repeat_factors(cfg: TrainConfig, data: Data) -> tuple[dict[str, float], list
     present = [{o.name for o in r.annotation.objects if o.name in known} for r in data.train]
     per_class = class_repeat_factors(present, cfg.balance_t)
     return {c: per_class[c] for c in data.classes if c in per_class}, image_repeat_factors(present, per_class)
-
-
-def loss_weights(cfg: TrainConfig, data: Data) -> dict[str, float]:
-    """``--balance loss``: each class's weight in the box classifier's loss, from its share of
-    the train split's objects (training/balance.py); a class without train objects weighs 1."""
-    counts = {c: 0 for c in data.classes}
-    for r in data.train:
-        for o in r.annotation.objects:
-            if o.name in counts:
-                counts[o.name] += 1
-    weights = class_loss_weights(counts, cfg.balance_t)
-    return {c: weights.get(c, 1.0) for c in data.classes}
 
 
 def make_loaders(cfg: TrainConfig, data: Data, dist: Dist = Dist(), device: torch.device = torch.device("cpu")):

@@ -32,11 +32,10 @@ from detect.data.records import ground_truths
 from detect.model.build import StartWeights, anchors_per_location, build_model, describe_anchors, feature_strides, start_weights
 from detect.model.checkpoint import load_checkpoint
 from detect.model.config import ModelConfig
-from detect.model.roi_heads import with_class_weights
 from detect.training import distributed
 from detect.training.budget import Pace, format_duration, measure
 from detect.training.config import RECIPE_REASONS, RESUMABLE, Echo, RunFacts, TrainConfig, log_echo, resolve_config
-from detect.training.data_prep import Data, data_facts, load_data, loss_weights, make_loaders, open_data, repeat_factors
+from detect.training.data_prep import Data, data_facts, load_data, make_loaders, open_data, repeat_factors
 from detect.training.distributed import Dist
 from detect.training.engine import (
     LOSS_KEYS,
@@ -217,8 +216,6 @@ def _setup(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo,
     mode = earlier or training_mode(
         weights=model.weights_report.source if not ckpt else None if cfg.weights == "auto" else cfg.weights,
         backbone=cfg.model.backbone, trainable_layers=model.config.trainable_layers)
-    if cfg.balance == "loss":
-        with_class_weights(model, torch.tensor([1.0] + list(loss_weights(cfg, data).values())))
     if dist.active and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -565,28 +562,20 @@ def _banner(echo: Echo, run: _Run) -> None:
     echo(f"Optimizer {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}, "
          f"{min(cfg.warmup_iters, len(run.train_loader))} warm-up iterations), "
          f"{batch}, {cfg.epochs} epochs, augment {cfg.augment}")
-    if cfg.balance != "none":
+    if cfg.balance == "repeat":
         _balance_banner(echo, run)
 
 
 def _balance_banner(echo: Echo, run: _Run) -> None:
-    """--balance: each class's repeat factor and the epoch's size, or each class's loss weight;
-    and a hint when the factors change nothing."""
-    cfg = run.cfg
-    if cfg.balance == "repeat":
-        per_class, _ = repeat_factors(cfg, run.data)
-        factors = ", ".join(f"{show(c)} x{r:.2f}" for c, r in per_class.items())
-        echo(f"Balance: repeat-factor sampling (t={cfg.balance_t:g}): {factors}; an epoch is "
-             f"{run.sampler.epoch_size} images drawn from {len(run.data.train)} train images")
-        what = "images"
-    else:
-        per_class = loss_weights(cfg, run.data)
-        factors = ", ".join(f"{show(c)} x{r:.2f}" for c, r in per_class.items())
-        echo(f"Balance: class weights in the box classifier's loss (t={cfg.balance_t:g}): {factors}, background x1")
-        what = "objects"
+    """--balance repeat: each class's repeat factor and the epoch's size, and a hint when
+    the factors are all 1."""
+    per_class, _ = repeat_factors(run.cfg, run.data)
+    factors = ", ".join(f"{show(c)} x{r:.2f}" for c, r in per_class.items())
+    echo(f"Balance: repeat-factor sampling (t={run.cfg.balance_t:g}): {factors}; an epoch is "
+         f"{run.sampler.epoch_size} images drawn from {len(run.data.train)} train images")
     if all(r == 1 for r in per_class.values()):
-        echo(f"  no class is under {cfg.balance_t:g} of the train {what} (--balance-t), so this changes nothing: "
-             f"raise --balance-t{', or weight the loss by objects (--balance loss)' if what == 'images' else ''}")
+        echo(f"  every class is in at least {run.cfg.balance_t:g} of the train images (--balance-t), so this changes "
+             "nothing: raise --balance-t")
 
 
 LONG_RUN_S = 3600  # an estimate past this says what would shorten it
