@@ -432,7 +432,27 @@ def test_unused_class_and_imbalance(data: Path):
     assert unused == {"Lata_defectuosa", "Botella_defectuosa"}
     (imb,) = only(report, "VOC304")
     assert "12.0:1" in imb.message and "'Botella'" in imb.message
+    assert "--balance repeat)" in imb.message  # 'Botella' is in 1 of 13 files: resampling helps
     assert "VOC304" in codes(check(data))  # without a class list too
+
+
+def test_imbalance_of_a_class_in_most_files_does_not_suggest_resampling(data: Path):
+    # BCCD's kind: the rare class is in half the files, outnumbered 9 to 1 inside them.
+    cans = tuple(("Lata", (10 + 30 * (k % 3), 10 + 25 * (k // 3), 35 + 30 * (k % 3), 30 + 25 * (k // 3)))
+                 for k in range(9))
+    for i in range(4):
+        pair(data, f"m{i}", cans + ((("Botella", (100, 10, 120, 60)),) if i % 2 else ()), size=(128, 96))
+    (imb,) = only(check(data), "VOC304")
+    # 'Botella' is in 2 of 4 files (50 %): resampling images would not change its share.
+    assert "18.0:1 ('Lata' 36 objects, 'Botella' 2)" in imb.message
+    assert "annotate more 'Botella' (it is already in 50% of the files, so resampling images with --balance " \
+        "repeat cannot raise its share)" in imb.message
+
+
+def test_the_checkers_resampling_threshold_is_trainings_default():
+    from detect.checks.dataset_rules import REPEAT_T
+    from detect.training.config import TrainConfig
+    assert REPEAT_T == TrainConfig().balance_t
 
 
 def test_no_imbalance_below_ratio(data: Path):

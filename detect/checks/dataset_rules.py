@@ -27,6 +27,8 @@ __all__ = ["DUPLICATE_IOU", "IMBALANCE_RATIO", "DatasetResult", "dataset_finding
 
 DUPLICATE_IOU = 0.9
 IMBALANCE_RATIO = 10.0
+# detect.train's --balance-t default: a class in at least this share of the files is not resampled.
+REPEAT_T = 0.3
 _STRAY_HINT = {
     ".DS_Store": "macOS folder metadata",
     "Thumbs.db": "Windows thumbnail cache",
@@ -317,6 +319,7 @@ def dataset_findings(
     """Every per-file finding plus the dataset-level ones (all but the anchor fit)."""
     findings: list[Finding] = []
     counts: Counter = Counter()
+    files_with: Counter = Counter()  # XML files holding each class, for the imbalance hint
     boxes: list[tuple] = []
     box_paths: list[Path] = []
     used_images: set[Path] = set()
@@ -325,6 +328,7 @@ def dataset_findings(
     for res, sample in zip(results, sample_ids):
         findings.extend(res.findings)
         counts.update(res.names)
+        files_with.update(set(res.names))
         if res.image is not None:
             used_images.add(res.image)
             image_of[sample] = res.image
@@ -407,14 +411,19 @@ def dataset_findings(
         (top, most), (low, least) = used[0], used[-1]
         ratio = most / least
         if ratio >= IMBALANCE_RATIO:
+            share = files_with[low] / max(1, len(results))
+            if share < REPEAT_T:
+                remedy = ", or resample the rare classes in training (python -m detect.train --balance repeat)"
+            else:  # repeat-factor sampling works on images: it cannot raise a class in most of them
+                remedy = (f" (it is already in {share:.0%} of the files, so resampling images with --balance "
+                          "repeat cannot raise its share)")
             findings.append(
                 finding(
                     "VOC304",
                     files.root,
                     None,
                     f"class imbalance {ratio:.1f}:1 ('{top}' {most} objects, '{low}' {least}); the model "
-                    f"will favour '{top}': annotate more '{low}', or resample the rare classes in training "
-                    f"(python -m detect.train --balance repeat)",
+                    f"will favour '{top}': annotate more '{low}'{remedy}",
                 )
             )
 
