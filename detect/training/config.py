@@ -108,7 +108,7 @@ RECIPE_REASONS = {
     "demo": "the demo data, sized for a 2-core CPU",
     "cpu-scratch": "no GPU and no pretrained weights: the demo's CPU-sized model (256-wide box head, "
                    "64 sampled RoIs, RoIAlign sampling 1, GroupNorm FPN), a cheaper step than torchvision's "
-                   "(measured: 2.8x on 200 px photos, 1.4x at 640 px)",
+                   "(measured: 4.3x on 200 px photos, 1.4-1.5x at 640 px)",
     "cpu-pretrained": "no GPU, pretrained weights: the box head and FPN they fit, with a CPU-sized sampling "
                       "budget (300 proposals, 128 sampled RoIs)",
     "gpu": "a GPU: torchvision's reference recipe",
