@@ -228,3 +228,25 @@ def test_a_budget_follows_the_epochs_pace_both_ways_by_its_median() -> None:
     # Slower: fewer, never below the epochs done.
     run = _budget_run(10, 60.0, time=10)
     assert _after_epochs(run, [300, 300])[0] == [2, 2]
+
+
+def test_a_budget_re_fitted_to_more_epochs_trains_them(data: Path, tmp_path: Path, monkeypatch) -> None:
+    # The fake clock makes the plan 3 epochs of 4000 s; the tiny epochs really take about a
+    # second, so after the first the rule adds epochs: up to a cap of 4 here (the real rule,
+    # with a recipe-like cap so that the test stays short). The loop must train all 4.
+    real = trainer._keep_to_budget
+
+    def capped(run, *args):
+        run.cfg.max_epochs = 4
+        return real(run, *args)
+
+    monkeypatch.setattr(trainer, "_keep_to_budget", capped)
+    lines: list[str] = []
+    result = trainer.train(config(data, tmp_path / "w", "--time", "200"), echo=lambda t, err=False: lines.append(t),
+                           clock=fake_clock(TICK))
+    assert "--time 200 min: 3 epochs fit it" in "\n".join(lines)
+    assert any("4 epochs fit the budget (the schedule is re-fitted to them)" in x for x in lines)
+    rows = list(csv.DictReader((result.run.path / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and result.config.epochs == 4
+    assert float(rows[-1]["lr"]) == pytest.approx(0.01 * result.config.lr)  # the schedule ends at its floor
+    assert load_checkpoint(result.run.last)["args"]["epochs"] == 4

@@ -14,6 +14,7 @@ the ``echo`` callback, which ``python -m detect.train`` prints and which logs by
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 import statistics
@@ -303,8 +304,8 @@ def _fit(run: _Run, echo: Echo, progress: bool) -> TrainResult:
             # CPUs; every 10 steps on GPUs, where sharing means waiting for the device).
             stop_now = shared_stop(stop, dist, every=10 if run.device.type == "cuda" else 1)
             epoch_times: list[float] = []  # this call's epochs, for the budget's check
-            for epoch in range(run.start_epoch, cfg.epochs):
-                if epoch >= cfg.epochs:  # a --time budget cut the run shorter
+            for epoch in itertools.count(run.start_epoch):
+                if epoch >= cfg.epochs:  # checked each time: a --time budget re-fits cfg.epochs
                     break
                 state = partial if partial is not None and partial.epoch == epoch else EpochState(epoch)
                 partial = None
