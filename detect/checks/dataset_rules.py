@@ -27,7 +27,7 @@ __all__ = ["DUPLICATE_IOU", "IMBALANCE_RATIO", "DatasetResult", "dataset_finding
 
 DUPLICATE_IOU = 0.9
 IMBALANCE_RATIO = 10.0
-# detect.train's --balance-t default: a class in at least this share of the files is not resampled.
+# A class in at least this share of the files is not resampled: detect.train's --balance-t default.
 REPEAT_T = 0.3
 _STRAY_HINT = {
     ".DS_Store": "macOS folder metadata",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from detect.checks.dataset_rules import REPEAT_T
 from detect.common.errors import UsageError
 from detect.common.options import Number
 from detect.data.dataset import CACHE_CHOICES
@@ -189,7 +190,7 @@ class TrainConfig:
     demo_images: int | None = None
     demo_defect_rate: float | None = None  # the demo's share of defective objects (None: the default demo)
     balance: str = "none"  # "repeat": repeat-factor sampling of images with rare classes (training/balance.py)
-    balance_t: float = 0.3  # the image fraction under which a class is repeated
+    balance_t: float = REPEAT_T  # the image fraction under which a class is repeated (VOC304 names it)
     # model: the architecture; None fields come from the recipe (num_classes from the data)
     model: ModelConfig = field(default_factory=ModelConfig)
     weights: str = "auto"
