@@ -5,10 +5,13 @@ The commands are the front doors (``python -m detect.X``): ``train``, ``eval``, 
 sub-package per stage, each importing only itself and those above it in this list:
 
 * ``common``: errors and exit codes, atomic files, CLI options, logging, the box types
-* ``data``: VOC/COCO/YOLO files, dataset layouts, images (EXIF applied), records, the demo
+* ``data``: VOC/COCO/YOLO files, dataset layouts, images (EXIF applied), records, the torch Dataset
+* ``demo``: the procedural demo dataset and the rendered conveyor video
 * ``model``: the backbone table, ``ModelConfig``, the Faster R-CNN builder, checkpoints
 * ``scoring``: metrics, evaluation tables, the predictions file, plots and reports
-* ``inference``: detectors (PyTorch, ONNX), the predictor, sources, outputs, tracking
+* ``inference``: detectors (PyTorch, ONNX, OpenVINO), the predictor, sources, outputs
+* ``deploy``: the ONNX export, int8 quantisation, export variants and their gate
+* ``line``: tracking, counting and per-item events on a video or camera
 * ``checks``: the annotation checker and the label audit's rules
 * ``training``: config and recipes, data preparation, ``train()``, the engine, run folders
 

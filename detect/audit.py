@@ -7,12 +7,12 @@
 Audit (``--data``): runs the model over the annotated images and lists the likely mistakes,
 surest first, one checker-style line each (``file.xml:line:1: AUD10x warning ...``):
 missing boxes (AUD101), wrong classes (AUD102), loose or shifted boxes (AUD103) and
-spurious boxes (AUD104); the rules are in :mod:`detect.checks.audit`. ``audit.png`` shows
+spurious boxes (AUD104); the rules are in :mod:`detect.checks.label_audit`. ``audit.png`` shows
 the top findings with both boxes; ``--save-xml DIR`` writes the suggested corrections as
 LabelImg files into DIR, for review. The annotation files are only read.
 
 Select (``--select N --images FOLDER``): the N unlabelled images the model is least sure
-about (smallest score margin, :func:`detect.checks.audit.margin_uncertainty`) are copied
+about (smallest score margin, :func:`detect.checks.label_audit.margin_uncertainty`) are copied
 into the output folder with a pre-annotation XML beside each, ready for LabelImg.
 
 Exit status: 0 done (findings are advice, not failures); 1 the model file is unusable or an
@@ -151,7 +151,7 @@ def _records(args, meta):
 
 
 def _audit(args, detector, meta) -> int:
-    from detect.checks.audit import AuditSettings, audit, class_mismatch, detect_records, training_overlap
+    from detect.checks.label_audit import AuditSettings, audit, class_mismatch, detect_records, training_overlap
 
     files, records, where = _records(args, meta)
     mismatch = class_mismatch(detector.classes, records)
@@ -176,7 +176,7 @@ def _audit(args, detector, meta) -> int:
     gallery = _gallery(report, folder, args) if folder else None
     written = []
     if args.save_xml is not None and report.findings:
-        from detect.checks.audit import write_corrections
+        from detect.checks.label_audit import write_corrections
 
         try:
             written = write_corrections(shown, args.save_xml, files.root)  # what --top keeps, all by default
@@ -242,7 +242,7 @@ def _gallery(report, folder: Path, args) -> Path:
 
 
 def _select(args, detector, meta) -> int:
-    from detect.checks.audit import margin_uncertainty, rank_uncertain
+    from detect.checks.label_audit import margin_uncertainty, rank_uncertain
     from detect.common.files import write_atomic
     from detect.data.images import read_image
     from detect.data.voc import write_voc

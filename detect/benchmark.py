@@ -5,7 +5,7 @@
 
 One run, on this machine, for the checkpoint and its exports (made into a temporary folder;
 ``--keep DIR`` keeps them): PyTorch eager (the reference), ONNX float32, ONNX int8 (static,
-:mod:`detect.inference.quantize`) on onnxruntime, and both ONNX files on OpenVINO when it
+:mod:`detect.deploy.quantize`) on onnxruntime, and both ONNX files on OpenVINO when it
 is installed. For each: file size; model-only latency per image (batch 1, decoded val
 images) ms p50 and p95 at each ``--threads``; images/s end to end through
 ``detect.predict`` (read, decode, infer, write JSON) at the largest thread count; val
@@ -89,11 +89,11 @@ def _benchmark(args) -> int:
 
     from detect.common.files import write_atomic
     from detect.data.images import read_image
-    from detect.inference.measure import map50, time_detector
-    from detect.inference.onnx_export import export_onnx
+    from detect.deploy.measure import map50, time_detector
+    from detect.deploy.onnx_export import export_onnx
     from detect.inference.onnx_runtime import OnnxDetector
     from detect.inference.openvino_runtime import OpenVinoDetector, available
-    from detect.inference.quantize import calibration_images, quantize_int8
+    from detect.deploy.quantize import calibration_images, quantize_int8
     from detect.inference.torch_runtime import TorchDetector, set_test_settings
     from detect.model.build import model_from_checkpoint
     from detect.model.checkpoint import load_checkpoint

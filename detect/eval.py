@@ -136,7 +136,7 @@ def _check_args(args) -> None:
     if args.corruptions is not None:
         if args.predictions:
             raise UsageError("--corruptions runs the models on corrupted images; it cannot score a --predictions file")
-        from detect.data.corruptions import check_names
+        from detect.scoring.corruptions import check_names
 
         try:
             args.corruptions = check_names(args.corruptions)
@@ -188,8 +188,8 @@ def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int,
 def corrupted_maps(evaluator: Evaluator, detector, eval_set, classes, clean: float, corruptions: Sequence[str], *,
                    progress: bool = False):
     """The VOC mAP of ``detector`` on ``eval_set`` under each corruption at each severity
-    (:mod:`detect.data.corruptions`, seeded per image), as a :class:`detect.scoring.robustness.Robustness`."""
-    from detect.data.corruptions import SEVERITIES, corrupt, corruption
+    (:mod:`detect.scoring.corruptions`, seeded per image), as a :class:`detect.scoring.robustness.Robustness`."""
+    from detect.scoring.corruptions import SEVERITIES, corrupt, corruption
     from detect.data.images import ImageError
     from detect.inference.predictor import detect_files
     from detect.scoring.metrics import voc_evaluate

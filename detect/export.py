@@ -7,7 +7,7 @@ Writes one ``.onnx`` file (beside the checkpoint unless ``--out``; an existing f
 replaced only with ``--overwrite``) that runs on onnxruntime alone and carries its
 classes, input size, thresholds, model config and training data in its metadata; then
 runs onnxruntime and PyTorch on a few images and prints how far they differ. Tensors and
-metadata: :mod:`detect.inference.onnx_runtime`; the export itself: :mod:`detect.inference.onnx_export`.
+metadata: :mod:`detect.inference.onnx_runtime`; the export itself: :mod:`detect.deploy.onnx_export`.
 
 Exit status: 0 written and agreeing; 1 export failed, or onnxruntime disagrees with
 PyTorch beyond tolerance; 2 usage error (bad option, missing or unusable checkpoint).
@@ -79,7 +79,7 @@ def _export(args) -> int:
                          f"{exc.strerror or exc}; choose another --out") from None
     if args.optimize or args.int8 or any(v is not None for v in settings.values()):
         return _export_variant(args, settings, source, target)  # numerics change: the accuracy gate
-    from detect.inference.onnx_export import export_onnx  # torch is imported here, after the usage checks
+    from detect.deploy.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
     before = _stat(target)
     try:
@@ -115,7 +115,7 @@ def _stat(path: Path) -> tuple | None:
 def _export_variant(args, settings: dict, source: Path, target: Path) -> int:
     """``--int8``, ``--optimize`` or changed settings: the variant is measured against the
     checkpoint (val mAP@0.5) and written only within ``--max-drop`` (or with ``--force``)."""
-    from detect.inference.variants import gated_export, optimize  # torch is imported here
+    from detect.deploy.variants import gated_export, optimize  # torch is imported here
 
     if args.optimize:
         result = optimize(source, target, settings=settings, calibrate=args.calibrate, max_drop=args.max_drop,

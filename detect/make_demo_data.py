@@ -7,8 +7,8 @@
 
 Prints one summary line. Exit status: 0 done, 1 the files could not be written, 2 usage
 error (bad option, or OUT is a non-empty folder that is not a demo dataset).
-See :mod:`detect.data.demo` for what is drawn. ``--conveyor N`` writes a video of N items
-passing on a belt instead, with its ground truth (:mod:`detect.data.conveyor`).
+See :mod:`detect.demo.render` for what is drawn. ``--conveyor N`` writes a video of N items
+passing on a belt instead, with its ground truth (:mod:`detect.demo.conveyor`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import time
 
 from detect.common.errors import DetectError, UsageError, show
-from detect.data.demo import DEMO_CLASSES, make_demo_dataset, read_marker
+from detect.demo.render import DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, run_command
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _conveyor(args, started: float) -> int:
-    from detect.data.conveyor import write_conveyor
+    from detect.demo.conveyor import write_conveyor
 
     try:
         truth = write_conveyor(args.out, args.conveyor, seed=args.seed, size=args.size, speed=args.speed,

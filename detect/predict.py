@@ -34,7 +34,7 @@ from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
-from detect.inference.counting import DEFECT_SHARE, TRACK_CONF
+from detect.line.counting import DEFECT_SHARE, TRACK_CONF
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _check_args(args) -> None:
     if counting and not args.track:
         raise UsageError(f"{', '.join(counting)} only apply with --track")
     if args.track:
-        from detect.inference.counting import parse_count_line
+        from detect.line.counting import parse_count_line
 
         args.line = parse_count_line(args.count_line, args.belt)
 
@@ -202,7 +202,7 @@ def _run(args, detector, predictor) -> int:
 
     sources, errors = open_sources(args.sources, recursive=args.recursive)
     if args.track and not args.sequence:
-        from detect.inference.predictor import tracking_needs_frames
+        from detect.line.session import tracking_needs_frames
 
         still = [s for s in sources if s.kind == "images"]
         if still:
@@ -236,7 +236,7 @@ def _run(args, detector, predictor) -> int:
 
     counter = log_items = None
     if args.track:
-        from detect.inference.counting import ItemCounter
+        from detect.line.counting import ItemCounter
         from detect.inference.outputs import ItemLog
 
         events = Path(args.events) if args.events and args.events != "-" else None
@@ -266,11 +266,12 @@ def _run(args, detector, predictor) -> int:
                 # have their own grabber).
                 frames = prefetch(source)
                 if counter is not None:
-                    from detect.inference.tracking import ByteTracker
+                    from detect.line.session import track_frames
+                    from detect.line.tracking import ByteTracker
 
                     tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)))
-                    results = predictor.track_frames(source, counter, tracker=tracker, low=args.track_low,
-                                                     frames=frames)
+                    results = track_frames(predictor, source, counter, tracker=tracker, low=args.track_low,
+                                           frames=frames)
                 else:
                     results = predictor.predict_frames(frames, live=source.live)
                 for result in results:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import write_sample
 from detect import audit as audit_cli
-from detect.checks.audit import AuditSettings, audit, margin_uncertainty
+from detect.checks.label_audit import AuditSettings, audit, margin_uncertainty
 from detect.common.errors import UsageError
 from detect.common.types import Detections
 from detect.data.layout import discover, kfold_split, resolve_splits
@@ -259,6 +259,6 @@ def test_train_options_reach_the_config():
 
 
 def test_a_model_box_is_quoted_to_a_tenth_of_a_pixel():
-    from detect.checks.audit import _model_box_text
+    from detect.checks.label_audit import _model_box_text
 
     assert _model_box_text([257.14263916015625, 127.71810150146484, 358.0, 229]) == "257.1,127.7,358,229"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from detect.data.conveyor import write_conveyor
+from detect.demo.conveyor import write_conveyor
 from detect.predict import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""detect.export, detect.inference.onnx_export, detect.inference.onnx_runtime: the ONNX export and its backend.
+"""detect.export, detect.deploy.onnx_export, detect.inference.onnx_runtime: the ONNX export and its backend.
 
 One tiny untrained model (conftest ``tiny_export``: 128 px, batch-norm statistics set so
 that scores differ from box to box) is exported once per session; the tests compare it
@@ -53,7 +53,7 @@ def torch_outputs(pt: Path, images: list[np.ndarray], settings: dict) -> list[di
 
 def test_onnx_matches_pytorch_on_blank_one_object_and_crowded_images(tiny_export) -> None:
     from detect.inference.onnx_runtime import OnnxDetector
-    from detect.inference.onnx_export import compare_detections
+    from detect.deploy.onnx_export import compare_detections
 
     rng = np.random.default_rng(0)
     images = [BLANK, one_object(), crowded(), rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)]

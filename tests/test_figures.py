@@ -1,6 +1,6 @@
 """The study's figures and costs: training curves (results.png, val loss), what each checkpoint
 records about its training, the eval table's cost columns, the easy / hard / false-alarm
-galleries chosen by their stated rules, and tools/train_modes.py.
+galleries chosen by their stated rules, and bench/train_modes.py.
 
 Training runs here are tiny (a 6-image devkit, 96 px, one or two epochs, weights=None).
 """
@@ -301,7 +301,7 @@ def test_galleries_are_written(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# tools/train_modes.py
+# bench/train_modes.py
 
 
 def test_train_modes_trains_three_ways_and_compares(tmp_path: Path) -> None:
@@ -314,7 +314,7 @@ def test_train_modes_trains_three_ways_and_compares(tmp_path: Path) -> None:
                     tmp_path / "start.pt")
     out = tmp_path / "w"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train_modes.py"), "--weights", str(tmp_path / "start.pt"),
+        [sys.executable, str(REPO / "bench" / "train_modes.py"), "--weights", str(tmp_path / "start.pt"),
          "--data", str(data), "--name", "m", "--out", str(out), "--",
          "--classes", str(data / "classes.txt"), "--epochs", "1", "--no-check", *TINY],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
@@ -331,7 +331,7 @@ def test_train_modes_trains_three_ways_and_compares(tmp_path: Path) -> None:
 
 
 def test_train_modes_refuses_a_missing_starting_checkpoint(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "train_modes.py"), "--weights", "nope.pt"],
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_modes.py"), "--weights", "nope.pt"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and "nope.pt: no such file" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -2,8 +2,8 @@
 cycles, and the torch-free core works on a machine without torch.
 
 Sub-packages, bottom up (docs/architecture.md): ``detect.common`` < ``detect.data`` <
-``detect.model`` < ``detect.scoring`` < ``detect.inference`` < ``detect.checks`` <
-``detect.training`` < the commands (``detect/train.py``, ``eval.py``, ... each
+``detect.demo`` < ``detect.model`` < ``detect.scoring`` < ``detect.inference`` <
+``detect.deploy`` < ``detect.line`` < ``detect.checks`` < ``detect.training`` < the commands (``detect/train.py``, ``eval.py``, ... each
 ``main(argv) -> int``). A module may import modules of its own sub-package or of one below.
 
 Across that order runs a second rule: the modules in :data:`TORCH` may import torch; every
@@ -27,8 +27,8 @@ from conftest import NO_TORCH
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "detect"
 
-ORDER = ("detect.common", "detect.data", "detect.model", "detect.scoring", "detect.inference", "detect.checks",
-         "detect.training")
+ORDER = ("detect.common", "detect.data", "detect.demo", "detect.model", "detect.scoring", "detect.inference",
+         "detect.deploy", "detect.line", "detect.checks", "detect.training")
 COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
             "detect.export", "detect.convert", "detect.audit", "detect.benchmark")
 # The modules that may import torch (and those that import them); the rest is the core.
@@ -36,14 +36,14 @@ TORCH = frozenset({
     "detect.common.device",
     "detect.data.dataset",
     "detect.data.tensors",
-    "detect.data.corruptions",  # albumentations, not torch: the robustness report's corruptions
+    "detect.scoring.corruptions",  # albumentations, not torch: the robustness report's corruptions
     "detect.model.build",
     "detect.model.roi_align",
     "detect.model.checkpoint",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
-    "detect.inference.onnx_export",
-    "detect.inference.variants",
+    "detect.deploy.onnx_export",
+    "detect.deploy.variants",
     "detect.checks.anchor_fit",
     "detect.training",
     "detect.training.config",

@@ -118,7 +118,7 @@ def test_int8_quantisation_and_running_it_do_not_import_torch(tiny_export, tmp_p
     code = NO_TORCH + f"""
 from pathlib import Path
 from detect.inference.onnx_runtime import OnnxDetector
-from detect.inference.quantize import calibration_images, quantize_int8
+from detect.deploy.quantize import calibration_images, quantize_int8
 src = Path({str(tiny_export['onnx'])!r})
 det = OnnxDetector(src)
 images = calibration_images(det.meta, src, 2)
@@ -168,7 +168,7 @@ def test_static_int8_keeps_the_zero_proposal_safety(tiny_export, tmp_path) -> No
     from onnx import numpy_helper
 
     from detect.inference.onnx_runtime import OPTIMIZATION_LEVELS, OnnxDetector
-    from detect.inference.quantize import quantize_int8
+    from detect.deploy.quantize import quantize_int8
 
     proto = onnx.load(str(tiny_export["onnx"]))
     [bias] = [i for i in proto.graph.initializer if i.name == "rpn.head.cls_logits.bias"]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from detect import eval as E
-from detect.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption, psnr
-from detect.data.demo import render_demo_image
+from detect.scoring.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption, psnr
+from detect.demo.render import render_demo_image
 from detect.data.dataset import build_transforms
 
 from conftest import make_devkit, make_tiny_checkpoint

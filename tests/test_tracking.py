@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from detect.common.errors import UsageError
-from detect.data.conveyor import plan_conveyor, render_conveyor
-from detect.data.demo import DEMO_CLASSES
-from detect.inference.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
-from detect.inference.tracking import ByteTracker, Observation, merge_classes
+from detect.demo.conveyor import plan_conveyor, render_conveyor
+from detect.demo.render import DEMO_CLASSES
+from detect.line.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
+from detect.line.tracking import ByteTracker, Observation, merge_classes
 
 DEFECTS = ("Lata_defectuosa", "Botella_defectuosa")
 THRESH = np.full(len(DEMO_CLASSES) + 1, 0.5)

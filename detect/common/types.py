@@ -7,12 +7,13 @@ coordinates, no ``+1``); labels are ``1..K`` where label ``i`` is ``classes[i - 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Detections", "GroundTruth", "as_boxes"]
+__all__ = ["Detections", "GroundTruth", "Timing", "as_boxes"]
 
 
 def as_boxes(value: Any, what: str) -> np.ndarray:
@@ -85,3 +86,49 @@ class Detections:
         n = self.boxes.shape[0]
         self.scores = _as_vector(self.scores, n, np.float64, what, "scores")
         self.labels = _as_vector(self.labels, n, np.int64, what, "labels")
+
+
+@dataclass
+class Timing:
+    """How long inference took.
+
+    Attributes:
+        images: images predicted.
+        timed_images: images whose batches were timed. The first batch is left out of the
+            timing when there is more than one (it pays one-off costs: memory allocation,
+            kernel selection), so this is ``images - batch_size`` then.
+        model_seconds: time inside the model (forward pass and copying its outputs back)
+            for the timed images.
+        total_seconds: wall time of the whole call, image decoding included.
+        batch_size: images per forward pass.
+        device: where the model ran.
+    """
+
+    images: int
+    timed_images: int
+    model_seconds: float
+    total_seconds: float
+    batch_size: int
+    device: str
+
+    @property
+    def ms_per_image(self) -> float:
+        """Model time per image in milliseconds (NaN when nothing was timed)."""
+        return 1000.0 * self.model_seconds / self.timed_images if self.timed_images else math.nan
+
+    @property
+    def images_per_second(self) -> float:
+        """Model throughput (NaN when nothing was timed)."""
+        return self.timed_images / self.model_seconds if self.timed_images and self.model_seconds > 0 else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "timed_images": self.timed_images,
+            "model_seconds": self.model_seconds,
+            "total_seconds": self.total_seconds,
+            "ms_per_image": self.ms_per_image,
+            "images_per_second": self.images_per_second,
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }

@@ -1,4 +1,4 @@
 """Annotations and images: VOC, COCO and YOLO files, dataset layouts, image decoding with EXIF
-orientation, records, the demo data and the torch Dataset (torch-free but dataset.py and
+orientation, records and the torch Dataset (torch-free but dataset.py and
 tensors.py).
 """

@@ -1,4 +1,5 @@
-"""Running a detector: the PyTorch and ONNX runtimes and their loader, the streaming predictor,
-sources, outputs, drawing, tracking and counting, the ONNX export (torch-free but
-torch_runtime.py, loader.py's .pt branch and onnx_export.py).
+"""Running a detector: the PyTorch, ONNX and OpenVINO runtimes and their loader, the
+streaming predictor, sources, outputs and drawing (torch-free but torch_runtime.py and
+loader.py's .pt branch). The export moved to :mod:`detect.deploy`, tracking and counting to
+:mod:`detect.line`.
 """

@@ -153,7 +153,7 @@ class OnnxDetector:
             onnxruntime has it.
         spinning: let idle worker threads spin-wait for work (onnxruntime's default). Off
             here: on a small CPU the same cores decode, draw and write between runs, and
-            spinning threads take their time (measured: tools/benchmark_predict.py).
+            spinning threads take their time (measured: bench/predict_speed.py).
         profile: write an onnxruntime profile (JSON, for chrome://tracing) with this prefix.
 
     Raises:

@@ -410,7 +410,7 @@ class ItemLog:
     the item's best crop is written first, as ``crops/items/<track id>_<class>.jpg``
     (its path relative to the folder is in the event).
 
-    Use ``on_item`` as :class:`~detect.inference.counting.ItemCounter`'s callback.
+    Use ``on_item`` as :class:`~detect.line.counting.ItemCounter`'s callback.
     """
 
     def __init__(self, folder: Path, *, save_crops: bool = False, stdout=None, path: Path | None = None) -> None:

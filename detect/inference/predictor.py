@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -39,11 +39,8 @@ from detect.common.errors import DetectError, UsageError
 from detect.common.types import Detections
 from detect.data.images import read_image
 from detect.inference.sources import Frame, Source, open_source
-from detect.scoring.evaluation import Timing
+from detect.common.types import Timing
 
-if TYPE_CHECKING:  # only for annotations: the tracking modules are imported when tracking
-    from detect.inference.counting import Item, ItemCounter
-    from detect.inference.tracking import ByteTracker
 
 __all__ = [
     "ConfThresholds",
@@ -166,9 +163,9 @@ class Result:
         defect_classes: the classes that count as defects.
         infer_seconds: time in the detector for this frame (its share of a batch).
         latency: seconds from reading the frame to this result.
-        track_ids: with :meth:`Predictor.track`, the track id of each detection (None otherwise).
-        counted: with :meth:`Predictor.track`, the items counted in this frame.
-        track_seconds: with :meth:`Predictor.track`, time spent tracking and counting this frame.
+        track_ids: with :func:`detect.line.session.track`, the track id of each detection (None otherwise).
+        counted: with :func:`detect.line.session.track`, the items counted in this frame.
+        track_seconds: with :func:`detect.line.session.track`, time spent tracking and counting this frame.
         overlay: drawn on top of :meth:`plot` (the counting line and counters when tracking).
     """
 
@@ -179,7 +176,7 @@ class Result:
     infer_seconds: float = 0.0
     latency: float = 0.0
     track_ids: np.ndarray | None = None
-    counted: list["Item"] = field(default_factory=list)
+    counted: list[Any] = field(default_factory=list)  # detect.line.counting.Item, made by the line
     track_seconds: float = 0.0
     overlay: Callable[[np.ndarray], None] | None = None
 
@@ -266,7 +263,8 @@ class Predictor:
         self.keep = tuple(classes) if classes else self.classes
         self.defect_classes = tuple(defect_classes) if defect_classes is not None else default_defect_classes(self.classes)
         self.batch_size = batch_size or getattr(detector, "batch_size", 1) or 1
-        self._thresholds = self.conf.vector(self.classes)
+        self.thresholds = self.conf.vector(self.classes)
+        self._thresholds = self.thresholds
         self._wanted = np.array([False] + [c in self.keep for c in self.classes])
 
     def postprocess(self, dets: Detections, *, floor: float | None = None) -> Detections:
@@ -303,7 +301,7 @@ class Predictor:
     def predict_frames(self, frames: Iterable[Frame], *, live: bool = False,
                        floor: float | None = None) -> Iterator[Result]:
         """Results for ``frames`` in order, ``batch_size`` frames per detector call (one when ``live``);
-        ``floor``: keep detections down to this score too (for :meth:`track_frames`)."""
+        ``floor``: keep detections down to this score too (for :func:`detect.line.session.track_frames`)."""
         size = 1 if live else self.batch_size
         batch: list[Frame] = []
         for frame in frames:
@@ -313,70 +311,6 @@ class Predictor:
                 batch = []
         if batch:
             yield from self._run(batch, floor)
-
-    def track_frames(self, source: Source, counter: "ItemCounter", *, tracker: "ByteTracker | None" = None,
-                     low: float = 0.1, frames: Iterable[Frame] | None = None) -> Iterator[Result]:
-        """Track and count over one opened source (see :meth:`track`); ``frames``: its frames
-        as read ahead by :func:`detect.inference.sources.prefetch` (default: the source itself)."""
-        from detect.inference.tracking import ByteTracker, merge_classes
-
-        if tracker is None:
-            tracker = ByteTracker(buffer=max(10, round(source.fps or 30)))
-        start = time.perf_counter()
-        last_index, last_time = 0, 0.0
-        thresholds = self._thresholds
-        for result in self.predict_frames(source if frames is None else frames, live=source.live, floor=low):
-            if result.error or result.image is None:
-                yield result
-                continue
-            t0 = time.perf_counter()
-            d = result.detections
-            observations = merge_classes(d.boxes, d.scores, d.labels, len(self.classes))
-            for o in observations:
-                o.high = bool((o.class_scores[1:] >= thresholds[1:]).any())
-            tracks = tracker.update(observations, thresholds)
-            index = result.frame.index
-            video_time = index / source.fps if source.fps and not source.live else time.perf_counter() - start
-            last_index, last_time = index, video_time
-            items = counter.update(tracks, frame=index, video_time=video_time, source=source.name,
-                                   image=result.image, ended=tracker.removed)
-            shown = [t for t in tracks if t.observation.high]
-            result.detections = Detections(
-                d.image, np.array([t.observation.box for t in shown]).reshape(-1, 4),
-                np.array([t.observation.score for t in shown], np.float64),
-                np.array([t.observation.label for t in shown], np.int64))
-            result.track_ids = np.array([t.id for t in shown], np.int64)
-            result.counted = items
-            result.overlay = counter.draw
-            result.track_seconds = time.perf_counter() - t0
-            yield result
-        counter.finish(tracker.finish(), frame=last_index, video_time=last_time, source=source.name)
-
-    def track(self, source: str | Source, counter: "ItemCounter | None" = None, *, sequence: bool = False,
-              recursive: bool = False, low: float = 0.1) -> Iterator[Result]:
-        """Results for a video, camera, stream (or, with ``sequence``, images in name order)
-        with a track id per detection (``result.track_ids``) and the items counted in each
-        frame (``result.counted``); a generator, in constant memory however long it runs.
-
-        ``counter``: an :class:`~detect.inference.counting.ItemCounter` (default: the line across the
-        middle, belt left to right); its ``on_item`` sees every item, those counted when the
-        source ends too. Detections down to ``low`` feed ByteTrack's second association; the
-        results show those at or above ``--conf``.
-
-        Raises:
-            UsageError: the source is still images and ``sequence`` is not set.
-        """
-        from detect.inference.counting import ItemCounter, parse_count_line
-
-        if counter is None:
-            counter = ItemCounter(self.classes, self.defect_classes, self._thresholds, line=parse_count_line(None))
-        src = open_source(source, recursive=recursive) if isinstance(source, str) else source
-        try:
-            if src.kind == "images" and not sequence:
-                raise UsageError(tracking_needs_frames(src.name))
-            yield from self.track_frames(src, counter, low=low)
-        finally:
-            src.close()
 
     def stream(self, source: str | Source | np.ndarray, *, recursive: bool = False) -> Iterator[Result]:
         """Results for a SOURCE string (see :mod:`detect.inference.sources`), an opened
@@ -395,13 +329,6 @@ class Predictor:
             src.close()
 
     __call__ = stream
-
-
-def tracking_needs_frames(name: str) -> str:
-    """The message for ``--track`` on still images."""
-    return (f"{name}: tracking needs a video, a camera, a stream or an ordered frame sequence, and these are "
-            "still images; give a video file or a camera, or add --sequence if these images are consecutive "
-            "frames of one camera (they are taken in name order: frame_000001.jpg, frame_000002.jpg, ...)")
 
 
 class RateMeter:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.scoring.evaluation import Timing
+from detect.common.types import Timing
 from detect.data.images import read_image
 from detect.data.tensors import image_tensor
 from detect.common.types import Detections
@@ -75,7 +75,7 @@ def infer_batches(
 
 
 class DetectionList(list):
-    """A ``list[Detections]`` that also carries the :class:`~detect.scoring.evaluation.Timing` of the
+    """A ``list[Detections]`` that also carries the :class:`~detect.common.types.Timing` of the
     run (``.timing``)."""
 
     timing: Timing

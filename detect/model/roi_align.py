@@ -3,7 +3,7 @@
 torchvision's CPU ``roi_align`` backward walks every RoI, channel, bin and sample point in
 one thread, recomputing the bilinear weights for each channel. Profiled on the demo
 recipe (2 cores), it took 19% of a training step in full precision and 24% under bfloat16
-autocast, more than any op but the convolutions' backward (``python tools/benchmark.py
+autocast, more than any op but the convolutions' backward (``python bench/training_speed.py
 --profile``, docs/performance.md, "Training speed").
 
 The gradient of RoIAlign is linear in the output gradient: each output bin is a weighted

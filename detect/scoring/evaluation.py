@@ -35,6 +35,7 @@ import numpy as np
 
 from detect.common.errors import DetectError, UsageError, show
 from detect.common.files import write_atomic
+from detect.common.types import Timing  # noqa: F401  (re-exported: it lives beside the box types)
 from detect.data.layout import DatasetError, DatasetFiles, discover, file_name, resolve_splits
 from detect.scoring.metrics import (
     CocoResult,
@@ -196,52 +197,6 @@ def load_eval_set(files: DatasetFiles, ids: Sequence[str] | None, *, split: str,
 
 # --------------------------------------------------------------------------------------
 # Runs
-
-
-@dataclass
-class Timing:
-    """How long inference took.
-
-    Attributes:
-        images: images predicted.
-        timed_images: images whose batches were timed. The first batch is left out of the
-            timing when there is more than one (it pays one-off costs: memory allocation,
-            kernel selection), so this is ``images - batch_size`` then.
-        model_seconds: time inside the model (forward pass and copying its outputs back)
-            for the timed images.
-        total_seconds: wall time of the whole call, image decoding included.
-        batch_size: images per forward pass.
-        device: where the model ran.
-    """
-
-    images: int
-    timed_images: int
-    model_seconds: float
-    total_seconds: float
-    batch_size: int
-    device: str
-
-    @property
-    def ms_per_image(self) -> float:
-        """Model time per image in milliseconds (NaN when nothing was timed)."""
-        return 1000.0 * self.model_seconds / self.timed_images if self.timed_images else math.nan
-
-    @property
-    def images_per_second(self) -> float:
-        """Model throughput (NaN when nothing was timed)."""
-        return self.timed_images / self.model_seconds if self.timed_images and self.model_seconds > 0 else math.nan
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "timed_images": self.timed_images,
-            "model_seconds": self.model_seconds,
-            "total_seconds": self.total_seconds,
-            "ms_per_image": self.ms_per_image,
-            "images_per_second": self.images_per_second,
-            "batch_size": self.batch_size,
-            "device": self.device,
-        }
 
 
 @dataclass

@@ -35,7 +35,7 @@ The greedy matching is vectorised: because step 2 does not depend on what was ma
 before, the best box of every detection comes from one IoU evaluation over all
 (detection, box) pairs of the same image and class; step 3 is then "the first detection, in
 score order, to pick a box wins it". 5,000 images x 50 detections take about 0.2 s on two
-CPU cores (``tools/benchmark_metrics.py``).
+CPU cores (``bench/metrics_speed.py``).
 
 One module of ~650 lines: VOC AP, COCO and the confusion counts share the matching code
 above; split, they would each need it.

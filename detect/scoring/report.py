@@ -373,7 +373,7 @@ def _robustness_section(results: Sequence[RunResult], out_dir: Path) -> list[str
     header, rows = robustness_summary(named)
     plot_robustness(named, out_dir / "robustness.png")
     md = ["## Robustness to camera corruptions", "",
-          f"VOC mAP@{named[0][1].iou:g} on the same images corrupted (detect/data/corruptions.py: noise, blur, "
+          f"VOC mAP@{named[0][1].iou:g} on the same images corrupted (detect/scoring/corruptions.py: noise, blur, "
           "JPEG, light; three severities, seeded per image); relative = mean corrupted mAP / clean mAP.", "",
           _md_table(header, rows), "", "![robustness heat-map](robustness.png)", ""]
     for name, rob in named:

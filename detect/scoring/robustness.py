@@ -1,5 +1,5 @@
 """The robustness report's numbers, tables and heat-map: a model's val mAP under each corruption
-of :mod:`detect.data.corruptions` at each severity, against its clean mAP.
+of :mod:`detect.scoring.corruptions` at each severity, against its clean mAP.
 
 ``relative robustness`` = mean corrupted mAP / clean mAP (ImageNet-C's "relative" view, with mAP
 for accuracy): 1.0 means the corruptions cost nothing; 0.5, that they halve the mAP on average.

@@ -1,8 +1,8 @@
 """Prediction speed on this machine: PyTorch eager against onnxruntime, the speed levers and
 what each costs in mAP, and end-to-end ``detect.predict`` throughput.
 
-    python tools/benchmark_predict.py --weights weights/mobilenet/best.pt
-    python tools/benchmark_predict.py --weights weights/mobilenet/best.pt --resnet untrained --sizes 320 --profile
+    python bench/predict_speed.py --weights weights/mobilenet/best.pt
+    python bench/predict_speed.py --weights weights/mobilenet/best.pt --resnet untrained --sizes 320 --profile
 
 One run measures, side by side:
 
@@ -50,8 +50,8 @@ from detect.inference.torch_runtime import TorchDetector, set_test_settings
 from detect.model.build import build_model, model_from_checkpoint
 from detect.model.config import ModelConfig
 from detect.inference.onnx_runtime import OnnxDetector
-from detect.inference.onnx_export import export_onnx
-from detect.inference.measure import map50 as _map50, time_detector
+from detect.deploy.onnx_export import export_onnx
+from detect.deploy.measure import map50 as _map50, time_detector
 from detect.benchmark import end_to_end
 
 

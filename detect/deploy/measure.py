@@ -1,7 +1,7 @@
 """Measuring a detector: latency per image and val mAP@0.5.
 
 Shared by ``detect.export`` (the accuracy gate, ``--optimize``), ``detect.benchmark`` and
-``tools/benchmark_predict.py``. Torch-free: any :class:`detect.inference.predictor.Detector`
+``bench/predict_speed.py``. Torch-free: any :class:`detect.inference.predictor.Detector`
 (onnxruntime, OpenVINO, or a PyTorch one its caller built) is measured the same way.
 """
 

@@ -1,7 +1,7 @@
 """What the validation loss costs per epoch, measured side by side with training and the val mAP.
 
-    python tools/benchmark_val_loss.py                      # the demo recipe on the demo data
-    python tools/benchmark_val_loss.py --weights weights/demo/best.pt --train-batches 24
+    python bench/val_loss_cost.py                      # the demo recipe on the demo data
+    python bench/val_loss_cost.py --weights weights/demo/best.pt --train-batches 24
 
 On the demo data (generated into .cache/ on first use, as detect.train does) with the demo
 recipe's model and loaders (``detect.training.trainer``), one run times, in this order and on the

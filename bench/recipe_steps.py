@@ -1,7 +1,7 @@
 """Seconds per training step of the user-data recipes on this machine, side by side.
 
-    python tools/benchmark_recipes.py ../shared/data/bccd /tmp/bccd-200 --recipes gpu cpu-scratch
-    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python tools/benchmark_recipes.py ...   # an AVX2 CPU's view
+    python bench/recipe_steps.py ../shared/data/bccd /tmp/bccd-200 --recipes gpu cpu-scratch
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/recipe_steps.py ...   # an AVX2 CPU's view
 
 For each dataset and recipe, the run's own data, model and loaders (as ``detect.train``
 builds them, from scratch, input size from the data) and the step timing the banner's

@@ -1,8 +1,8 @@
 import sys, collections, numpy as np, cv2
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1])); import _repo
-from detect.data.conveyor import plan_conveyor, render_conveyor
+from detect.demo.conveyor import plan_conveyor, render_conveyor
 from detect.inference.loader import load_detector
-from detect.inference.tracking import iou_matrix
+from detect.line.tracking import iou_matrix
 det = load_detector(sys.argv[1], threads=2)
 classes = det.classes
 plan = plan_conveyor(20, seed=0)

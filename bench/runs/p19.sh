@@ -7,7 +7,7 @@ C=/work/cache-main/demo-480/classes.txt
 P=/work/runs/planted-train
 R=/work/runs/p19
 rm -rf $P $R; mkdir -p $R
-python tools/plant_mistakes.py /work/cache-main/demo-480 $P --split train --copy-rest --seed 0
+python bench/plant_mistakes.py /work/cache-main/demo-480 $P --split train --copy-rest --seed 0
 for i in 0 1; do
   python -m detect.train --backbone mobilenet --data $P --classes $C --recipe demo --epochs 12 --folds 2 --fold $i --out $R --name fold$i > $R/fold$i.log 2>&1 &
 done
@@ -31,7 +31,7 @@ per = [sum(1 for f in top if (f["path"], f.get("line"), f["kind"], f["confidence
 json.dump({"k": k, "per_fold": per}, open("/work/runs/p19/topk.json", "w"))
 print("K", k, "top-K per fold", per)
 PY
-python tools/audit_eval.py $P/planted.json $R/audit-oof.json > $R/audit-oof.txt
+python bench/audit_score.py $P/planted.json $R/audit-oof.json > $R/audit-oof.txt
 K0=$(python -c "import json;print(json.load(open('$R/topk.json'))['per_fold'][0])")
 K1=$(python -c "import json;print(json.load(open('$R/topk.json'))['per_fold'][1])")
 rm -rf $R/review /work/runs/fixed-train

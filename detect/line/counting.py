@@ -1,6 +1,6 @@
 """Items, not frames: one decision per tracked object, counted once at a counting line.
 
-:class:`ItemCounter` takes the tracks of each frame (:mod:`detect.inference.tracking`) and
+:class:`ItemCounter` takes the tracks of each frame (:mod:`detect.line.tracking`) and
 
 * **votes** each track's class over all the frames it has been seen in so far: a class gets
   a frame's score when the detector gave it at or above its ``--conf`` in that frame (the
@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError
-from detect.inference.tracking import Track
+from detect.line.tracking import Track
 
 __all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart",
            "parse_count_line"]

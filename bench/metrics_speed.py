@@ -1,8 +1,8 @@
 """Time detect.scoring.metrics on a large random problem: VOC AP (ours, vectorised numpy) against
 pycocotools' COCO pass on the same data, side by side.
 
-    python tools/benchmark_metrics.py                      # 5,000 images x 50 detections
-    python tools/benchmark_metrics.py --images 1000 --no-coco
+    python bench/metrics_speed.py                      # 5,000 images x 50 detections
+    python bench/metrics_speed.py --images 1000 --no-coco
 
 Not a test: the figures depend on the machine. The problem has ``--classes`` classes,
 up to ``--objects`` objects per image (10 % difficult), and exactly ``--detections``

@@ -1,7 +1,7 @@
 """The three training modes on the same data, and one comparison: from scratch, fine-tuned and
 as a feature extractor.
 
-    python tools/train_modes.py --weights weights/demo/best.pt --data ../shared/data/bccd \\
+    python bench/train_modes.py --weights weights/demo/best.pt --data ../shared/data/bccd \\
         --name bccd -- --skip-invalid --input-size 256 --epochs 3
 
 runs ``python -m detect.train`` three times with the same arguments (those after ``--``):
@@ -63,7 +63,7 @@ def checkpoint_backbone(path: Path) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python tools/train_modes.py",
+        prog="python bench/train_modes.py",
         description="Train the same data from scratch, fine-tuned and as a feature extractor, then compare.",
         epilog="Arguments after -- go to every python -m detect.train call (e.g. -- --epochs 3 --input-size 256).",
     )

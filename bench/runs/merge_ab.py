@@ -5,7 +5,7 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]
 import numpy as np
 from torchvision.ops import MultiScaleRoIAlign
 from detect.model.roi_align import FastGradMultiScaleRoIAlign
-from detect.inference.onnx_export import export_onnx
+from detect.deploy.onnx_export import export_onnx
 from detect.inference.onnx_runtime import OnnxDetector
 from detect.data.images import read_image
 ckpt, out = sys.argv[1], sys.argv[2]

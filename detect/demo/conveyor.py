@@ -6,7 +6,7 @@ frame and when it leaves, and the count per class. :func:`render_conveyor` yield
 frames with their ground-truth boxes (or the boxes alone, ``draw=False``, which is fast), for
 tests of the tracker and the counter that need no model.
 
-The objects are drawn by :mod:`detect.data.demo` (the same sprites the demo model trains
+The objects are drawn by :mod:`detect.demo.render` (the same sprites the demo model trains
 on), 30-50 % of the frame height tall (:data:`ITEM_HEIGHTS`; the demo images hold 12-60 %),
 moving left to right at ``speed`` pixels per frame, ``spacing`` pixels apart (centre to
 centre, +-20 %), at a height that varies a little around the middle, over a belt with rails. The same options give the same video.
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from detect.common.files import write_atomic
-from detect.data.demo import DEMO_CLASSES, _Scene, _Sprite, _u
+from detect.demo.render import DEMO_CLASSES, _Scene, _Sprite, _u
 
 __all__ = ["CONVEYOR_MIX", "ITEM_HEIGHTS", "ConveyorItem", "plan_conveyor", "render_conveyor", "write_conveyor"]
 
@@ -146,7 +146,7 @@ def truth(plan: list[ConveyorItem], *, size: tuple[int, int], fps: float, seed: 
     width = size[0]
     counts = {c: sum(i.label == c for i in plan) for c in DEMO_CLASSES}
     return {
-        "generator": "detect.data.conveyor", "seed": seed, "size": list(size), "fps": fps, "speed_px_per_frame": speed,
+        "generator": "detect.demo.conveyor", "seed": seed, "size": list(size), "fps": fps, "speed_px_per_frame": speed,
         "spacing_px": spacing, "frames": max(i.exit(width) for i in plan) + 1, "counts": counts,
         "defective": sum(i.defective for i in plan),
         "items": [{"id": i.id, "class": i.label, "defective": i.defective, "enter_frame": max(0, i.start),

@@ -1,14 +1,14 @@
 """Copy a dataset with known label mistakes planted in it, to measure ``detect.audit``.
 
-    python tools/plant_mistakes.py /work/cache/demo-480 /tmp/planted --split val --seed 0
-    python tools/plant_mistakes.py /work/cache/demo-480 /tmp/planted-train --split train --copy-rest
+    python bench/plant_mistakes.py /work/cache/demo-480 /tmp/planted --split val --seed 0
+    python bench/plant_mistakes.py /work/cache/demo-480 /tmp/planted-train --split train --copy-rest
 
 Seeded: the same source, split and seed give the same mistakes. Of the copied boxes it
 removes ``--remove`` (10 %; a missing box), relabels ``--swap`` (5 %; intact <-> defective
 where the classes come in such pairs, ``X`` / ``X_defectuosa`` or ``X_defective``, else another
 class at random) and shifts or grows ``--shift`` (5 %; by 30-60 % of the box's size), at
 most one mistake per box. The copy is LabelImg's layout (``x.xml`` beside ``x.jpg``, same
-sample ids); the truth goes to ``DST/planted.json``, read by ``tools/audit_eval.py``. The
+sample ids); the truth goes to ``DST/planted.json``, read by ``bench/audit_score.py``. The
 source is only read.
 """
 

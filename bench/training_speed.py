@@ -1,9 +1,9 @@
 """Training speed on this machine: our loop against a plain tutorial loop, side by side.
 
-    python tools/benchmark.py                          # throughput, data wait, peak memory
-    python tools/benchmark.py --time-to-map 0.25       # ... and the time each loop needs to that val mAP
-    python tools/benchmark.py --profile --repeats 1    # ... and where a step of ours spends its time
-    python tools/benchmark.py --model-only --sizes 256 320 --backbone mobilenet resnet50
+    python bench/training_speed.py                          # throughput, data wait, peak memory
+    python bench/training_speed.py --time-to-map 0.25       # ... and the time each loop needs to that val mAP
+    python bench/training_speed.py --profile --repeats 1    # ... and where a step of ours spends its time
+    python bench/training_speed.py --model-only --sizes 256 320 --backbone mobilenet resnet50
 
 Both loops train the same model (the demo recipe's, from the same initialisation) on the
 same demo images at the same input size and batch size:

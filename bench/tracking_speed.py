@@ -1,8 +1,8 @@
 """Tracking cost and track splits on a rendered conveyor's ground-truth boxes (no model).
 
-    python tools/bench_tracking.py [--items 40] [--drop 0.2] [--jitter 2]
+    python bench/tracking_speed.py [--items 40] [--drop 0.2] [--jitter 2]
 
-Feeds the ground-truth boxes of :mod:`detect.data.conveyor` (a share of them dropped at
+Feeds the ground-truth boxes of :mod:`detect.demo.conveyor` (a share of them dropped at
 random, the rest jittered) to this project's ByteTrack and, when the ``trackers`` package is
 importable, to its ByteTrack too; prints ms per frame, track ids per item, and (ours) the
 counts at the middle line against the truth. docs/counting.md quotes it.
@@ -16,10 +16,10 @@ import time
 import numpy as np
 
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
-from detect.data.conveyor import plan_conveyor, render_conveyor
-from detect.data.demo import DEMO_CLASSES
-from detect.inference.counting import ItemCounter, parse_count_line
-from detect.inference.tracking import ByteTracker, merge_classes
+from detect.demo.conveyor import plan_conveyor, render_conveyor
+from detect.demo.render import DEMO_CLASSES
+from detect.line.counting import ItemCounter, parse_count_line
+from detect.line.tracking import ByteTracker, merge_classes
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Count error and per-item defect recall of ``--track`` on a rendered conveyor, with a model.
 
-    python tools/measure_counting.py --weights weights/mobilenet/best.pt [--items 20] [--out counting-eval]
-    python tools/measure_counting.py --weights best.onnx --defect-share 0 0.2 0.3 0.5   # the same detections, each rule
+    python bench/counting_accuracy.py --weights weights/mobilenet/best.pt [--items 20] [--out counting-eval]
+    python bench/counting_accuracy.py --weights best.onnx --defect-share 0 0.2 0.3 0.5   # the same detections, each rule
 
-Writes the conveyor (:mod:`detect.data.conveyor`, seed 0) unless it is there, runs
+Writes the conveyor (:mod:`detect.demo.conveyor`, seed 0) unless it is there, runs
 ``Predictor.track`` on it (what ``python -m detect.predict --track`` runs: default line and
 belt, ``--conf``, ``--defect-frames``) and compares with the ground truth:
 
@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
-from detect.data.conveyor import plan_conveyor, render_conveyor, write_conveyor
-from detect.inference.counting import DEFECT_SHARE, ItemCounter, parse_count_line
+from detect.demo.conveyor import plan_conveyor, render_conveyor, write_conveyor
+from detect.line.counting import DEFECT_SHARE, ItemCounter, parse_count_line
+from detect.line.session import track
 from detect.inference.loader import load_detector
 from detect.inference.predictor import Predictor
 from detect.inference.sources import open_source
-from detect.inference.tracking import iou_matrix
+from detect.line.tracking import iou_matrix
 
 
 class Recording:
@@ -83,7 +84,7 @@ def main() -> None:
                               on_item=lambda item, crop: events.append(item.event()))
         hit = total = found = boxes_all = frames = 0
         model_s = track_s = 0.0
-        for result in predictor.track(open_source(str(belt / "conveyor.mp4")), counter):
+        for result in track(predictor, open_source(str(belt / "conveyor.mp4")), counter):
             frames += 1
             model_s += result.infer_seconds
             track_s += result.track_seconds

@@ -1,6 +1,6 @@
 """Time the annotation checker on a generated dataset (default: 10,000 XML + JPEG pairs).
 
-    python tools/benchmark_check.py [--n 10000] [--size 96x64] [--deep] [--keep DIR]
+    python bench/checker_speed.py [--n 10000] [--size 96x64] [--deep] [--keep DIR]
 
 Writes a VOC devkit (Annotations/, JPEGImages/, ImageSets/Main/{train,val}.txt) of small,
 distinct JPEGs with 1-3 boxes each into a temporary folder, then reports two figures:

@@ -3,7 +3,7 @@
 # torchvision's recipe vs cpu-scratch at a time budget, side by side, one thread each, AVX2 view.
 cd /work/main && . /work/venv/bin/activate
 MIN=${1:-10}; B=/work/runs/small$MIN
-[ -d /work/runs/bccd-200 ] || python tools/make_small_copy.py /work/shared/data/bccd /work/runs/bccd-200 --side 200
+[ -d /work/runs/bccd-200 ] || python bench/make_small_copy.py /work/shared/data/bccd /work/runs/bccd-200 --side 200
 export OMP_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 for r in gpu cpu-scratch; do
   python -m detect.train --backbone mobilenet --data /work/runs/bccd-200 --skip-invalid --weights none --recipe $r \

@@ -1,7 +1,7 @@
 """Export variants that change the numerics, behind an accuracy gate; and the fastest one for this box.
 
 * :func:`gated_export`: ``python -m detect.export`` with ``--int8`` (static int8,
-  :mod:`detect.inference.quantize`), fewer proposals or a smaller input. The variant is
+  :mod:`detect.deploy.quantize`), fewer proposals or a smaller input. The variant is
   built in a private temporary file beside the target; its val mAP@0.5 (onnxruntime) is
   measured against the checkpoint's own (PyTorch float32, its trained settings) on the
   val split the checkpoint records; only when it drops at most ``max_drop`` (or with
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from detect.common.errors import DetectError, UsageError
 from detect.common.files import write_atomic
 from detect.data.images import read_image
-from detect.inference.measure import map50, time_detector
+from detect.deploy.measure import map50, time_detector
 from detect.inference.onnx_runtime import OnnxDetector
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,13 @@ def reference_map(weights: Path, ckpt: dict) -> float:
 
 
 def _export_float(weights: Path, out: Path, settings: dict, opset: int, verify_images: int):
-    from detect.inference.onnx_export import export_onnx
+    from detect.deploy.onnx_export import export_onnx
 
     return export_onnx(weights, out, opset=opset, settings=settings, verify_images=verify_images)
 
 
 def _quantize(src: Path, dst: Path, meta: dict, calibrate: int, calibration: Sequence[Path] | None):
-    from detect.inference.quantize import calibration_images, quantize_int8
+    from detect.deploy.quantize import calibration_images, quantize_int8
 
     images = list(calibration) if calibration is not None else calibration_images(meta, src, calibrate)
     return quantize_int8(src, dst, images)
@@ -94,7 +94,7 @@ def _quantize(src: Path, dst: Path, meta: dict, calibrate: int, calibration: Seq
 def _record(path: Path, update: dict) -> int:
     import onnx
 
-    from detect.inference.quantize import set_metadata
+    from detect.deploy.quantize import set_metadata
 
     model = onnx.load(str(path))
     set_metadata(model, update)
@@ -119,7 +119,7 @@ def gated_export(
 ) -> tuple[GateResult, Any]:
     """Build the variant (float export with ``settings``, then int8 when asked), gate it, and
     move it to ``target`` when it passes (or ``force``). Returns the gate result and the float
-    export's :class:`~detect.inference.onnx_export.ExportResult` (PyTorch parity of the float graph).
+    export's :class:`~detect.deploy.onnx_export.ExportResult` (PyTorch parity of the float graph).
 
     ``calibration``: image files to calibrate on instead of ``calibrate`` training images.
     """

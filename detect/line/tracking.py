@@ -23,7 +23,7 @@
 Tracking ignores the class (an intact can whose label flickers to defective stays one
 track); :func:`merge_classes` first folds the boxes the detector gives one object in
 several classes into one box with a score per class, which the item vote
-(:mod:`detect.inference.counting`) reads.
+(:mod:`detect.line.counting`) reads.
 
 Torch-free: numpy and scipy (``linear_sum_assignment``) only, so the ONNX path can track.
 """
