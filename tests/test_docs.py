@@ -1,5 +1,5 @@
-"""The documentation's links: every relative link in README.md, docs/*.md, annotations/README.md
-and weights/README.md names a file that exists, and every `#anchor` names a heading of the page
+"""The documentation's links: every relative link in README.md, docs/*.md, annotations/README.md,
+weights/README.md and bench/README.md names a file that exists, and every `#anchor` names a heading of the page
 it points to (GitHub's slugs). The README stays a short user's page whose first screen holds the
 first command, its output and the tour; no page, tool or bench script names one machine's paths.
 
@@ -30,7 +30,8 @@ TMP_PATH = re.compile(r"(?<![\w.])/tmp/")
 
 def doc_pages() -> list[Path]:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    pages += [p for p in (REPO / "annotations" / "README.md", REPO / "weights" / "README.md") if p.exists()]
+    pages += [p for p in (REPO / "annotations" / "README.md", REPO / "weights" / "README.md", REPO / "bench" / "README.md")
+              if p.exists()]
     return pages
 
 
