@@ -1,7 +1,7 @@
 """Score a ``detect.audit`` run against the mistakes ``bench/plant_mistakes.py`` planted.
 
-    python -m detect.audit --weights W --data /tmp/planted --format json --gallery 0 > audit.json
-    python bench/audit_score.py /tmp/planted/planted.json audit.json
+    python -m detect.audit --weights W --data planted --format json --gallery 0 > audit.json
+    python bench/audit_score.py planted/planted.json audit.json
 
 A finding hits a planted mistake in the same file when it points at it: a missing box when
 the model's box reaches IoU >= 0.5 with the removed box; a relabelled or moved box when the

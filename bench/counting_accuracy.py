@@ -4,7 +4,7 @@
     python bench/counting_accuracy.py --weights best.onnx --defect-share 0 0.2 0.3 0.5   # the same detections, each rule
 
 Writes the conveyor (:mod:`detect.demo.conveyor`, seed 0) unless it is there, runs
-``Predictor.track`` on it (what ``python -m detect.predict --track`` runs: default line and
+``detect.line.session.track`` on it (what ``python -m detect.predict --track`` runs: default line and
 belt, ``--conf``, ``--defect-frames``) and compares with the ground truth:
 
 * count error per class (counted - passed);

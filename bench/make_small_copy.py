@@ -1,8 +1,8 @@
 """A small-image copy of a VOC devkit: every image shrunk so its longest side is ``--side`` px,
 its boxes scaled with it, the splits kept. It stands in for a user's small defect photos
-(issue 18: 593 photos of 200x200 px) when timing the recipes (docs/performance.md).
+(a few hundred photos of about 200x200 px) when timing the recipes (docs/performance.md).
 
-    python bench/make_small_copy.py ../shared/data/bccd /tmp/bccd-200 --side 200
+    python bench/make_small_copy.py path/to/bccd bccd-200 --side 200
 """
 
 from __future__ import annotations

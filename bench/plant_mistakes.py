@@ -1,7 +1,7 @@
 """Copy a dataset with known label mistakes planted in it, to measure ``detect.audit``.
 
-    python bench/plant_mistakes.py /work/cache/demo-480 /tmp/planted --split val --seed 0
-    python bench/plant_mistakes.py /work/cache/demo-480 /tmp/planted-train --split train --copy-rest
+    python bench/plant_mistakes.py .cache/demo-480 planted --split val --seed 0
+    python bench/plant_mistakes.py .cache/demo-480 planted-train --split train --copy-rest
 
 Seeded: the same source, split and seed give the same mistakes. Of the copied boxes it
 removes ``--remove`` (10 %; a missing box), relabels ``--swap`` (5 %; intact <-> defective

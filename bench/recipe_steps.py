@@ -1,6 +1,6 @@
 """Seconds per training step of the user-data recipes on this machine, side by side.
 
-    python bench/recipe_steps.py ../shared/data/bccd /tmp/bccd-200 --recipes gpu cpu-scratch
+    python bench/recipe_steps.py path/to/bccd bccd-200 --recipes gpu cpu-scratch
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/recipe_steps.py ...   # an AVX2 CPU's view
 
 For each dataset and recipe, the run's own data, model and loaders (as ``detect.train``
@@ -8,7 +8,7 @@ builds them, from scratch, input size from the data) and the step timing the ban
 estimate uses (:func:`detect.training.budget.measure`: one untimed step, then ``--steps``
 timed, loading included as with ``--workers 0``). The recipes alternate ``--repeats`` times
 and the figures are medians. ``gpu`` is torchvision's recipe, the one every user's dataset
-got before issue 18. This is a benchmark, not a test: nothing here asserts a time.
+got before the CPU recipes. This is a benchmark, not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The three training modes on the same data, and one comparison: from scratch, fine-tuned and
 as a feature extractor.
 
-    python bench/train_modes.py --weights weights/demo/best.pt --data ../shared/data/bccd \\
+    python bench/train_modes.py --weights weights/demo/best.pt --data path/to/bccd \\
         --name bccd -- --skip-invalid --input-size 256 --epochs 3
 
 runs ``python -m detect.train`` three times with the same arguments (those after ``--``):

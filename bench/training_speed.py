@@ -48,7 +48,7 @@ from detect.model.build import build_model, count_parameters  # noqa: E402
 from detect.model.config import LEGACY_MOBILENET  # noqa: E402
 
 # The recipe the demo trained with before the speed work (0.296 val mAP@0.5 after 8 epochs;
-# docs/performance.md, "The demo recipe history"), on the model of that time (torchvision's MobileNet
+# docs/notes.md, "The demo recipe history"), on the model of that time (torchvision's MobileNet
 # extractor, REFERENCE_MODEL): the reference for the time-to-mAP comparison.
 REFERENCE_RECIPE = dict(input_size=256, anchor_ratios=[0.5, 1.5, 3.0], anchor_scales=[1.0, 2.0, 4.0], rpn_pre_nms=600,
                         rpn_post_nms=300, rpn_batch=128, roi_batch=128, box_head_dim=1024, roi_sampling_ratio=2,

@@ -1,4 +1,4 @@
-"""Rebalancing (issue 20): repeat factors, the repeat-factor sampler (deterministic, split across
+"""Rebalancing: repeat factors, the repeat-factor sampler (deterministic, split across
 ranks), an exact mid-epoch resume with --balance repeat, the banner's hint when it changes
 nothing, the rare-defect demo, bad values."""
 

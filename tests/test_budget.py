@@ -1,4 +1,4 @@
-"""Recipes per machine and weights, the estimate before training, and --time budgets (issue 18).
+"""Recipes per machine and weights, the estimate before training, and --time budgets.
 
 The clock that times the steps measured before training is injected (a fake one that advances
 a fixed tick per reading): no test sleeps, and none asserts a time.

@@ -1,6 +1,7 @@
-"""The documentation's links: every relative link in README.md, docs/*.md, annotations/README.md
-and weights/README.md names a file that exists, and every `#anchor` names a heading of the page
-it points to (GitHub's slugs). And the README stays a short user's page.
+"""The documentation's links: every relative link in README.md, docs/*.md, annotations/README.md,
+weights/README.md and bench/README.md names a file that exists, and every `#anchor` names a heading of the page
+it points to (GitHub's slugs). The README stays a short user's page whose first screen holds the
+first command, its output and the tour; no page, tool or bench script names one machine's paths.
 
 Reads files only: no torch, no package import, so it runs anywhere in a fraction of a second.
 """
@@ -16,11 +17,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 260
+FIRST_SCREEN_LINES = 50  # what a terminal or a repository page shows before scrolling
+FIRST_OUTPUT_MAX_LINES = 12
+FIRST_COMMAND = "pip install -e . && python -m detect.train --backbone mobilenet"
+TEST_COMMAND = 'pip install -e ".[test]" && python -m pytest -q'  # .ci/run runs it
+TOUR_MIN_PAGES = 6
+# One machine's paths: a user's clone has none of them. /tmp/ may stand in a page's code block
+# (an example a user runs), not in its prose, and nowhere in a script.
+MACHINE_PATH = re.compile(r"/work/|/home/|\.\./shared")
+TMP_PATH = re.compile(r"(?<![\w.])/tmp/")
 
 
 def doc_pages() -> list[Path]:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    pages += [p for p in (REPO / "annotations" / "README.md", REPO / "weights" / "README.md") if p.exists()]
+    pages += [p for p in (REPO / "annotations" / "README.md", REPO / "weights" / "README.md", REPO / "bench" / "README.md")
+              if p.exists()]
     return pages
 
 
@@ -186,3 +197,112 @@ def test_checker_finds_a_broken_link(tmp_path: Path, monkeypatch: pytest.MonkeyP
     problems = broken_links(page)
     assert len(problems) == 2, problems
     assert "docs/b.md" in problems[0] and "#no-such" in problems[1]
+
+
+def fenced_blocks(text: str) -> list[tuple[int, int, list[str]]]:
+    """(line of the opening fence, line of the closing fence, the lines between) of every fenced
+    code block, 1-based."""
+    blocks = []
+    fence = None
+    start = 0
+    body: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _FENCE.match(line)
+        if fence is None:
+            if match:
+                fence, start, body = match.group(1), number, []
+        elif match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+            blocks.append((start, number, body))
+            fence = None
+        else:
+            body.append(line)
+    return blocks
+
+
+def first_screen_problems(text: str) -> list[str]:
+    problems = []
+    blocks = fenced_blocks(text)
+    command = [i for i, (_, _, body) in enumerate(blocks) if any(FIRST_COMMAND in line for line in body)]
+    if not command:
+        return [f"no code block holds the first command ({FIRST_COMMAND!r})"]
+    i = command[0]
+    if blocks[i][1] > FIRST_SCREEN_LINES:
+        problems.append(f"the first command ends on line {blocks[i][1]}, past the first screen ({FIRST_SCREEN_LINES} lines)")
+    if i + 1 >= len(blocks):
+        problems.append("no block after the first command shows its output")
+    else:
+        start, end, body = blocks[i + 1]
+        if end > FIRST_SCREEN_LINES:
+            problems.append(f"the first command's output ends on line {end}, past the first screen")
+        if len(body) > FIRST_OUTPUT_MAX_LINES:
+            problems.append(f"the first command's output (line {start}) has {len(body)} lines (at most {FIRST_OUTPUT_MAX_LINES}): shorten it, the whole output goes to docs/")
+        if not any("val mAP@0.5" in line for line in body):
+            problems.append(f"the block after the first command (line {start}) does not show the val mAP it reaches")
+    screen = "\n".join(text.splitlines()[:FIRST_SCREEN_LINES])
+    pages = {target.split("#")[0] for _, target in links_in(screen) if target.startswith("docs/")}
+    if len(pages) < TOUR_MIN_PAGES:
+        problems.append(f"the first screen links {len(pages)} docs/ pages (at least {TOUR_MIN_PAGES}): the tour, one line per stage with its page, belongs there")
+    if TEST_COMMAND not in text:
+        problems.append(f"the test command ({TEST_COMMAND!r}, which CI runs) is gone")
+    return problems
+
+
+def links_in(text: str) -> list[tuple[int, str]]:
+    found = []
+    for number, line in prose_lines(text):
+        for match in _INLINE_LINK.finditer(line):
+            found.append((number, match.group(1)))
+    return found
+
+
+def test_readme_first_screen_holds_the_first_command_its_output_and_the_tour() -> None:
+    problems = first_screen_problems((REPO / "README.md").read_text(encoding="utf-8"))
+    assert not problems, "README.md's first screen:\n" + "\n".join(problems)
+
+
+def test_first_screen_check_catches_a_long_output_and_a_late_command() -> None:
+    command = f"```bash\n{FIRST_COMMAND}\n```\n"
+    tour = "".join(f"- [p{i}](docs/p{i}.md)\n" for i in range(TOUR_MIN_PAGES))
+    output = "```\n" + "epoch\n" * 20 + "val mAP@0.5 0.55\n```\n"
+    problems = first_screen_problems("# R\n" + command + output + tour + TEST_COMMAND)
+    assert len(problems) == 1 and "21 lines" in problems[0], problems
+    late = "# R\n" + "text\n" * 60 + command + "```\nval mAP@0.5 0.55\n```\n" + tour + TEST_COMMAND
+    problems = first_screen_problems(late)
+    assert any("past the first screen" in p for p in problems) and any("links 0 docs/" in p for p in problems), problems
+    short = "# R\n" + command + "```\nval mAP@0.5 0.55\n```\n" + tour + TEST_COMMAND
+    assert first_screen_problems(short) == []
+
+
+def machine_path_files() -> list[Path]:
+    files = list(doc_pages())
+    for folder in ("tools", "bench"):
+        files += [p for p in sorted((REPO / folder).rglob("*")) if p.is_file() and p.suffix in {".py", ".sh", ".md", ".txt", ""}
+                  and "__pycache__" not in p.parts]
+    return files
+
+
+def machine_paths(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    rel = path.relative_to(REPO)
+    problems = [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if MACHINE_PATH.search(line)]
+    if path.suffix == ".md":
+        problems += [f"{rel}:{n}: /tmp/ in prose: {line.strip()}" for n, line in prose_lines(text) if TMP_PATH.search(line)]
+    else:
+        problems += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if TMP_PATH.search(line)]
+    return problems
+
+
+def test_no_page_tool_or_bench_script_names_one_machines_paths() -> None:
+    problems = [p for path in machine_path_files() for p in machine_paths(path)]
+    assert not problems, "one machine's paths (use arguments, or a path relative to the clone):\n" + "\n".join(problems)
+
+
+def test_machine_path_check_reads_prose_and_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    page = tmp_path / "page.md"
+    page.write_text("# P\n\nData in ../shared/data/bccd, results in /tmp/x.\n\n```bash\ncp a /tmp/b\n```\n"
+                    "Home: /home/me/x\n", encoding="utf-8")
+    script = tmp_path / "run.sh"
+    script.write_text("cd /work/main\nOUT=/tmp/out\necho ok\n", encoding="utf-8")
+    assert [p.split(":")[1] for p in machine_paths(page)] == ["3", "8", "3"]
+    assert [p.split(":")[1] for p in machine_paths(script)] == ["1", "2"]

@@ -1,4 +1,4 @@
-"""EXIF orientation (issue 16): one rule for the whole project, the upright frame LabelImg
+"""EXIF orientation: one rule for the whole project, the upright frame LabelImg
 1.8.4+ (Qt's QImageReader with setAutoTransform), OpenCV's imread, PIL's exif_transpose and
 browsers show. The annotations are written by LabelImg 1.8.6's own code (:func:`labelimg_xml`):
 ``<size>`` and boxes in the upright frame, ``xmin``/``ymin`` at least 1, ``truncated`` only

@@ -513,7 +513,7 @@ def test_a_run_without_val_split_says_so(tmp_path: Path, capsys) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Issue 16: the trainer's share of the hostile probe
+# The trainer against hostile data: a val image cut short, data moved before a resume, many processes
 
 
 def test_a_val_image_with_cut_data_is_left_out_not_an_epoch_lost(small: Path, tmp_path: Path, capsys) -> None:

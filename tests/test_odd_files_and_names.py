@@ -1,4 +1,6 @@
-"""Issue 16, part 2: the shortfalls a hostile probe found, one test (or a few) each."""
+"""Odd files and names: case-twin class names, runs started at once, a stalled stream under Ctrl-C,
+spreadsheet-active CSV cells, text files named .jpg, newlines in names, full disks, long names,
+foreign ONNX graphs and huge images each give one clean line or the right result."""
 
 from __future__ import annotations
 
@@ -127,7 +129,7 @@ def test_a_text_file_named_jpg_and_a_newline_in_a_name_give_one_clean_line(tmp_p
         assert "BytesIO" not in message and "not an image file" in message
 
 
-# ---- issue 16, part 3 ---------------------------------------------------------------------------
+# ---- where the export and the predictor write, and what they are handed ------------------------
 
 def _export(argv: list[str]):
     import contextlib

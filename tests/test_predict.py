@@ -470,7 +470,7 @@ def test_the_readme_api_streams_results_from_a_folder(tiny_export) -> None:
 
 
 def test_save_xml_failures_are_printed_and_x_jpg_x_png_never_share_an_xml(tiny_export, tmp_path, capsys) -> None:
-    """Issue 16: a read-only image folder's failures are printed one line each (not only
+    """A read-only image folder's failures are printed one line each (not only
     counted), and x.png does not take over the x.xml written for x.jpg in the same run."""
     import os
 

@@ -1,4 +1,4 @@
-"""Static int8 export, the accuracy gate, the torch-free int8 path, OpenVINO and detect.benchmark (issue 22).
+"""Static int8 export, the accuracy gate, the torch-free int8 path, OpenVINO and detect.benchmark.
 
 All on the tiny checkpoint of the conftest (an untrained MobileNet at 128 px): they check
 what is built and refused, never a time.

@@ -1,4 +1,4 @@
-"""The robustness report (issue 20): corruptions change images but not their size or boxes,
+"""The robustness report: corruptions change images but not their size or boxes,
 severities are ordered, detect.eval --corruptions fills every cell, bad names exit 2."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ it was made), the same zero-proposal safety (the graph's box decoding is left as
 and it runs on :class:`detect.inference.onnx_runtime.OnnxDetector` unchanged.
 
 Which nodes stay in float was decided by measurement on the demo model
-(docs/performance.md, "Static int8"): everything that is not a Conv or Gemm (the resize,
+(docs/notes.md, "Static int8 and the exported RoI merge"): everything that is not a Conv or Gemm (the resize,
 anchors, box decoding, NMS, RoIAlign) is never touched, and of the Conv/Gemm nodes the box
 regressions (:data:`FLOAT_NODES`: the RPN's ``bbox_pred`` convolutions and the box head's
 ``bbox_pred``) stay float: an int8 box delta moves a box by a whole quantisation step of the

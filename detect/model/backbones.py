@@ -78,7 +78,7 @@ BACKBONES: dict[str, Backbone] = {
             # 960 channels) plus the extra max-pool level. torchvision's MobileNetV3-FPN
             # feeds only stride 32 (two maps) and stride 64: at 256 px an 8x8 grid, too
             # coarse for bottles 15 px wide. This layout was the biggest single lever on the
-            # demo (docs/performance.md, "The demo recipe history"). Checkpoints from before it rebuild the old
+            # demo (docs/notes.md, "The demo recipe history"). Checkpoints from before it rebuild the old
             # layout (detect.model.config.LEGACY_MOBILENET).
             feature_strides=(8, 16, 32, 64),
             base_sizes=(16, 32, 64, 128),

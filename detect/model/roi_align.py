@@ -161,7 +161,7 @@ class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
         concatenation and one gather. torchvision's traced merge scatters each level's result
         into a zero tensor through an index expanded to every element (C x 7 x 7 per RoI): in
         onnxruntime those ScatterElements took 32 % of the int8 model's time at 300 proposals
-        (docs/performance.md, "Static int8, OpenVINO and the format benchmark")."""
+        (docs/notes.md, "Static int8 and the exported RoI merge")."""
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,

@@ -39,7 +39,7 @@ __all__ = ["CPU_PRETRAINED_RECIPE", "CPU_SCRATCH_RECIPE", "DATA_RECIPE", "DEMO_R
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
 # weights offline), on a 2-core CPU in about 10 minutes. Each value was chosen by a measured
-# comparison (docs/performance.md, "The demo recipe history"); every value can be overridden.
+# comparison (docs/notes.md, "The demo recipe history"); every value can be overridden.
 DEMO_RECIPE = dict(
     # 12 epochs, or fewer where they do not fit 10 minutes of training and validation (a slower
     # CPU; the budget is measured as --time measures it). --epochs or --time replace both.
@@ -59,7 +59,7 @@ DEMO_RECIPE = dict(
     fpn_norm="gn",  # GroupNorm in the FPN trains faster from scratch
     # 128 FPN channels: at 256 the FPN's and the RPN head's 3x3 convolutions at stride 8 cost
     # more than the MobileNet trunk; 128 makes a step 1.6x cheaper on an AVX2 CPU, and 10
-    # minutes of it reach a higher mAP (docs/performance.md, "The demo recipe history").
+    # minutes of it reach a higher mAP (docs/notes.md, "The demo recipe history").
     fpn_channels=128,
     val_loss=False,  # its pass would push the 12 epochs past 10 minutes (--val-loss puts it back)
     demo_images=480,
