@@ -32,6 +32,7 @@ from typing import Sequence
 from detect.common.errors import UsageError, show
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
+from detect.common.thresholds import CONF, ConfOption
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def build_parser() -> CliParser:
                         "split), or all (default). Audit the model's val split: it never saw those images")
     p.add_argument("--select", type=Number(int, 1), metavar="N",
                    help="pick the N images of --images the model is least sure about, copy them and pre-annotate them")
-    p.add_argument("--conf", type=Number(float, 0, 1, lo_open=True), default=0.5, metavar="S",
-                   help="score from which a detection counts as confident (default 0.5; also the pre-annotation threshold)")
+    p.add_argument("--conf", type=ConfOption(), default=CONF, metavar="S",
+                   help=f"score from which a detection counts as confident (default {CONF:g}; also the pre-annotation threshold)")
     p.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), default=0.05, metavar="S",
                    help="lowest score the model outputs, for a .pt (default 0.05; an .onnx has its own, fixed at export)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format (default text)")

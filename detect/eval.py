@@ -51,6 +51,7 @@ from detect.scoring.evaluation import (
 )
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
+from detect.common.thresholds import CONF, ConfOption
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def build_parser() -> CliParser:
                    help="val share of the hash split of a dataset without split lists (default: 0.2)")
     p.add_argument("--iou", type=Number(float, 0, 1, lo_open=True), default=0.5, help="IoU a detection needs to count (default: 0.5)")
     p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point")
-    p.add_argument("--conf", type=Number(float), default=0.5,
-                   help="score threshold for precision/recall/F1, confusion matrix and gallery (default: 0.5)")
+    p.add_argument("--conf", type=ConfOption(), default=CONF, metavar="S",
+                   help=f"score threshold for precision/recall/F1, confusion matrix and gallery (default: {CONF:g})")
     add_device_option(p)
     p.add_argument("--batch-size", type=Number(int, 1, 1024), default=4, help="images per forward pass (default: 4)")
     p.add_argument("--corruptions", nargs="*", metavar="NAME",
