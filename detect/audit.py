@@ -22,7 +22,6 @@ image cannot be read; 2 usage error (among them data whose classes the model lac
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 import time
@@ -30,11 +29,9 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, show
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
 from detect.common.thresholds import CONF, ConfOption
 
-log = logging.getLogger(__name__)
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -73,9 +70,7 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.audit``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _main(args))
+    return run_command(_main, build_parser(), argv)
 
 
 def _check_args(args) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import shutil
 import sys
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, run_command
 
 
@@ -57,9 +55,7 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.benchmark``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _benchmark(args), interrupted="interrupted; nothing was written")
+    return run_command(_benchmark, build_parser(), argv, interrupted="interrupted; nothing was written")
 
 
 def end_to_end(weights: Path, listing: Path, out: Path, extra: Sequence[str], threads: int) -> dict:

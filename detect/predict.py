@@ -25,19 +25,16 @@ videos closed properly).
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
 from detect.common.thresholds import CONF, ConfOption
 from detect.line.counting import DEFECT_SHARE, TRACK_CONF
 
-log = logging.getLogger(__name__)
 
 
 def build_parser() -> CliParser:
@@ -152,9 +149,7 @@ def _check_args(args) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.predict``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _predict(args))
+    return run_command(_predict, build_parser(), argv)
 
 
 def _predict(args) -> int:

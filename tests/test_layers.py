@@ -43,6 +43,7 @@ TORCH = frozenset({
     "detect.model.checkpoint",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
+    "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free
     "detect.deploy.onnx_export",
     "detect.deploy.variants",
     "detect.checks.anchor_fit",
