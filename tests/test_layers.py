@@ -47,6 +47,7 @@ TORCH = frozenset({
     "detect.deploy.onnx_export",
     "detect.deploy.variants",
     "detect.checks.anchor_fit",
+    "detect.checks.audit_session",  # the loader and a checkpoint's metadata, lazily
     "detect.training",
     "detect.training.config",
     "detect.training.data_prep",
