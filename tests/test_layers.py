@@ -46,6 +46,7 @@ TORCH = frozenset({
     "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free
     "detect.deploy.onnx_export",
     "detect.deploy.variants",
+    "detect.deploy.benchmark",
     "detect.checks.anchor_fit",
     "detect.checks.audit_session",  # the loader and a checkpoint's metadata, lazily
     "detect.training",
