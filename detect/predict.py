@@ -31,9 +31,12 @@ from typing import Sequence
 
 from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
-from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
+from detect.common.options import (CliParser, Number, add_device_option, add_inference_options, class_list,
+                                   run_command, settings_from)
 from detect.common.thresholds import CONF, ConfOption
-from detect.line.counting import DEFECT_SHARE, TRACK_CONF
+from detect.line.options import TRACK_CONF, add_line_options, check_line_args
+
+_names = class_list  # the --classes reader (imported from here before)
 
 
 
@@ -76,36 +79,7 @@ def build_parser() -> CliParser:
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
                    help="what runs an .onnx export (default: onnxruntime; openvino needs pip install -e \".[openvino]\")")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
-    t = p.add_argument_group(
-        "counting items (--track)",
-        "Each detection gets a track id (ByteTrack, class-agnostic) that follows the object from frame to frame; "
-        "an item is counted once, when its box centre crosses the counting line. Its class is the score-weighted "
-        "vote of all its frames so far (a class votes in a frame where it is seen at its --conf); it is defective "
-        "when a defect class was the frame's best class at its --conf in at least --defect-frames frames and in at "
-        "least --defect-share of the frames where it was detected. One JSON line per item goes "
-        "to events.jsonl as it is counted. Details: docs/counting.md")
-    t.add_argument("--track", action="store_true", help="track objects and count items (videos, cameras, streams)")
-    t.add_argument("--count-line", metavar="x1,y1,x2,y2|none",
-                   help="the counting line, in fractions of the frame (all values 0..1) or pixels; default: across "
-                        "the middle, perpendicular to --belt; none: count a track when it ends after --min-frames")
-    t.add_argument("--belt", default="left-right", choices=["left-right", "right-left", "top-down", "bottom-up"],
-                   help="the way the belt moves (default left-right): the default line and the forward direction")
-    t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
-                   help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
-    t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
-                   help="and the share of the item's detected frames it must be seen in (default "
-                        f"{DEFECT_SHARE:g}; 0: --defect-frames alone)")
-    t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
-                   help="with --count-line none: frames a track needs to be counted (default 3)")
-    t.add_argument("--events", metavar="FILE|-",
-                   help="where the event lines go (default: events.jsonl in the output folder); '-': standard "
-                        "output as well (then the summary goes to standard error)")
-    t.add_argument("--track-buffer", type=Number(int, 1), metavar="FRAMES",
-                   help="frames a lost track is kept to be found again (default: one second of video, at least 10)")
-    t.add_argument("--track-low", type=Number(float, 0, 1), default=0.1, metavar="S",
-                   help="lowest score a detection needs to keep a track alive (ByteTrack's low detections; default 0.1)")
-    t.add_argument("--sequence", action="store_true",
-                   help="with --track on images: they are consecutive frames of one camera, in name order")
+    add_line_options(p)
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -113,38 +87,10 @@ def build_parser() -> CliParser:
     return p
 
 
-def _names(option: str, text: str | None, classes) -> list[str] | None:
-    """``--classes "raccoon face,Lata"``: names separated by commas, spaces inside a name kept
-    (stripped only around the commas), each checked against the model's ``classes``. An item
-    that is not a class but whose space-separated words all are (``"Lata Botella"``, the
-    older form) is read as those words."""
-    if text is None:
-        return None
-    names: list[str] = []
-    for item in (c.strip() for c in text.split(",")):
-        if not item:
-            continue
-        words = item.split()
-        names += words if item not in classes and len(words) > 1 and all(w in classes for w in words) else [item]
-    unknown = [n for n in names if n not in classes]
-    if unknown:
-        raise UsageError(f"{option} {show(repr(text))}: the model has no class "
-                         f"{show(', '.join(repr(n) for n in unknown))}; its classes are {show(', '.join(classes))} "
-                         "(separate names with commas: --classes 'raccoon face,Lata')")
-    return names or None
-
-
 def _check_args(args) -> None:
     if args.overwrite and not args.save_xml:
         raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
-    counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
-                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer)) if v]
-    if counting and not args.track:
-        raise UsageError(f"{', '.join(counting)} only apply with --track")
-    if args.track:
-        from detect.line.counting import parse_count_line
-
-        args.line = parse_count_line(args.count_line, args.belt)
+    check_line_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,8 +112,8 @@ def _predict(args) -> int:
     classes = tuple(detector.classes)
     # --track counts lower: an item's frames vote (without a plain --conf; CLASS=S items still apply)
     conf = parse_conf(args.conf, classes, default=TRACK_CONF if args.track else CONF)
-    predictor = Predictor(detector, conf=conf, classes=_names("--classes", args.classes, classes),
-                          defect_classes=_names("--defect-classes", args.defect_classes, classes),
+    predictor = Predictor(detector, conf=conf, classes=class_list("--classes", args.classes, classes),
+                          defect_classes=class_list("--defect-classes", args.defect_classes, classes),
                           batch_size=args.batch_size)
     return _run(args, detector, predictor)
 

@@ -6,6 +6,7 @@
 * :class:`Number`: every numeric option's allowed range, checked when the command line is
   parsed (``type=Number(int, lo=1)``) and again by the library for values set from Python
   (:meth:`Number.check`); NaN and infinities are refused everywhere.
+* :func:`class_list`: ``--classes "raccoon face,Lata"`` -> the names, each checked against the model's.
 * :func:`number_list`: ``"0.5,1,2"`` or ``"0.5 1 2"`` -> ``[0.5, 1.0, 2.0]``, positive and
   finite (anchor scales and ratios).
 * :func:`add_inference_options` / :func:`settings_from`: the test-time speed levers
@@ -36,7 +37,7 @@ from detect.common.errors import DetectError, UsageError, printable, show
 from detect.common.logs import setup_logging
 
 __all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "add_inference_options",
-           "given_options", "number_list", "run_command", "settings_from"]
+           "class_list", "given_options", "number_list", "run_command", "settings_from"]
 
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, mps"
@@ -156,6 +157,27 @@ def number_list(text: str) -> list[float]:
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
+
+
+def class_list(option: str, text: str | None, classes: Sequence[str]) -> list[str] | None:
+    """``--classes "raccoon face,Lata"``: names separated by commas, spaces inside a name kept
+    (stripped only around the commas), each checked against the model's ``classes``. An item
+    that is not a class but whose space-separated words all are (``"Lata Botella"``, the
+    older form) is read as those words."""
+    if text is None:
+        return None
+    names: list[str] = []
+    for item in (c.strip() for c in text.split(",")):
+        if not item:
+            continue
+        words = item.split()
+        names += words if item not in classes and len(words) > 1 and all(w in classes for w in words) else [item]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise UsageError(f"{option} {show(repr(text))}: the model has no class "
+                         f"{show(', '.join(repr(n) for n in unknown))}; its classes are {show(', '.join(classes))} "
+                         "(separate names with commas: --classes 'raccoon face,Lata')")
+    return names or None
 
 
 def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
