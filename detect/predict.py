@@ -33,7 +33,7 @@ from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
 from detect.common.options import (CliParser, Number, add_device_option, add_inference_options, class_list,
                                    run_command, settings_from)
-from detect.common.thresholds import CONF, ConfOption
+from detect.common.thresholds import CONF, ConfOption, parse_conf
 from detect.line.options import TRACK_CONF, add_line_options, check_line_args
 
 _names = class_list  # the --classes reader (imported from here before)
@@ -106,7 +106,6 @@ def _predict(args) -> int:
     detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
                              optimization=args.optimization, test_settings=settings,
                              backend=args.backend)
-    from detect.common.thresholds import parse_conf
     from detect.inference.predictor import Predictor
 
     classes = tuple(detector.classes)
