@@ -1,7 +1,9 @@
 """can-detect: Faster R-CNN detection of defective cans and bottles.
 
-The commands are the front doors (``python -m detect.X``): ``train``, ``eval``, ``predict``,
-``export``, ``check_xml``, ``audit``, ``convert``, ``make_demo_data``. Behind them, one
+The commands are the front doors (``python -m detect.X``, or ``python -m detect X``; ``python -m
+detect`` lists them in pipeline order): ``make_demo_data``, ``check_xml``, ``convert``, ``train``,
+``eval``, ``audit``, ``export``, ``benchmark``, ``predict``. Each only parses its options and hands
+over to a session of the library (``inference.session``, ``line.session``, ...). Behind them, one
 sub-package per stage, each importing only itself and those above it in this list:
 
 * ``common``: errors and exit codes, atomic files, CLI options, logging, the box types

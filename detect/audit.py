@@ -7,7 +7,7 @@
 Audit (``--data``): runs the model over the annotated images and lists the likely mistakes,
 surest first, one checker-style line each (``file.xml:line:1: AUD10x warning ...``):
 missing boxes (AUD101), wrong classes (AUD102), loose or shifted boxes (AUD103) and
-spurious boxes (AUD104); the rules are in :mod:`detect.checks.label_audit`. ``audit.png`` shows
+spurious boxes (AUD104); the rules are in :mod:`detect.checks.label_audit`, the run in :mod:`detect.checks.audit_session`. ``audit.png`` shows
 the top findings with both boxes; ``--save-xml DIR`` writes the suggested corrections as
 LabelImg files into DIR, for review. The annotation files are only read.
 
@@ -22,18 +22,13 @@ image cannot be read; 2 usage error (among them data whose classes the model lac
 from __future__ import annotations
 
 import json
-import logging
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, show
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
-
-log = logging.getLogger(__name__)
+from detect.common.thresholds import CONF, ConfOption
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -50,8 +45,8 @@ def build_parser() -> CliParser:
                         "split), or all (default). Audit the model's val split: it never saw those images")
     p.add_argument("--select", type=Number(int, 1), metavar="N",
                    help="pick the N images of --images the model is least sure about, copy them and pre-annotate them")
-    p.add_argument("--conf", type=Number(float, 0, 1, lo_open=True), default=0.5, metavar="S",
-                   help="score from which a detection counts as confident (default 0.5; also the pre-annotation threshold)")
+    p.add_argument("--conf", type=ConfOption(), default=CONF, metavar="S",
+                   help=f"score from which a detection counts as confident (default {CONF:g}; also the pre-annotation threshold)")
     p.add_argument("--score-thresh", type=Number(float, 0, 1, hi_open=True), default=0.05, metavar="S",
                    help="lowest score the model outputs, for a .pt (default 0.05; an .onnx has its own, fixed at export)")
     p.add_argument("--format", choices=("text", "json", "github"), default="text", help="output format (default text)")
@@ -72,9 +67,7 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.audit``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _main(args))
+    return run_command(_main, build_parser(), argv)
 
 
 def _check_args(args) -> None:
@@ -91,89 +84,30 @@ def _check_args(args) -> None:
         raise UsageError(f"--data {show(args.data)}: no such folder")
 
 
-def _load(args):
-    """The detector and its metadata (classes, data root and splits)."""
-    from detect.inference.loader import is_onnx, load_detector
-
-    settings = None if is_onnx(args.weights) else {"box_score_thresh": args.score_thresh}
-    detector = load_detector(args.weights, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                             test_settings=settings)
-    meta = getattr(detector, "meta", None)
-    if meta is None:  # a checkpoint: its metadata, without the weights already loaded
-        from detect.model.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(args.weights)
-        meta = {k: ckpt.get(k) for k in ("data", "run", "classes", "args")}
-    return detector, meta
-
-
 def _main(args) -> int:
     _check_args(args)
-    detector, meta = _load(args)
+    from detect.checks.audit_session import load_detector_and_meta
+
+    detector, meta = load_detector_and_meta(args.weights, device=args.device, threads=args.threads,
+                                            batch_size=args.batch_size, score_thresh=args.score_thresh)
     if args.select:
         return _select(args, detector, meta)
     return _audit(args, detector, meta)
 
 
-def _progress(args, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=args.no_progress, dynamic_ncols=True, leave=False,
-                file=sys.stderr)
-
-
-def _records(args, meta):
-    from detect.data.layout import discover, resolve_splits
-    from detect.data.records import load_records
-
-    files = discover(args.data, images=args.images)
-    ids, where = None, "every annotated image"
-    if args.split != "all":
-        data = meta.get("data") or {}
-        recorded = data.get("splits") or {}
-        same = False
-        if data.get("root"):
-            root = Path(data["root"])
-            same = root.exists() and root.resolve() == files.root.resolve()
-        if same and args.split in recorded:
-            ids, where = list(recorded[args.split]), f"the model's {args.split} split, as recorded"
-        else:
-            val_fraction = float((meta.get("args") or {}).get("val_fraction") or 0.2)
-            splits, source = resolve_splits(files, val_fraction=val_fraction)
-            if args.split not in splits:
-                raise UsageError(f"{show(files.root)} has no '{args.split}' split ({source}); pick another --split")
-            ids, where = splits[args.split], f"the {args.split} split ({source})"
-    records = load_records(files, ids, warn_each=False,
-                           advice=f"Run `python tools/check_xml.py {files.root}` for details.")
-    if not records:
-        raise UsageError(f"{show(args.data)}: no annotated image to audit in {where}")
-    return files, records, where
-
-
 def _audit(args, detector, meta) -> int:
-    from detect.checks.label_audit import AuditSettings, audit, class_mismatch, detect_records, training_overlap
+    from detect.checks.audit_session import draw_gallery, output_folder, run_audit
 
-    files, records, where = _records(args, meta)
-    mismatch = class_mismatch(detector.classes, records)
-    if mismatch:
-        raise UsageError(f"{show(args.weights)}: {mismatch}")
-    overlap = training_overlap(meta, records, files.root)
+    run = run_audit(detector, meta, args.weights, args.data, images=args.images, split=args.split, conf=args.conf,
+                    score_thresh=args.score_thresh, progress=not args.no_progress)
+    report, files, where, overlap = run.report, run.files, run.where, run.overlap
     if overlap and args.format != "json":
         print(f"warning: {overlap[1]}", file=sys.stderr)
-
-    start = time.perf_counter()
-    bar = _progress(args, len(records), "audit")
-    try:
-        detections = detect_records(detector, records, progress=bar.update)
-    finally:
-        bar.close()
-    floor = float(detector.info.get("box_score_thresh") or args.score_thresh)
-    report = audit(records, detections, detector.classes, AuditSettings(conf=args.conf))
-    seconds = time.perf_counter() - start
-
     shown = report.findings[: args.top] if args.top else report.findings
-    folder = _output_folder(args, meta) if (args.gallery and report.findings) else None
-    gallery = _gallery(report, folder, args) if folder else None
+    gallery = None
+    if args.gallery and report.findings:
+        folder = output_folder(args.out, args.name, meta, args.weights)
+        gallery = draw_gallery(report, folder / "audit.png", args.gallery)
     written = []
     if args.save_xml is not None and report.findings:
         from detect.checks.label_audit import write_corrections
@@ -185,10 +119,10 @@ def _audit(args, detector, meta) -> int:
 
     summary = {
         "data": str(files.root), "audited": where, "images": report.images, "objects": report.objects,
-        "weights": str(args.weights), "conf": args.conf, "model_floor": floor,
+        "weights": str(args.weights), "conf": args.conf, "model_floor": run.floor,
         "findings": len(report.findings), "by_kind": report.by_kind(),
         "recall_at_conf": {k: round(v, 4) for k, v in report.recall.items()},
-        "in_training_split": overlap[0] if overlap else 0, "seconds": round(seconds, 2),
+        "in_training_split": overlap[0] if overlap else 0, "seconds": round(run.seconds, 2),
         "gallery": str(gallery) if gallery else None, "corrections": [str(p) for p in written],
     }
     if args.format == "json":
@@ -205,7 +139,7 @@ def _audit(args, detector, meta) -> int:
         return 0
     by_kind = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in report.by_kind().items())
     print(f"audited {report.images} image(s), {report.objects} object(s) of {show(files.root)} ({where}) in "
-          f"{seconds:.1f} s: {len(report.findings)} likely mistake(s) ({by_kind})"
+          f"{run.seconds:.1f} s: {len(report.findings)} likely mistake(s) ({by_kind})"
           + (f", {len(shown)} shown" if len(shown) < len(report.findings) else ""))
     if report.recall:
         print("the model finds at score >= {:g}: {}".format(
@@ -218,83 +152,21 @@ def _audit(args, detector, meta) -> int:
     return 0
 
 
-def _output_folder(args, meta) -> Path:
-    from detect.common.files import unique_folder
-
-    run = str(args.name or meta.get("run") or Path(args.weights).stem)
-    try:
-        return unique_folder(Path(args.out), run)
-    except OSError as exc:
-        raise UsageError(f"--out {show(args.out)}: cannot create the output folder ({exc.strerror or exc})") from None
-
-
-def _gallery(report, folder: Path, args) -> Path:
-    from detect.scoring.galleries import BoxPair, plot_box_pairs
-
-    panels = []
-    for f in report.findings[: args.gallery]:
-        where = f"{f.record.xml.name}:{f.line}" if f.line else f.record.xml.name
-        caption = f"{f.code} {f.kind.replace('_', ' ')} [{f.confidence:.2f}]\n{show(where)}"
-        model_label = f"{f.model_name} {f.score:.2f}" if f.model_box else ""
-        panels.append(BoxPair(caption, f.record.image, f.box, f.name or "", f.model_box, model_label))
-    return plot_box_pairs(panels, folder / "audit.png",
-                          title=f"likely label mistakes, surest first ({len(panels)} of {len(report.findings)})")
-
-
 def _select(args, detector, meta) -> int:
-    from detect.checks.label_audit import margin_uncertainty, rank_uncertain
-    from detect.common.files import write_atomic
-    from detect.data.images import read_image
-    from detect.data.voc import write_voc
-    from detect.inference.outputs import voc_annotation
-    from detect.inference.predictor import Predictor, Result
-    from detect.inference.sources import Frame, open_source
+    from detect.checks.audit_session import output_folder, select_images
 
-    if not args.images.is_dir():
-        raise UsageError(f"--images {show(args.images)}: no such folder (give the folder of unlabelled images)")
-    source = open_source(str(args.images))
-    predictor = Predictor(detector, conf=args.conf)
-    measured, errors, found = [], 0, {}
-    start = time.perf_counter()
-    bar = _progress(args, len(source), "select")
-    try:
-        for frame in source:
-            bar.update(1)
-            if frame.error or frame.path is None:
-                print(f"error: {show(frame.error or frame.key)}", file=sys.stderr)
-                errors += 1
-                continue
-            (det,) = detector.detect([frame.image], [frame.key])
-            measured.append(margin_uncertainty(det, detector.classes))
-            found[frame.key] = (Path(frame.path), det)
-    finally:
-        bar.close()
-        source.close()
-    if not measured:
+    run = select_images(detector, args.images, args.select,
+                        lambda: output_folder(args.out, args.name, meta, args.weights), conf=args.conf,
+                        progress=not args.no_progress, say=lambda text: print(text, file=sys.stderr))
+    if run.folder is None:
         print(f"error: no image of {show(args.images)} could be read", file=sys.stderr)
         return 1
-    chosen = rank_uncertain(measured, args.select)
-    folder = _output_folder(args, meta)
-    lines = []
-    for u in chosen:
-        path, det = found[u.key]
-        target = folder / Path(u.key).name
-        if target.exists():  # two images of one name in sub-folders: keep both
-            target = folder / f"{target.stem}_{len(lines)}{target.suffix}"
-        shutil.copyfile(path, target)
-        frame = Frame(read_image(path), u.key, str(args.images), path=path)
-        result = Result(frame=frame, detections=predictor.postprocess(det), classes=predictor.classes)
-        write_voc(voc_annotation(result, image_path=target), target.with_suffix(".xml"))
-        what = (f"{u.best} vs {u.runner_up} at {','.join(f'{v:.0f}' for v in u.box)}" if u.box
-                else "nothing detected")
-        lines.append(f"{show(path)}  margin {u.margin:.3f}  {show(what)}")
-    write_atomic(folder / "selected.txt", "\n".join(lines) + "\n")
-    for line in lines:
+    for line in run.lines:
         print(line)
-    print(f"picked {len(chosen)} of {len(measured)} image(s) with the smallest score margin (best class minus the "
-          f"runner-up class or background) in {time.perf_counter() - start:.1f} s; copied with pre-annotations "
-          f"(score >= {args.conf:g}) into {folder}: correct them in LabelImg, then move the pairs into the dataset")
-    return 1 if errors else 0
+    print(f"picked {len(run.lines)} of {run.measured} image(s) with the smallest score margin (best class minus the "
+          f"runner-up class or background) in {run.seconds:.1f} s; copied with pre-annotations "
+          f"(score >= {args.conf:g}) into {run.folder}: correct them in LabelImg, then move the pairs into the dataset")
+    return 1 if run.errors else 0
 
 
 if __name__ == "__main__":

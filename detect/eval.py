@@ -30,29 +30,16 @@ read, bad predictions file; the others are still evaluated and printed); 2 usage
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from detect.common.errors import DetectError, UsageError, printable, show
-from detect.scoring.evaluation import (
-    PROJECT_ROOT,
-    SPLITS,
-    EvalError,
-    EvalSettings,
-    Evaluator,
-    RunResult,
-    class_rows,
-    format_table,
-    sort_results,
-    table_rows,
-    write_json,
-)
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
+from detect.common.thresholds import CONF, ConfOption
+from detect.inference.evaluate import evaluate_runs, find_checkpoints, results_text
+from detect.scoring.evaluation import SPLITS, EvalSettings, Evaluator, format_table, sort_results, table_rows, write_json
 
-log = logging.getLogger(__name__)
 
 
 def build_parser() -> CliParser:
@@ -74,8 +61,8 @@ def build_parser() -> CliParser:
                    help="val share of the hash split of a dataset without split lists (default: 0.2)")
     p.add_argument("--iou", type=Number(float, 0, 1, lo_open=True), default=0.5, help="IoU a detection needs to count (default: 0.5)")
     p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point")
-    p.add_argument("--conf", type=Number(float), default=0.5,
-                   help="score threshold for precision/recall/F1, confusion matrix and gallery (default: 0.5)")
+    p.add_argument("--conf", type=ConfOption(), default=CONF, metavar="S",
+                   help=f"score threshold for precision/recall/F1, confusion matrix and gallery (default: {CONF:g})")
     add_device_option(p)
     p.add_argument("--batch-size", type=Number(int, 1, 1024), default=4, help="images per forward pass (default: 4)")
     p.add_argument("--corruptions", nargs="*", metavar="NAME",
@@ -87,42 +74,6 @@ def build_parser() -> CliParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
-
-
-def _find_checkpoints(args) -> list[Path]:
-    if args.weights:
-        found = []
-        for w in args.weights:
-            path = Path(w)
-            if path.is_dir():
-                if (path / "best.pt").is_file():
-                    found.append(path / "best.pt")
-                else:
-                    inside = sorted(path.glob("*/best.pt"))
-                    if not inside:
-                        raise UsageError(f"{path}: no best.pt in it or in its sub-folders")
-                    found.extend(inside)
-            elif path.is_file():
-                found.append(path)
-            else:
-                raise UsageError(f"{path}: no such checkpoint file")
-        unique: dict[Path, Path] = {}
-        for f in found:
-            unique.setdefault(f.resolve(), f)
-        return list(unique.values())
-    if args.predictions:
-        return []
-    bases = [Path(args.weights_dir)]
-    if args.weights_dir == "weights" and not bases[0].is_dir():
-        bases.append(PROJECT_ROOT / "weights")
-    for base in bases:
-        found = sorted(base.glob("*/best.pt"))
-        if found:
-            return found
-    raise UsageError(
-        f"no checkpoint found: no {args.weights_dir}/<run>/best.pt; train one (python -m detect.train) "
-        "or pass --weights FILE.pt or --predictions FILE.json --data DIR"
-    )
 
 
 def _check_args(args) -> None:
@@ -144,85 +95,14 @@ def _check_args(args) -> None:
             raise UsageError(f"--corruptions: {exc}") from None
 
 
-def model_run(evaluator: Evaluator, path: Path, *, device: str, batch_size: int, progress: bool,
-              corruptions: Sequence[str] = ()) -> RunResult:
-    """Load a ``.pt`` checkpoint or an ``.onnx`` export through
-    :func:`detect.inference.loader.load_detector` (the path ``detect.predict`` takes; torch is
-    imported only for a checkpoint), predict on the images it is evaluated on, and score it;
-    with ``corruptions``, also its mAP under each at each severity (``result.robustness``)."""
-    from detect.data.images import ImageError
-    from detect.inference.loader import is_onnx, load_detector
-    from detect.inference.predictor import detect_files
-
-    try:
-        detector = load_detector(path, device=device, batch_size=batch_size)
-    except DetectError as exc:  # corrupt, or not ours: this run fails, not the command
-        if isinstance(exc, UsageError) and not path.is_file():
-            raise
-        raise EvalError(str(exc)) from None
-    meta = detector.meta
-    eval_set, classes = evaluator.checkpoint_eval_set(meta, path)
-    run = str(meta.get("run") or path.parent.name)
-    log.info("%s: %s on %s", path, run, eval_set.describe())
-    try:
-        dets, timing = detect_files(detector, eval_set.image_paths, eval_set.keys, exif=eval_set.exif,
-                                    progress=progress)
-    except ImageError as exc:
-        raise EvalError(str(exc)) from None
-    model = getattr(detector, "model", None)
-    params = sum(p.numel() for p in model.parameters()) if model is not None else None
-    backbone = str(meta.get("backbone") or (meta.get("model_config") or {}).get("backbone") or "?")
-    info = {"epoch": meta.get("epoch"), "metrics": meta.get("metrics"), "run": run, "history": meta.get("history")}
-    name = f"{run}/{path.name}" if is_onnx(path) else run if path.name == "best.pt" else f"{run}/{path.stem}"
-    result = evaluator.score(
-        name=name, backbone=backbone, kind="checkpoint", source=path, eval_set=eval_set, classes=classes,
-        detections=dets, timing=timing, params=params, checkpoint_bytes=path.stat().st_size, checkpoint_info=info,
-        training=meta.get("training"),
-    )
-    if corruptions:
-        result.robustness = corrupted_maps(evaluator, detector, eval_set, classes, result.voc.map, corruptions,
-                                           progress=progress)
-    return result
-
-
-def corrupted_maps(evaluator: Evaluator, detector, eval_set, classes, clean: float, corruptions: Sequence[str], *,
-                   progress: bool = False):
-    """The VOC mAP of ``detector`` on ``eval_set`` under each corruption at each severity
-    (:mod:`detect.scoring.corruptions`, seeded per image), as a :class:`detect.scoring.robustness.Robustness`."""
-    from detect.scoring.corruptions import SEVERITIES, corrupt, corruption
-    from detect.data.images import ImageError
-    from detect.inference.predictor import detect_files
-    from detect.scoring.metrics import voc_evaluate
-    from detect.scoring.robustness import Robustness
-
-    s = evaluator.settings
-    truths = eval_set.truths(classes)
-    out = Robustness(clean=clean, iou=s.iou)
-    for name in corruptions:
-        for severity in SEVERITIES:
-            t = corruption(name, severity)
-            try:
-                dets, _ = detect_files(detector, eval_set.image_paths, eval_set.keys, exif=eval_set.exif,
-                                       progress=progress,
-                                       transform=lambda im, key: corrupt(im, name, severity, key, transform=t))
-            except ImageError as exc:
-                raise EvalError(str(exc)) from None
-            voc = voc_evaluate(truths, dets, classes=classes, iou_threshold=s.iou, use_07_metric=s.voc07)
-            out.maps.setdefault(name, {})[severity] = voc.map
-            log.info("%s severity %d: mAP %.3f", name, severity, voc.map)
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.eval``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _evaluate(args))
+    return run_command(_evaluate, build_parser(), argv)
 
 
 def _evaluate(args) -> int:
     _check_args(args)
-    checkpoints = _find_checkpoints(args)
+    checkpoints = find_checkpoints(args.weights, predictions=args.predictions, weights_dir=args.weights_dir)
     device = None
     if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch
         from detect.common.device import resolve_device
@@ -233,29 +113,16 @@ def _evaluate(args) -> int:
         data=Path(args.data) if args.data else None, images=Path(args.images) if args.images else None,
         split=args.split, val_fraction=args.val_fraction, iou=args.iou, voc07=args.voc07, conf=args.conf,
     ))
-    results: list[RunResult] = []
-    failures: list[str] = []
-    runs = [(p, "checkpoint") for p in checkpoints] + [(Path(p), "predictions") for p in args.predictions or ()]
-    for path, kind in runs:
-        try:
-            if kind == "checkpoint":
-                results.append(model_run(evaluator, path, device=device_name, batch_size=args.batch_size,
-                                         progress=not args.no_progress,
-                                         corruptions=args.corruptions or ()))
-            else:
-                results.append(evaluator.predictions_run(path))
-        except UsageError:  # the command line itself is wrong: stop
-            raise
-        except DetectError as exc:  # this run fails; the others go on
-            failures.append(str(exc))
-            print(f"error: {printable(exc)}", file=sys.stderr)
-
+    results, failures = evaluate_runs(
+        evaluator, checkpoints, [Path(p) for p in args.predictions or ()], device=device_name, batch_size=args.batch_size,
+        progress=not args.no_progress, corruptions=args.corruptions or (),
+        on_error=lambda exc: print(f"error: {printable(exc)}", file=sys.stderr))
     if not results:
         return 1
     sort_results(results)
     settings = {"iou": args.iou, "voc07": args.voc07, "conf": args.conf, "split": args.split,
                 "device": device_name, "batch_size": args.batch_size}
-    print_results(results, settings)
+    print(results_text(results, settings))
 
     try:
         if args.json:
@@ -271,46 +138,6 @@ def _evaluate(args) -> int:
     except OSError as exc:
         raise DetectError(f"cannot write output: {show(exc.filename or '')}: {exc.strerror or exc}") from None
     return 1 if failures else 0
-
-
-def print_results(results: Sequence[RunResult], settings: dict[str, Any]) -> None:
-    """The comparison table, its legend, and each run's per-class table."""
-    iou, conf = settings["iou"], settings["conf"]
-    header, rows = table_rows(results, iou=iou)
-    print(format_table(header, rows))
-    metric = "11-point" if settings["voc07"] else "all-point"
-    speed = (f"; speed: model time per image on {settings['device']}, batch {settings['batch_size']}"
-             if any(r.timing is not None for r in results) else "")
-    print(f"* best VOC mAP@{iou:g} ({metric}); COCO numbers by pycocotools (mAP = AP@[.5:.95]); "
-          f"class columns: VOC AP@{iou:g}, '-' = no ground truth{speed}")
-    print("training cost, as each checkpoint records it: minutes, peak memory of the training process (MB), "
-          "epochs, mean training loss of its last epoch, mode (backbone stages trained / of) and starting "
-          "weights; '-' = not recorded")
-    if len({tuple(r.eval_set.keys) for r in results}) > 1:
-        print("note: the runs were evaluated on different images (see 'images'); compare them with care")
-    for r in results:
-        h, rws = class_rows(r)
-        print(f"\n{r.name}: {r.eval_set.describe()}, split: {r.eval_set.split_source}; "
-              f"P/R/F1 at score >= {conf:g}, IoU >= {iou:g}")
-        print(format_table(h, rws, left=1))
-    print_robustness(results)
-
-
-def print_robustness(results: Sequence[RunResult]) -> None:
-    """With ``--corruptions``: the summary (clean, mean corrupted, relative) and each run's grid."""
-    from detect.scoring.robustness import robustness_grid, robustness_summary
-
-    named = [(r.name, r.robustness) for r in results if r.robustness is not None]
-    if not named:
-        return
-    header, rows = robustness_summary(named)
-    print(f"\nrobustness: VOC mAP@{named[0][1].iou:g} under camera corruptions (mean of severities 1-3 per "
-          "corruption); relative = mean corrupted / clean")
-    print(format_table(header, rows, left=1))
-    for name, rob in named:
-        header, rows = robustness_grid(rob)
-        print(f"\n{name}: mAP per corruption and severity")
-        print(format_table(header, rows, left=1))
 
 
 if __name__ == "__main__":

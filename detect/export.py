@@ -15,7 +15,6 @@ PyTorch beyond tolerance; 2 usage error (bad option, missing or unusable checkpo
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Sequence
 
 from detect.common.errors import DetectError, UsageError, show
 from detect.common.files import check_target
-from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_inference_options, run_command, settings_from
 
 
@@ -57,9 +55,7 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.export``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _export(args), interrupted="interrupted; nothing was written")
+    return run_command(_export, build_parser(), argv, interrupted="interrupted; nothing was written")
 
 
 def _export(args) -> int:

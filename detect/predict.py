@@ -24,19 +24,20 @@ videos closed properly).
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, printable, show
 from detect.common.files import unique_folder
-from detect.common.logs import setup_logging
-from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
-from detect.line.counting import DEFECT_SHARE, TRACK_CONF
+from detect.common.options import (CliParser, Number, add_device_option, add_inference_options, class_list,
+                                   run_command, settings_from)
+from detect.common.thresholds import CONF, ConfOption, parse_conf
+from detect.line.options import TRACK_CONF, add_line_options, check_line_args
 
-log = logging.getLogger(__name__)
+_names = class_list  # the --classes reader (imported from here before)
+
 
 
 def build_parser() -> CliParser:
@@ -47,8 +48,8 @@ def build_parser() -> CliParser:
     p.add_argument("--weights", required=True, metavar="FILE", help="a .pt checkpoint or an .onnx export")
     p.add_argument("--out", default="predictions", metavar="DIR", help="parent folder of the outputs (default: predictions)")
     p.add_argument("--name", metavar="NAME", help="output folder name (default: the model's run name)")
-    p.add_argument("--conf", action="append", metavar="S|CLASS=S",
-                   help=f"score threshold (default 0.5; {TRACK_CONF:g} with --track, where an item's frames vote); "
+    p.add_argument("--conf", action="append", type=ConfOption(per_class=True), metavar="S|CLASS=S",
+                   help=f"score threshold (default {CONF:g}; {TRACK_CONF:g} with --track, where an item's frames vote); "
                         "repeat with CLASS=S for per-class thresholds, "
                         "e.g. --conf 0.5 --conf Lata_defectuosa=0.3")
     p.add_argument("--classes", metavar="A,B", help="keep only these classes (separated by commas; a name may hold spaces)")
@@ -78,36 +79,7 @@ def build_parser() -> CliParser:
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"],
                    help="what runs an .onnx export (default: onnxruntime; openvino needs pip install -e \".[openvino]\")")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
-    t = p.add_argument_group(
-        "counting items (--track)",
-        "Each detection gets a track id (ByteTrack, class-agnostic) that follows the object from frame to frame; "
-        "an item is counted once, when its box centre crosses the counting line. Its class is the score-weighted "
-        "vote of all its frames so far (a class votes in a frame where it is seen at its --conf); it is defective "
-        "when a defect class was the frame's best class at its --conf in at least --defect-frames frames and in at "
-        "least --defect-share of the frames where it was detected. One JSON line per item goes "
-        "to events.jsonl as it is counted. Details: docs/counting.md")
-    t.add_argument("--track", action="store_true", help="track objects and count items (videos, cameras, streams)")
-    t.add_argument("--count-line", metavar="x1,y1,x2,y2|none",
-                   help="the counting line, in fractions of the frame (all values 0..1) or pixels; default: across "
-                        "the middle, perpendicular to --belt; none: count a track when it ends after --min-frames")
-    t.add_argument("--belt", default="left-right", choices=["left-right", "right-left", "top-down", "bottom-up"],
-                   help="the way the belt moves (default left-right): the default line and the forward direction")
-    t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
-                   help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
-    t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
-                   help="and the share of the item's detected frames it must be seen in (default "
-                        f"{DEFECT_SHARE:g}; 0: --defect-frames alone)")
-    t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
-                   help="with --count-line none: frames a track needs to be counted (default 3)")
-    t.add_argument("--events", metavar="FILE|-",
-                   help="where the event lines go (default: events.jsonl in the output folder); '-': standard "
-                        "output as well (then the summary goes to standard error)")
-    t.add_argument("--track-buffer", type=Number(int, 1), metavar="FRAMES",
-                   help="frames a lost track is kept to be found again (default: one second of video, at least 10)")
-    t.add_argument("--track-low", type=Number(float, 0, 1), default=0.1, metavar="S",
-                   help="lowest score a detection needs to keep a track alive (ByteTrack's low detections; default 0.1)")
-    t.add_argument("--sequence", action="store_true",
-                   help="with --track on images: they are consecutive frames of one camera, in name order")
+    add_line_options(p)
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -115,55 +87,15 @@ def build_parser() -> CliParser:
     return p
 
 
-def _names(option: str, text: str | None, classes) -> list[str] | None:
-    """``--classes "raccoon face,Lata"``: names separated by commas, spaces inside a name kept
-    (stripped only around the commas), each checked against the model's ``classes``. An item
-    that is not a class but whose space-separated words all are (``"Lata Botella"``, the
-    older form) is read as those words."""
-    if text is None:
-        return None
-    names: list[str] = []
-    for item in (c.strip() for c in text.split(",")):
-        if not item:
-            continue
-        words = item.split()
-        names += words if item not in classes and len(words) > 1 and all(w in classes for w in words) else [item]
-    unknown = [n for n in names if n not in classes]
-    if unknown:
-        raise UsageError(f"{option} {show(repr(text))}: the model has no class "
-                         f"{show(', '.join(repr(n) for n in unknown))}; its classes are {show(', '.join(classes))} "
-                         "(separate names with commas: --classes 'raccoon face,Lata')")
-    return names or None
-
-
 def _check_args(args) -> None:
     if args.overwrite and not args.save_xml:
         raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
-    counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
-                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer)) if v]
-    if counting and not args.track:
-        raise UsageError(f"{', '.join(counting)} only apply with --track")
-    if args.track:
-        from detect.line.counting import parse_count_line
-
-        args.line = parse_count_line(args.count_line, args.belt)
-
-
-def _gui_available() -> bool:
-    import cv2
-
-    try:
-        cv2.namedWindow("detect.predict")
-        return True
-    except cv2.error:
-        return False
+    check_line_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m detect.predict``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(logging.INFO if args.verbose else logging.WARNING)
-    return run_command(lambda: _predict(args))
+    return run_command(_predict, build_parser(), argv)
 
 
 def _predict(args) -> int:
@@ -177,25 +109,28 @@ def _predict(args) -> int:
     from detect.inference.predictor import Predictor
 
     classes = tuple(detector.classes)
-    conf = list(args.conf or [])
-    if args.track and all("=" in c for c in conf):  # no overall threshold given: the tracking one
-        conf.insert(0, f"{TRACK_CONF:g}")
-    predictor = Predictor(detector, conf=conf, classes=_names("--classes", args.classes, classes),
-                          defect_classes=_names("--defect-classes", args.defect_classes, classes),
+    # --track counts lower: an item's frames vote (without a plain --conf; CLASS=S items still apply)
+    conf = parse_conf(args.conf, classes, default=TRACK_CONF if args.track else CONF)
+    predictor = Predictor(detector, conf=conf, classes=class_list("--classes", args.classes, classes),
+                          defect_classes=class_list("--defect-classes", args.defect_classes, classes),
                           batch_size=args.batch_size)
     return _run(args, detector, predictor)
 
 
-def _run(args, detector, predictor) -> int:
-    import cv2
+def _say(text: str) -> None:
     from tqdm import tqdm
 
+    tqdm.write(text, file=sys.stderr)  # clear of the progress bar
+    sys.stderr.flush()
+
+
+def _run(args, detector, predictor) -> int:
     from detect.inference.outputs import PredictionWriter
-    from detect.inference.predictor import RateMeter
-    from detect.inference.sources import open_sources, prefetch
+    from detect.inference.session import PredictSession, gui_available, summary_lines
+    from detect.inference.sources import open_sources
 
     window = args.show
-    if window and not _gui_available():
+    if window and not gui_available():
         print("warning: --show needs OpenCV with a GUI, and this one is opencv-python-headless (no windows); "
               "the annotated results are written to the output folder instead", file=sys.stderr)
         window = False
@@ -234,164 +169,32 @@ def _run(args, detector, predictor) -> int:
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
           f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
 
-    counter = log_items = None
+    line = None
     if args.track:
-        from detect.line.counting import ItemCounter
-        from detect.inference.outputs import ItemLog
+        from detect.line.session import LineSession
 
-        events = Path(args.events) if args.events and args.events != "-" else None
-        log_items = ItemLog(folder, path=events, save_crops=args.save_crops, stdout=sys.stdout if args.events == "-" else None)
-        counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
-                              line=args.line, belt=args.belt, min_frames=args.min_frames,
-                              defect_frames=args.defect_frames, defect_share=args.defect_share,
-                              keep_crops=args.save_crops, on_item=log_items.on_item)
-    cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
-
-    finite = [s for s in sources if not s.live]
-    total = sum(len(s) for s in finite)
-    start = time.perf_counter()
-    interrupted = quit_requested = False
-    write_error: OSError | None = None
-    bar = tqdm(total=total or None, unit="img", desc="predict", disable=args.no_progress or not finite,
-               dynamic_ncols=True, leave=False)
-    try:
-        for source in sources:
-            meter = RateMeter(args.status_every) if source.live else None
-            if source.live:
-                bar.write(f"{source.kind} {show(source.name)}: reading the newest frame continuously; Ctrl-C to stop",
-                          file=sys.stderr)
-            n = 0
-            try:
-                # A reader thread decodes the next image while the model runs (in order; live sources
-                # have their own grabber).
-                frames = prefetch(source)
-                if counter is not None:
-                    from detect.line.session import track_frames
-                    from detect.line.tracking import ByteTracker
-
-                    tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)))
-                    results = track_frames(predictor, source, counter, tracker=tracker, low=args.track_low,
-                                           frames=frames)
-                else:
-                    results = predictor.predict_frames(frames, live=source.live)
-                for result in results:
-                    if counter is not None and result.error is None:
-                        cost["frames"] += 1
-                        cost["model"] += result.infer_seconds
-                        cost["tracking"] += result.track_seconds
-                        if result.counted:
-                            bar.set_postfix_str(counter.status(), refresh=False)
-                    if result.error:
-                        bar.write(f"error: {printable(result.error)}", file=sys.stderr)
-                    before = len(writer.summary.failed)
-                    writer.add(result, source)
-                    for message in writer.summary.failed[before + bool(result.error):]:  # e.g. an XML not written
-                        bar.write(f"error: {printable(message)}", file=sys.stderr)
-                    n += 1
-                    if meter is not None:
-                        line = meter.add(result)
-                        if line:
-                            items = f"; {show(counter.status())}" if counter is not None else ""
-                            print(f"{show(source.name)}: {line}, {getattr(source, 'dropped', 0)} frames dropped{items}",
-                                  file=sys.stderr, flush=True)
-                    else:
-                        bar.update(1)
-                    if window and result.image is not None:
-                        cv2.imshow("detect.predict", cv2.cvtColor(result.plot(), cv2.COLOR_RGB2BGR))
-                        if cv2.waitKey(1) & 0xFF == ord("q"):  # the viewer asked to stop: not an error
-                            quit_requested = True
-                            break
-                    if args.max_frames and source.kind != "images" and n >= args.max_frames:
-                        break
-            finally:
-                frames.close()  # stops the reader before the source is closed under it
-                source.close()
-                reached = quit_requested or (bool(args.max_frames) and n >= args.max_frames)
-                stopped = None if reached else getattr(source, "ended", None)
-                writer.end_source(source, stopped=stopped)
-            if stopped:
-                bar.write(f"error: {printable(stopped)}; the {n} frame(s) until then are kept", file=sys.stderr)
-            if quit_requested:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-    except OSError as exc:  # the output folder is not writable, the disk is full...
-        write_error = exc
-    finally:
-        bar.close()
-        for source in sources:
-            source.close()
-        if window:
-            cv2.destroyAllWindows()
-    counting = None
-    if counter is not None:
-        log_items.close()
-        counting = counter.summary()
-        n = max(1, cost["frames"])
-        counting["ms_per_frame"] = {"model": round(1000 * cost["model"] / n, 2),
-                                    "tracking_and_counting": round(1000 * cost["tracking"] / n, 2)}
-        counting["events"] = str(log_items.path)
-    try:
-        summary = writer.close(seconds=time.perf_counter() - start, counting=counting)
-    except OSError as exc:
-        write_error = write_error or exc
-    if write_error is not None:
-        where = f"{show(write_error.filename)}: " if write_error.filename else ""
-        print(f"error: cannot write the outputs to {show(folder)}: {where}{show(write_error.strerror or write_error)}",
-              file=sys.stderr)
+        listeners: list = []  # LineListener objects: each frame, item and the end of the line
+        line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
+                           defect_frames=args.defect_frames, defect_share=args.defect_share,
+                           save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
+                           events=Path(args.events) if args.events and args.events != "-" else None,
+                           events_stdout=sys.stdout if args.events == "-" else None, listeners=listeners)
+    outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,
+                             status_every=args.status_every, progress=not args.no_progress).run(sources)
+    if outcome.write_error is not None:
+        e = outcome.write_error
+        where = f"{show(e.filename)}: " if e.filename else ""
+        print(f"error: cannot write the outputs to {show(folder)}: {where}{show(e.strerror or e)}", file=sys.stderr)
         return 1
-    import contextlib
-
     with contextlib.redirect_stdout(sys.stderr) if args.events == "-" else contextlib.nullcontext():
-        _print_summary(summary, predictor, folder)
-        if counter is not None:
-            _print_counting(counter, counting, log_items)
-    if interrupted:
+        lines = summary_lines(outcome.summary, predictor, folder)
+        print("\n".join(lines + (line.report_lines(outcome.counting) if line is not None else [])))
+    if outcome.interrupted:
         print(f"interrupted: the outputs so far are in {show(folder)} (videos closed, playable)", file=sys.stderr)
         return 130
+    summary = outcome.summary
     failed = len(errors) + len(summary.failed) + len(summary.stopped)
     return 1 if failed else 0
-
-
-def _print_counting(counter, counting: dict, log_items) -> None:
-    rate = f" ({100 * counting['defect_rate']:.1f} %)" if counting["defect_rate"] is not None else ""
-    print(f"items counted: {counter.items}, {counter.defective} defective{rate}; {show(counter.status())}")
-    if counting.get("per_direction"):
-        print(f"direction: {counting['per_direction']['forward']} forward, {counting['per_direction']['backward']} backward")
-    if counter.in_view_at_end:
-        print(f"{counter.in_view_at_end} tracked item(s) were still short of the line when the source ended and are "
-              "not counted")
-    ms = counting["ms_per_frame"]
-    print(f"cost per frame: model {ms['model']:.1f} ms, tracking and counting {ms['tracking_and_counting']:.2f} ms")
-    print(f"events: {log_items.written} line(s) in {log_items.path}")
-
-
-def _print_summary(summary, predictor, folder: Path) -> None:
-    seen = []
-    if summary.images:
-        seen.append(f"{summary.images} image(s)")
-    if summary.frames:
-        seen.append(f"{summary.frames} frame(s)")
-    rate = f" in {summary.seconds:.1f} s ({summary.seen / summary.seconds:.1f}/s)" if summary.seconds > 0 and summary.seen else ""
-    print(f"{' and '.join(seen) or 'nothing'} predicted{rate}")
-    if summary.seen:
-        per_class = ", ".join(f"{c} {summary.detections.get(c, 0)}" for c in predictor.keep)
-        print(f"detections: {show(per_class)}")
-        defects = show(", ".join(predictor.defect_classes)) or "none defined"
-        print(f"with a defect ({defects}): {summary.with_defect} of {summary.seen}; "
-              f"with any detection: {summary.with_detection}")
-    if summary.dropped:
-        print(f"live frames dropped to stay current: {summary.dropped}")
-    if summary.xml_written or summary.xml_skipped:
-        print(f"pre-annotation: {summary.xml_written} XML file(s) written")
-    if summary.xml_skipped:
-        shown = show(", ".join(summary.xml_skipped[:5])) + (" ..." if len(summary.xml_skipped) > 5 else "")
-        print(f"skipped {len(summary.xml_skipped)} image(s) that already have an XML annotation "
-              f"(--overwrite replaces them): {shown}")
-    if summary.failed or summary.stopped:
-        print(f"{len(summary.failed) + len(summary.stopped)} input(s) failed (see the error lines above)")
-    if folder.is_dir():
-        print(f"results in {show(folder)}")
 
 
 if __name__ == "__main__":

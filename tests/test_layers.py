@@ -30,7 +30,8 @@ PACKAGE = REPO / "detect"
 ORDER = ("detect.common", "detect.data", "detect.demo", "detect.model", "detect.scoring", "detect.inference",
          "detect.deploy", "detect.line", "detect.checks", "detect.training")
 COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
-            "detect.export", "detect.convert", "detect.audit", "detect.benchmark")
+            "detect.export", "detect.convert", "detect.audit", "detect.benchmark",
+            "detect.__main__")  # the front door: python -m detect COMMAND
 # The modules that may import torch (and those that import them); the rest is the core.
 TORCH = frozenset({
     "detect.common.device",
@@ -42,9 +43,12 @@ TORCH = frozenset({
     "detect.model.checkpoint",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
+    "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free
     "detect.deploy.onnx_export",
     "detect.deploy.variants",
+    "detect.deploy.benchmark",
     "detect.checks.anchor_fit",
+    "detect.checks.audit_session",  # the loader and a checkpoint's metadata, lazily
     "detect.training",
     "detect.training.config",
     "detect.training.data_prep",

@@ -54,6 +54,7 @@ import numpy as np
 from detect.checks.findings import Finding, box_text
 from detect.common.errors import UsageError, show
 from detect.common.files import check_writable
+from detect.common.thresholds import CONF
 from detect.common.types import Detections
 from detect.data.images import read_image
 from detect.data.records import Record
@@ -98,7 +99,7 @@ CODE_OF = dict(zip(KINDS, AUDIT_CODES))
 class AuditSettings:
     """The audit's thresholds (see the module docstring for how each is used)."""
 
-    conf: float = 0.5
+    conf: float = CONF
     match_iou: float = 0.5
     cover_iou: float = 0.3
     loose_iou: tuple[float, float] = (0.3, 0.6)
@@ -108,7 +109,7 @@ class AuditSettings:
 
     def __post_init__(self) -> None:
         lo, hi = self.loose_iou
-        if not (0 < self.cover_iou <= lo < hi <= self.match_iou + 0.5 and 0 < self.conf <= 1):
+        if not (0 < self.cover_iou <= lo < hi <= self.match_iou + 0.5 and 0 <= self.conf <= 1):
             raise ValueError(f"inconsistent audit settings: {self}")
 
 

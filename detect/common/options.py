@@ -6,11 +6,12 @@
 * :class:`Number`: every numeric option's allowed range, checked when the command line is
   parsed (``type=Number(int, lo=1)``) and again by the library for values set from Python
   (:meth:`Number.check`); NaN and infinities are refused everywhere.
+* :func:`class_list`: ``--classes "raccoon face,Lata"`` -> the names, each checked against the model's.
 * :func:`number_list`: ``"0.5,1,2"`` or ``"0.5 1 2"`` -> ``[0.5, 1.0, 2.0]``, positive and
   finite (anchor scales and ratios).
 * :func:`add_inference_options` / :func:`settings_from`: the test-time speed levers
   (``--input-size``, ``--proposals``, ...) that ``detect.export`` and ``detect.predict`` share.
-* :func:`run_command`: the one error and Ctrl-C tail of every command.
+* :func:`run_command`: the one entrance (parse, logging) and error and Ctrl-C tail of every command.
 * :data:`DEVICE_DEFAULT` / :func:`add_device_option`: ``--device``, ``auto`` everywhere
   (CUDA when present, else the CPU); :func:`detect.common.device.resolve_device` turns the name
   into a torch device.
@@ -22,18 +23,21 @@ checker parse their options here on a machine without torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import logging
 import math
 import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from detect.common.errors import DetectError, UsageError, printable, show
+from detect.common.logs import setup_logging
 
 __all__ = ["DEVICE_DEFAULT", "DEVICE_HELP", "CliParser", "Number", "add_device_option", "add_inference_options",
-           "given_options", "number_list", "run_command", "settings_from"]
+           "class_list", "given_options", "number_list", "run_command", "settings_from"]
 
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, mps"
@@ -155,6 +159,27 @@ def number_list(text: str) -> list[float]:
     return values
 
 
+def class_list(option: str, text: str | None, classes: Sequence[str]) -> list[str] | None:
+    """``--classes "raccoon face,Lata"``: names separated by commas, spaces inside a name kept
+    (stripped only around the commas), each checked against the model's ``classes``. An item
+    that is not a class but whose space-separated words all are (``"Lata Botella"``, the
+    older form) is read as those words."""
+    if text is None:
+        return None
+    names: list[str] = []
+    for item in (c.strip() for c in text.split(",")):
+        if not item:
+            continue
+        words = item.split()
+        names += words if item not in classes and len(words) > 1 and all(w in classes for w in words) else [item]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise UsageError(f"{option} {show(repr(text))}: the model has no class "
+                         f"{show(', '.join(repr(n) for n in unknown))}; its classes are {show(', '.join(classes))} "
+                         "(separate names with commas: --classes 'raccoon face,Lata')")
+    return names or None
+
+
 def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The destinations of the options ``argv`` sets explicitly (defaults left out), e.g.
     to tell ``--resume last.pt --epochs 12`` from a plain ``--resume last.pt``."""
@@ -188,16 +213,40 @@ def settings_from(args: argparse.Namespace) -> dict:
             "box_score_thresh": args.score_thresh}
 
 
-def run_command(body: Callable[[], int], *, interrupted: str = "interrupted") -> int:
-    """Run a command's body with the tail every command shares: a :class:`DetectError` is one
-    line ``error: ...`` on stderr and its exit status (2 usage, 1 failure); Ctrl-C that the
-    body does not handle itself prints ``interrupted`` (what was or was not kept) and gives 130.
-    For the commands only: library code raises and logs, it never prints."""
+def run_command(body: Callable[..., int], parser: argparse.ArgumentParser | None = None,
+                argv: Sequence[str] | None = None, *, interrupted: str = "interrupted",
+                log_level: int | None = None) -> int:
+    """The one entrance and tail of every command's ``main(argv)``.
+
+    With ``parser``: parse ``argv`` (``None``: ``sys.argv[1:]``; a usage error exits 2 there,
+    argparse's way), set up logging (``log_level``, else INFO with ``-v``/``--verbose`` and
+    WARNING without) and call ``body(args)``. Without: call ``body()``.
+
+    The tail: a :class:`DetectError` is one line ``error: ...`` on stderr and its exit status
+    (2 usage, 1 failure); an ``OSError`` nobody caught (a disk that filled, a folder made
+    read-only meanwhile) is one line naming the file, exit 1; standard output closed by its
+    reader (``| head``) ends the command quietly with 141 (SIGPIPE's status in a shell);
+    Ctrl-C that the body does not handle itself prints ``interrupted`` (what was or was not
+    kept) and gives 130. For the commands only: library code raises and logs, it never prints.
+    """
     try:
-        return body()
+        if parser is None:
+            return body()
+        args = parser.parse_args(argv)
+        setup_logging(log_level if log_level is not None else
+                      logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+        return body(args)
     except DetectError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # nobody reads standard output any more: no further write error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        where = f"{show(exc.filename)}: " if exc.filename else ""
+        print(f"error: {where}{show(exc.strerror or exc)}", file=sys.stderr)
+        return 1

@@ -27,7 +27,6 @@ and OpenCV only.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -40,6 +39,7 @@ from detect.common.types import Detections
 from detect.data.images import read_image
 from detect.inference.sources import Frame, Source, open_source
 from detect.common.types import Timing
+from detect.common.thresholds import CONF, ConfThresholds, parse_conf  # ConfThresholds, parse_conf: imported from here before
 
 
 __all__ = [
@@ -90,64 +90,6 @@ def default_defect_classes(classes: Sequence[str]) -> tuple[str, ...]:
     ``bottle_defective``, ``broken_neck``); ``--defect-classes``
     names them explicitly."""
     return tuple(c for c in classes if any(w in c.lower() for w in _DEFECT_WORDS))
-
-
-@dataclass(frozen=True)
-class ConfThresholds:
-    """A score threshold per class: ``default``, except where ``per_class`` names the class."""
-
-    default: float = 0.5
-    per_class: Mapping[str, float] = field(default_factory=dict)
-
-    def vector(self, classes: Sequence[str]) -> np.ndarray:
-        """Threshold of label ``i`` at index ``i`` (index 0, background, is unused)."""
-        return np.array([self.default] + [self.per_class.get(c, self.default) for c in classes], dtype=np.float64)
-
-    def describe(self) -> str:
-        extra = ", ".join(f"{c} {v:g}" for c, v in self.per_class.items())
-        return f"{self.default:g}" + (f" ({extra})" if extra else "")
-
-
-def parse_conf(values: Sequence[str] | float | None, classes: Sequence[str], *, default: float = 0.5) -> ConfThresholds:
-    """``--conf`` values: one number, and/or ``CLASS=number`` items (``["0.5", "Lata_defectuosa=0.3"]``).
-
-    Raises:
-        UsageError: a value is not a number in [0, 1], a class is unknown, or two plain
-            numbers are given.
-    """
-    if values is None:
-        return ConfThresholds(default)
-    if isinstance(values, (int, float)):
-        values = [str(values)]
-    plain: list[float] = []
-    per_class: dict[str, float] = {}
-
-    def number(text: str, item: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise UsageError(f"--conf {item}: '{text}' is not a number; use --conf 0.5 or --conf CLASS=0.3") from None
-        if not (0.0 <= v <= 1.0 and math.isfinite(v)):
-            raise UsageError(f"--conf {item}: {v:g} is outside [0, 1]")
-        return v
-
-    for item in values:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" in part:
-                name, _, text = part.partition("=")
-                name = name.strip()
-                if name not in classes:
-                    raise UsageError(f"--conf {part}: the model has no class '{name}' (it has {', '.join(classes)})")
-                per_class[name] = number(text.strip(), part)
-            else:
-                plain.append(number(part, part))
-    if len(plain) > 1:
-        raise UsageError(f"--conf given {len(plain)} plain thresholds ({', '.join(f'{v:g}' for v in plain)}); "
-                         "give one, and CLASS=value for the classes that differ")
-    return ConfThresholds(plain[0] if plain else default, per_class)
 
 
 @dataclass
@@ -247,7 +189,7 @@ class Predictor:
         self,
         detector: Detector,
         *,
-        conf: float | ConfThresholds | Sequence[str] = 0.5,
+        conf: float | ConfThresholds | Sequence[str] = CONF,
         classes: Sequence[str] | None = None,
         defect_classes: Sequence[str] | None = None,
         batch_size: int | None = None,

@@ -35,6 +35,7 @@ import numpy as np
 
 from detect.common.errors import DetectError, UsageError, show
 from detect.common.files import write_atomic
+from detect.common.thresholds import CONF
 from detect.common.types import Timing  # noqa: F401  (re-exported: it lives beside the box types)
 from detect.data.layout import DatasetError, DatasetFiles, discover, file_name, resolve_splits
 from detect.scoring.metrics import (
@@ -277,7 +278,7 @@ class EvalSettings:
     val_fraction: float = 0.2
     iou: float = 0.5
     voc07: bool = False
-    conf: float = 0.5
+    conf: float = CONF
 
 
 class Evaluator:

@@ -52,6 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from detect.common.thresholds import CONF
 from detect.common.types import Detections, GroundTruth, as_boxes
 
 log = logging.getLogger(__name__)
@@ -466,7 +467,7 @@ def detection_confusion(
     detections: Sequence[Detections],
     *,
     classes: Sequence[str],
-    score_threshold: float = 0.5,
+    score_threshold: float = CONF,
     iou_threshold: float = 0.5,
 ) -> ConfusionResult:
     """Precision, recall, F1 and a detection confusion matrix for detections scoring
