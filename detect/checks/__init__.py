@@ -14,6 +14,8 @@ The package, one job per module:
 * :mod:`~detect.checks.check`: :func:`check_dataset`, which runs them (in worker processes
   for large datasets);
 * :mod:`~detect.checks.fixes`: the fixes.
+* :mod:`~detect.checks.session`: one run as the command asks (check, fix, check again,
+  render as text, JSON or GitHub annotations);
 
 * :mod:`~detect.checks.anchor_fit`: the anchor fit (VOC6xx), passed in as
   ``check_dataset(..., anchor_rule=...)``.
