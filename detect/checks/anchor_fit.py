@@ -20,8 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from detect.checks.findings import AnchorFit, Finding, box_text, finding
-from detect.model.anchors import AnchorLayout, anchor_layout, anchor_sizes, resized_size
+from detect.model.anchors import AnchorLayout, image_anchors, resized_size
 from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
+from detect.model.config import ModelConfig
 
 __all__ = ["anchor_fit", "anchor_rule", "box_iou"]
 
@@ -38,8 +39,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _layout(backbone: str, scales, ratios, rh: int, rw: int) -> AnchorLayout:
-    return anchor_layout(rh, rw, strides=get_backbone(backbone).feature_strides,
-                         sizes=anchor_sizes(backbone, scales), ratios=ratios)
+    """The anchors of the model ``detect.train`` builds with these options, for an image
+    it resized to ``rh x rw``."""
+    return image_anchors(ModelConfig(backbone=backbone, anchor_scales=tuple(scales), anchor_ratios=tuple(ratios)),
+                         rh, rw)
 
 
 def _best_iou_one_size(gt: np.ndarray, layout: AnchorLayout, chunk: int = 16) -> np.ndarray:
