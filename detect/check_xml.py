@@ -96,20 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.WARNING)
     try:
         outcome = run_check(request_from(args))
+        status, output = outcome.status, outcome.output
     except DetectError as exc:
         print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code
+        status, output = exc.exit_code, ""
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    for note in outcome.notes:
-        print(f"{PROG}: {note}", file=sys.stderr)
+    else:
+        for note in outcome.notes:
+            print(f"{PROG}: {note}", file=sys.stderr)
     try:
-        sys.stdout.write(outcome.output)
+        sys.stdout.write(output)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader stopped early (`| head`): not our failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0 if args.exit_zero and outcome.status == 1 else outcome.status
+    return 0 if args.exit_zero and status == 1 else status
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from detect.checks.fixes import FilePlan, apply_fixes, plan_fixes
 from detect.common.errors import UsageError, printable, show
 from detect.data.layout import discover, read_classes
 
-__all__ = ["CheckOutcome", "CheckRequest", "run_check", "shown"]
+__all__ = ["CheckOutcome", "CheckRequest", "render", "run_check", "shown"]
 
 
 @dataclass(frozen=True)
