@@ -5,11 +5,11 @@
 Writes a VOC devkit (Annotations/, JPEGImages/, ImageSets/Main/{train,val}.txt) of small,
 distinct JPEGs with 1-3 boxes each into a temporary folder, then reports two figures:
 
-* ``check_dataset``: discovery plus every check, in this process, one process, with torch
-  already imported;
+* ``check_dataset``: discovery plus every check (the anchor fit too), in this process, one
+  process;
 * ``command``: ``python tools/check_xml.py DATA`` end to end in a fresh process, the
-  figure a user waits for (interpreter start and the torch import included; the files are
-  read by one worker per core while torch loads).
+  figure a user waits for (interpreter start included; the files are read by one worker
+  per core). Neither imports torch.
 
 Both are given as wall-clock and CPU seconds: on a shared machine the wall clock includes
 waiting for other processes, CPU time does not.
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generated {args.n} XML + {width}x{height} JPEG pairs in {time.perf_counter() - t0:.1f} s under {root}")
         print(f"cores: {os.cpu_count()}, load average: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-        from detect.checks.anchor_fit import anchor_rule  # torch: this figure is the checking alone
+        from detect.checks.anchor_fit import anchor_rule  # imported first: this figure is the checking alone
 
         t0, c0 = time.perf_counter(), time.process_time()
         report = check_dataset(discover(root), classes=CLASSES, anchor_rule=lambda: anchor_rule)

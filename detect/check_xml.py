@@ -11,25 +11,23 @@ Usage::
 (``check-xml`` once installed; ``python tools/check_xml.py`` from a clone.) One finding a
 line, ``path:line:col: CODE severity message``, then a summary. Exit status: 0 no errors
 (warnings allowed), 1 errors found, 2 usage error or unreadable DATA; ``--exit-zero`` turns
-1 into 0. The checks themselves live in :mod:`detect.checks` (and the anchor fit in
-:mod:`detect.checks.anchor_fit`, used when torch is installed); this module only prints.
+1 into 0. The checks live in :mod:`detect.checks` (the anchor fit too: numpy, no torch) and
+the run, fixes and rendering in :mod:`detect.checks.session`; this module parses and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import logging
 import os
 import sys
 
-from detect.model.backbones import BACKBONES
-from detect.checks import CODES, SEVERITIES, CheckReport, apply_fixes, check_dataset, format_finding, github_line, plan_fixes, plural
-from detect.common.errors import UsageError, DetectError, printable, show
-from detect.data.layout import discover, read_classes
+from detect.checks import CODES, SEVERITIES
+from detect.checks.session import CheckRequest, run_check
+from detect.common.errors import DetectError, printable
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, number_list
+from detect.model.backbones import BACKBONES
 
 PROG = "check_xml"
 
@@ -80,129 +78,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _shown(report: CheckReport, minimum: str) -> list:
-    allowed = SEVERITIES[: SEVERITIES.index(minimum) + 1]
-    return [f for f in report.findings if f.severity in allowed]
+def request_from(args: argparse.Namespace) -> CheckRequest:
+    """The parsed options as a :class:`detect.checks.session.CheckRequest`."""
+    def flat(groups):  # "--anchor-scales 1,2,4" and "--anchor-scales 1 2 4" alike
+        return [v for group in groups for v in group] if groups else None
+
+    return CheckRequest(
+        data=args.data, classes=args.classes, images=args.images, format=args.format, fix=args.fix,
+        unsafe_fixes=args.unsafe_fixes, diff=args.diff, severity=args.severity, jobs=args.jobs, deep=args.deep,
+        exif=args.exif, backbone=args.backbone, input_size=args.input_size,
+        anchor_scales=flat(args.anchor_scales), anchor_ratios=flat(args.anchor_ratios),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(logging.WARNING)
-    for name in ("anchor_scales", "anchor_ratios"):
-        if getattr(args, name):  # "--anchor-scales 1,2,4" and "--anchor-scales 1 2 4" alike
-            setattr(args, name, [v for group in getattr(args, name) for v in group])
     try:
-        status, output = _run(args)
+        outcome = run_check(request_from(args))
+        status, output = outcome.status, outcome.output
+    except DetectError as exc:
+        print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
+        status, output = exc.exit_code, ""
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    else:
+        for note in outcome.notes:
+            print(f"{PROG}: {note}", file=sys.stderr)
     try:
         sys.stdout.write(output)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader stopped early (`| head`): not our failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if args.exit_zero and status == 1 else status
-
-
-def _anchor_rule():
-    """The anchor-fit rule's loader, or None on a machine without torch (VOC6xx left out)."""
-    try:
-        missing = importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None
-    except (ImportError, ValueError):
-        missing = True
-    if missing:
-        logging.getLogger(__name__).warning("torch is not installed: the anchor-fit checks (VOC6xx) are left out")
-        return None
-
-    def load():
-        from detect.checks.anchor_fit import anchor_rule
-
-        return anchor_rule
-
-    return load
-
-
-def _run(args: argparse.Namespace) -> tuple[int, str]:
-    """Check (and fix) the dataset: the exit status and everything to print."""
-    try:
-        classes = read_classes(args.classes) if args.classes is not None else None
-        files = discover(args.data, images=args.images)
-        if files.format != "voc" and (args.fix or args.unsafe_fixes or args.diff):
-            raise UsageError(f"{show(args.data)}: fixes rewrite VOC XML only and this is a {files.format.upper()} "
-                             "dataset; fix the file the finding names, or convert it (python -m detect.convert "
-                             "SRC DST --to voc) and fix that")
-    except DetectError as exc:
-        print(f"{PROG}: error: {printable(exc)}", file=sys.stderr)
-        return exc.exit_code, ""
-
-    options = dict(
-        classes=classes,
-        deep=args.deep,
-        backbone=args.backbone,
-        input_size=args.input_size,
-        anchor_scales=args.anchor_scales,
-        anchor_ratios=args.anchor_ratios,
-        jobs=args.jobs if args.jobs > 0 else (os.cpu_count() or 1),
-        anchor_rule=_anchor_rule(),
-        exif=args.exif,
-    )
-    report = check_dataset(files, **options)
-    out: list[str] = []
-    fix_lines: list[str] = []
-    fixes_json: list[dict] = []
-    refused_any = False
-    if args.fix or args.unsafe_fixes or args.diff:
-        plans = plan_fixes(report, unsafe=args.unsafe_fixes)
-        n_fixes = sum(len(p.findings) for p in plans)
-        for plan in plans:
-            entry = {"path": str(plan.path), "codes": sorted({f.code for f in plan.findings})}
-            if args.diff:
-                entry["diff"] = plan.diff()
-            fixes_json.append(entry)
-        level = "--unsafe-fixes" if args.unsafe_fixes else "--fix"
-        if args.diff:
-            if args.format == "text":
-                out.extend(plan.diff() for plan in plans)
-            fix_lines.append(
-                f"{plural(n_fixes, 'fix')} would change {plural(len(plans), 'file')}; nothing was written "
-                f"(run with {level} without --diff to write them)"
-            )
-        else:
-            applied = apply_fixes(plans, root=files.root)
-            for refused in applied.refused:
-                print(f"{PROG}: {printable(refused)}", file=sys.stderr)
-            refused_any = bool(applied.refused)
-            if applied.written:
-                report = check_dataset(discover(args.data, images=args.images), **options)
-            written = set(applied.written)
-            n_done = sum(len(p.findings) for p in plans if p.path in written)
-            fix_lines.append(
-                f"fixed {plural(n_done, 'problem')} in {plural(len(written), 'file')} (each file as it was is kept "
-                "as <file>.xml.bak, or .bak2, .bak3... when a backup exists); the findings listed are what remains"
-            )
-        if not args.unsafe_fixes:
-            more = len(report.fixable(unsafe=True)) - len(report.fixable(unsafe=False))
-            if more:
-                fix_lines.append(
-                    f"{plural(more, 'more finding')} can be fixed with --unsafe-fixes (check them with --diff first)"
-                )
-
-    shown = _shown(report, args.severity)
-    if args.format == "json":
-        doc = {"findings": [f.as_dict() for f in shown], "summary": report.summary()}
-        if args.fix or args.unsafe_fixes or args.diff:
-            doc["fixes"] = fixes_json
-            doc["fix_summary"] = fix_lines
-        out.append(json.dumps(doc, indent=2) + "\n")
-    else:
-        lines = [github_line(f) if args.format == "github" else format_finding(f) for f in shown]
-        if shown:
-            lines.append("")
-        lines += report.summary_lines() + fix_lines
-        if report.errors:
-            lines.append("errors must be fixed before training (or train with --skip-invalid to leave those files out)")
-        out.append("\n".join(lines) + "\n")
-    return (1 if report.errors or refused_any else 0), "".join(out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 
 Prints one summary line. Exit status: 0 done, 1 the files could not be written, 2 usage
 error (bad option, or OUT is a non-empty folder that is not a demo dataset).
-See :mod:`detect.demo.render` for what is drawn. ``--conveyor N`` writes a video of N items
+See :mod:`detect.demo.dataset` for what is drawn. ``--conveyor N`` writes a video of N items
 passing on a belt instead, with its ground truth (:mod:`detect.demo.conveyor`).
 """
 
@@ -19,7 +19,7 @@ import sys
 import time
 
 from detect.common.errors import DetectError, UsageError, show
-from detect.demo.render import DEMO_CLASSES, make_demo_dataset, read_marker
+from detect.demo.dataset import DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, run_command
 

@@ -12,7 +12,7 @@ import pytest
 
 from detect import train as T
 from detect.data.dataset import collate
-from detect.demo.render import read_marker, render_demo_image
+from detect.demo.dataset import read_marker, render_demo_image
 from detect.model.checkpoint import load_checkpoint
 from detect.training import data_prep
 from detect.training.balance import RepeatFactorSampler, class_repeat_factors, image_repeat_factors
@@ -140,7 +140,7 @@ def test_the_demo_can_make_defects_rare(tmp_path: Path) -> None:
     image, objects = render_demo_image(0, 3, (96, 80))
     again, same = render_demo_image(0, 3, (96, 80), defect_rate=None)
     assert (image == again).all() and objects == same
-    from detect.demo.render import make_demo_dataset
+    from detect.demo.dataset import make_demo_dataset
 
     assert "defect_rate" not in read_marker(make_demo_dataset(tmp_path / "d", num_images=3, image_size=(64, 48)))
     assert read_marker(make_demo_dataset(tmp_path / "r", num_images=3, image_size=(64, 48),

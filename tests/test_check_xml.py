@@ -631,23 +631,31 @@ def test_stray_files(data: Path):
 
 @pytest.mark.parametrize("backbone", ["mobilenet", "resnet50"])
 def test_candidate_anchor_search_equals_all_anchors(backbone: str):
-    import torch
+    from detect.model.anchors import resized_size
+    from detect.model.backbones import get_backbone
+
+    scales, ratios = get_backbone(backbone).default_scales, (0.5, 1.0, 2.0)
+    rng = np.random.default_rng(0)
+    for width, height, input_size in [(640, 480, 800), (100, 333, 500), (37, 1000, 400)]:
+        rh, rw = resized_size(width, height, input_size)
+        layout = anchor_fit._layout(backbone, scales, ratios, rh, rw)
+        xy = rng.random((100, 2), dtype=np.float32) * np.array([rw, rh], dtype=np.float32)
+        wh = rng.random((100, 2), dtype=np.float32) ** 2 * np.array([rw, rh], dtype=np.float32) + 1
+        gt = np.concatenate([xy, xy + wh], 1)
+        fast = anchor_fit._best_iou_one_size(gt, layout)
+        full = anchor_fit.box_iou(gt, layout.anchors).max(axis=1)
+        assert np.array_equal(fast, full)
+
+
+def test_numpy_box_iou_is_torchvisions():
+    torch = pytest.importorskip("torch")
     from torchvision.ops import box_iou
 
-    from detect.model.build import make_anchor_generator
-
-    gen = make_anchor_generator(backbone=backbone)
-    g = torch.Generator().manual_seed(0)
-    for width, height, input_size in [(640, 480, 800), (100, 333, 500), (37, 1000, 400)]:
-        rh, rw = anchor_fit._resized_size(width, height, input_size)
-        anchors, layout = anchor_fit._anchors_for(gen, backbone, rh, rw)
-        xy = torch.rand(100, 2, generator=g) * torch.tensor([rw, rh])
-        wh = torch.rand(100, 2, generator=g) ** 2 * torch.tensor([rw, rh]) + 1
-        gt = torch.cat([xy, xy + wh], 1)
-        with anchor_fit._one_torch_thread():
-            fast = anchor_fit._best_iou_one_size(gt, anchors, layout)
-            full = box_iou(gt, anchors).max(dim=1).values
-        assert torch.equal(fast, full)
+    rng = np.random.default_rng(1)
+    xy = rng.random((50, 2), dtype=np.float32) * 300
+    a = np.concatenate([xy, xy + rng.random((50, 2), dtype=np.float32) * 90 + 0.5], 1)
+    b = np.round(a[::-1] * 1.1)  # integer corners, as anchors have
+    assert np.array_equal(anchor_fit.box_iou(a, b), box_iou(torch.from_numpy(a), torch.from_numpy(b.copy())).numpy())
 
 
 def test_no_anchor_advice_from_a_handful_of_boxes(data: Path):

@@ -1,4 +1,4 @@
-"""The procedural demo dataset (detect.demo.render) and its CLI (detect/make_demo_data.py, tools/make_demo_data.py)."""
+"""The procedural demo dataset (detect.demo.dataset) and its CLI (detect/make_demo_data.py, tools/make_demo_data.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detect.demo.render import DEMO_CLASSES, MARKER_NAME, is_complete, make_demo_dataset, read_marker, render_demo_image
+from detect.demo.dataset import DEMO_CLASSES, MARKER_NAME, is_complete, make_demo_dataset, read_marker, render_demo_image
 from detect.data.voc import parse_voc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_is_complete(tmp_path, many):
 
 
 def test_no_partial_output_left_behind(tmp_path, monkeypatch):
-    import detect.demo.render as demo
+    import detect.demo.dataset as demo
 
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")

@@ -6,6 +6,7 @@ import io
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -21,7 +22,9 @@ from detect.model.build import (
     make_anchor_generator,
     model_from_checkpoint,
 )
+from detect.model.anchors import image_anchors, resized_size
 from detect.model.backbones import get_backbone
+from detect.model.config import ModelConfig
 
 
 @pytest.mark.parametrize("backbone,levels", [("mobilenet", 4), ("resnet50", 5)])
@@ -45,6 +48,34 @@ def test_custom_anchor_layout_and_description() -> None:
     assert gen.num_anchors_per_location() == [8, 8, 8, 8]
     text = describe_anchors(gen)
     assert "level 0: sizes 16/32 px x ratios 0.5/1/2/3 = 8 anchors/location" in text
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(backbone="mobilenet", num_classes=3),
+        ModelConfig(backbone="resnet50", num_classes=3),
+        ModelConfig(backbone="mobilenet", num_classes=3, anchor_scales=(1, 2), anchor_ratios=(0.37, 1, 2, 3)),
+        ModelConfig(backbone="mobilenet", num_classes=3, anchor_scales=(0.71, 1.3, 2.6), anchor_base_sizes=(8, 24, 40, 100)),
+        ModelConfig.from_dict({"backbone": "mobilenet", "num_classes": 3}),  # the old checkpoints' layout
+    ],
+    ids=["mobilenet", "resnet50", "custom-ratios", "custom-bases", "legacy-mobilenet"],
+)
+def test_numpy_anchors_are_torchvisions(config: ModelConfig) -> None:
+    """detect.model.anchors (numpy, torch-free) gives the very anchors the built model's
+    AnchorGenerator gives on its real feature maps, to the float, for odd image sizes too."""
+    for input_size, (h, w) in [(128, (96, 128)), (160, (37, 250)), (96, (200, 55))]:
+        model = build_model(config.replace(input_size=input_size)).eval()
+        with torch.no_grad():
+            images, _ = model.transform([torch.rand(3, h, w)])
+            feats = list(model.backbone(images.tensors).values())
+            expected = model.rpn.anchor_generator(images, feats)[0].numpy()
+        rh, rw = images.image_sizes[0]
+        assert (rh, rw) == resized_size(w, h, input_size)
+        layout = image_anchors(model.config, rh, rw)
+        assert layout.anchors.dtype == expected.dtype and np.array_equal(layout.anchors, expected)
+        assert [lv.grid_h * lv.grid_w for lv in layout.levels] == [f.shape[-2] * f.shape[-1] for f in feats]
+        assert [lv.per_location for lv in layout.levels] == anchors_per_location(model)
 
 
 def test_config_rebuilds_same_architecture() -> None:

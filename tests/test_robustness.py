@@ -13,7 +13,7 @@ import pytest
 
 from detect import eval as E
 from detect.scoring.corruptions import CORRUPTIONS, SEVERITIES, corrupt, corruption, psnr
-from detect.demo.render import render_demo_image
+from detect.demo.dataset import render_demo_image
 from detect.data.dataset import build_transforms
 
 from conftest import make_devkit, make_tiny_checkpoint

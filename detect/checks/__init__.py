@@ -14,10 +14,14 @@ The package, one job per module:
 * :mod:`~detect.checks.check`: :func:`check_dataset`, which runs them (in worker processes
   for large datasets);
 * :mod:`~detect.checks.fixes`: the fixes.
+* :mod:`~detect.checks.session`: one run as the command asks (check, fix, check again,
+  render as text, JSON or GitHub annotations);
 
-The anchor-fit checks (VOC6xx) need torch and live in :mod:`detect.checks.anchor_fit`, passed in as
-``check_dataset(..., anchor_rule=...)``: everything here is torch-free, so annotations can
-be checked on a machine without torch. This package logs and never prints;
+* :mod:`~detect.checks.anchor_fit`: the anchor fit (VOC6xx), passed in as
+  ``check_dataset(..., anchor_rule=...)``.
+
+Everything here is torch-free (the anchor fit is numpy on :mod:`detect.model.anchors`), so
+annotations are checked, anchor fit included, on a machine without torch. This package logs and never prints;
 ``python -m detect.check_xml`` (``tools/check_xml.py``) is the command line.
 """
 

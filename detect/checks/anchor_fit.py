@@ -1,85 +1,77 @@
 """Anchor fit: can the model's anchors reach the dataset's boxes (checks VOC601-VOC603).
 
 The "best possible recall" of the RPN: for every ground-truth box, the highest IoU any of
-the model's real anchors has with it (built by :func:`detect.model.build.make_anchor_generator`
-for the image's resized size, compared with torchvision's ``box_iou``). When coverage is
-poor, other scales and ratios with the same number of anchors per location are searched
-and suggested as ``--anchor-scales`` / ``--anchor-ratios``.
+the model's real anchors has with it (the anchors torchvision's generator makes for the
+image's resized size, rebuilt by :mod:`detect.model.anchors`). When coverage is poor, other
+scales and ratios with the same number of anchors per location are searched and suggested
+as ``--anchor-scales`` / ``--anchor-ratios``.
 
-This is the one annotation check that needs torch; :func:`anchor_rule` is what
-:func:`detect.checks.check_dataset` takes as its ``anchor_rule``.
+Box arithmetic in numpy float32 (torchvision's ``box_iou`` step for step), so the checker
+runs it without torch; :func:`anchor_rule` is what :func:`detect.checks.check_dataset`
+takes as its ``anchor_rule``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import box_iou
+import numpy as np
 
-from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
 from detect.checks.findings import AnchorFit, Finding, box_text, finding
-from detect.model.build import make_anchor_generator
+from detect.model.anchors import AnchorLayout, image_anchors, resized_size
+from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
+from detect.model.config import ModelConfig
 
-__all__ = ["SIZE_DIVISIBLE", "anchor_fit", "anchor_rule"]
+__all__ = ["anchor_fit", "anchor_rule", "box_iou"]
 
-SIZE_DIVISIBLE = 32  # GeneralizedRCNNTransform pads batches to a multiple of this
-
-
-def _resized_size(width: int, height: int, input_size: int) -> tuple[int, int]:
-    """``(height, width)`` after GeneralizedRCNNTransform with min_size = max_size = input_size."""
-    scale = min(input_size / min(width, height), input_size / max(width, height))
-    return max(1, int(math.floor(height * scale))), max(1, int(math.floor(width * scale)))
-
-
-def _anchors_for(generator, backbone: str, rh: int, rw: int):
-    """The generator's real anchors for one resized image, with each level's layout:
-    ``(anchors [N, 4], [(offset, grid_h, grid_w, stride_h, stride_w, per_location)])``."""
-    ph = int(math.ceil(rh / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
-    pw = int(math.ceil(rw / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
-    grids = [(int(math.ceil(ph / s)), int(math.ceil(pw / s))) for s in get_backbone(backbone).feature_strides]
-    # Only shapes matter to the generator: expanded zero-size storage, no memory.
-    images = ImageList(torch.zeros(()).expand(1, 3, ph, pw), [(rh, rw)])
-    features = [torch.zeros(()).expand(1, 1, gh, gw) for gh, gw in grids]
-    anchors = generator(images, features)[0]
-    layout = []
-    offset = 0
-    for (gh, gw), per_location in zip(grids, generator.num_anchors_per_location()):
-        layout.append((offset, gh, gw, ph // gh, pw // gw, per_location))
-        offset += gh * gw * per_location
-    return anchors, layout
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` ``[N, 4]`` with every box in ``b`` ``[M, 4]``, ``[N, M]``;
+    ``(xmin, ymin, xmax, ymax)``, computed in the order torchvision's ``box_iou`` does."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.maximum(rb - lt, 0)
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def _best_iou_one_size(gt: torch.Tensor, anchors: torch.Tensor, layout, chunk: int = 16) -> torch.Tensor:
-    """Highest IoU of each box in ``gt`` with any anchor.
+def _layout(backbone: str, scales, ratios, rh: int, rw: int) -> AnchorLayout:
+    """The anchors of the model ``detect.train`` builds with these options, for an image
+    it resized to ``rh x rw``."""
+    return image_anchors(ModelConfig(backbone=backbone, anchor_scales=tuple(scales), anchor_ratios=tuple(ratios)),
+                         rh, rw)
+
+
+def _best_iou_one_size(gt: np.ndarray, layout: AnchorLayout, chunk: int = 16) -> np.ndarray:
+    """Highest IoU of each box in ``gt`` ``[N, 4]`` with any anchor of ``layout``.
 
     IoU with an anchor of a fixed shape only falls as the anchor's centre moves away from
     the box's centre along either axis, so for each level and anchor shape the best anchor
     is the one whose grid position puts its centre nearest the box's centre. Those
-    candidates (one per shape and level) are compared with torchvision's ``box_iou``,
-    which gives the same maximum as comparing every anchor, at a fraction of the work.
+    candidates (one per shape and level) give the same maximum as comparing every anchor,
+    at a fraction of the work.
     """
+    anchors = layout.anchors
     n = gt.shape[0]
-    cx = ((gt[:, 0] + gt[:, 2]) / 2)[:, None]
-    cy = ((gt[:, 1] + gt[:, 3]) / 2)[:, None]
+    cx = ((gt[:, 0] + gt[:, 2]) / np.float32(2))[:, None]
+    cy = ((gt[:, 1] + gt[:, 3]) / np.float32(2))[:, None]
     candidates = []
-    for offset, gh, gw, sh, sw, per_location in layout:
-        base = anchors[offset : offset + per_location]  # grid position (0, 0): the shapes
-        bx = ((base[:, 0] + base[:, 2]) / 2)[None, :]
-        by = ((base[:, 1] + base[:, 3]) / 2)[None, :]
-        ix = torch.round((cx - bx) / sw).long().clamp_(0, gw - 1)
-        iy = torch.round((cy - by) / sh).long().clamp_(0, gh - 1)
-        candidates.append(offset + (iy * gw + ix) * per_location + torch.arange(per_location))
-    cand = torch.cat(candidates, dim=1)
-    best = torch.empty(n, dtype=gt.dtype)
+    for level in layout.levels:
+        k = level.per_location
+        base = anchors[level.offset : level.offset + k]  # grid position (0, 0): the shapes
+        bx = ((base[:, 0] + base[:, 2]) / np.float32(2))[None, :]
+        by = ((base[:, 1] + base[:, 3]) / np.float32(2))[None, :]
+        ix = np.clip(np.rint((cx - bx) / np.float32(level.stride_w)).astype(np.int64), 0, level.grid_w - 1)
+        iy = np.clip(np.rint((cy - by) / np.float32(level.stride_h)).astype(np.int64), 0, level.grid_h - 1)
+        candidates.append(level.offset + (iy * level.grid_w + ix) * k + np.arange(k))
+    cand = np.concatenate(candidates, axis=1)
+    best = np.empty(n, dtype=gt.dtype)
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
-        best[rows] = box_iou(gt[rows], anchors[torch.unique(cand[rows])]).max(dim=1).values
+        best[rows] = box_iou(gt[rows], anchors[np.unique(cand[rows])]).max(axis=1)
     return best
 
 
@@ -104,24 +96,22 @@ def anchor_fit(
     """
     scales = tuple(float(s) for s in scales) if scales else tuple(get_backbone(backbone).default_scales)
     ratios = tuple(float(r) for r in ratios) if ratios else tuple(DEFAULT_ANCHOR_RATIOS)
-    generator = make_anchor_generator(backbone=backbone, scales=scales, ratios=ratios)
-    best = torch.zeros(len(boxes), dtype=torch.float32)
+    best = np.zeros(len(boxes), dtype=np.float32)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, b in enumerate(boxes):
         by_size[(int(b[0]), int(b[1]))].append(i)
     for (width, height), indices in by_size.items():
-        rh, rw = _resized_size(width, height, input_size)
-        anchors, layout = _anchors_for(generator, backbone, rh, rw)
-        gt = torch.tensor([boxes[i][2:6] for i in indices], dtype=torch.float32)
-        gt = gt * torch.tensor([rw / width, rh / height, rw / width, rh / height])
-        best[indices] = _best_iou_one_size(gt, anchors, layout)
+        rh, rw = resized_size(width, height, input_size)
+        gt = np.array([boxes[i][2:6] for i in indices], dtype=np.float32)
+        gt = gt * np.array([rw / width, rh / height, rw / width, rh / height], dtype=np.float32)
+        best[indices] = _best_iou_one_size(gt, _layout(backbone, scales, ratios, rh, rw))
     n = max(len(boxes), 1)
     fit = AnchorFit(
         backbone=backbone,
         input_size=input_size,
         scales=scales,
         ratios=ratios,
-        anchors_per_location=generator.num_anchors_per_location()[0],
+        anchors_per_location=len(scales) * len(ratios),
         best_iou=best.tolist(),
         share_07=float((best >= 0.7).sum()) / n,
         share_05=float((best >= 0.5).sum()) / n,
@@ -131,8 +121,9 @@ def anchor_fit(
     return fit
 
 
-def _centred(widths: torch.Tensor, heights: torch.Tensor) -> torch.Tensor:
-    return torch.stack([-widths / 2, -heights / 2, widths / 2, heights / 2], dim=1)
+def _centred(widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    two = np.float32(2)
+    return np.stack([-widths / two, -heights / two, widths / two, heights / two], axis=1)
 
 
 def _suggest_anchors(boxes: Sequence[tuple], current: AnchorFit) -> AnchorFit | None:
@@ -145,15 +136,15 @@ def _suggest_anchors(boxes: Sequence[tuple], current: AnchorFit) -> AnchorFit | 
     backbone, input_size = current.backbone, current.input_size
     step = max(1, len(boxes) // 1000)  # an even sample of about 1000 boxes to search with
     sample = boxes[::step]
-    w = torch.tensor([(b[4] - b[2]) * _resized_size(b[0], b[1], input_size)[1] / b[0] for b in sample])
-    h = torch.tensor([(b[5] - b[3]) * _resized_size(b[0], b[1], input_size)[0] / b[1] for b in sample])
+    w = np.array([(b[4] - b[2]) * resized_size(b[0], b[1], input_size)[1] / b[0] for b in sample], dtype=np.float32)
+    h = np.array([(b[5] - b[3]) * resized_size(b[0], b[1], input_size)[0] / b[1] for b in sample], dtype=np.float32)
     gt = _centred(w, h)
     n_ratios, n_scales = len(current.ratios), len(current.scales)
-    log_r = torch.log(h / w)
-    quantiles = torch.tensor([(i + 0.5) / n_ratios for i in range(n_ratios)], dtype=log_r.dtype)
-    median = float(torch.exp(torch.median(log_r)))
+    log_r = np.log(h / w)
+    quantiles = np.array([(i + 0.5) / n_ratios for i in range(n_ratios)], dtype=np.float32)
+    median = float(np.exp(np.sort(log_r)[(len(log_r) - 1) // 2]))  # the lower middle value, as torch.median
     ratio_sets = {current.ratios}
-    spread = tuple(round(float(v), 2) for v in torch.exp(torch.quantile(log_r, quantiles)))
+    spread = tuple(round(float(v), 2) for v in np.exp(np.quantile(log_r, quantiles).astype(np.float32)))
     if len(set(spread)) == n_ratios:
         ratio_sets.add(spread)
     for step in (2.0, 2**0.5):
@@ -161,12 +152,12 @@ def _suggest_anchors(boxes: Sequence[tuple], current: AnchorFit) -> AnchorFit | 
     bases = get_backbone(backbone).base_sizes
 
     def shape_score(scales, ratios) -> float:
-        sizes = torch.tensor([b * s for b in bases for s in scales])
-        hr = torch.sqrt(torch.tensor(ratios))
+        sizes = np.array([b * s for b in bases for s in scales], dtype=np.float32)
+        hr = np.sqrt(np.array(ratios, dtype=np.float32))
         aw = (sizes[:, None] / hr[None, :]).reshape(-1)
         ah = (sizes[:, None] * hr[None, :]).reshape(-1)
-        iou = box_iou(gt, _centred(aw, ah)).max(dim=1).values
-        return float((iou >= 0.7).float().mean() + (iou >= 0.5).float().mean() + iou.mean())
+        iou = box_iou(gt, _centred(aw, ah)).max(axis=1)
+        return float(np.float32((iou >= 0.7).mean()) + np.float32((iou >= 0.5).mean()) + iou.mean())
 
     ranked = []
     for ratios in sorted(ratio_sets):
@@ -193,18 +184,6 @@ def _suggest_anchors(boxes: Sequence[tuple], current: AnchorFit) -> AnchorFit | 
     return best
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    # The tensors here are tiny: thread start-up and OpenMP spinning cost far more than
-    # they save, worst of all on a busy machine. The caller's setting is restored.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def anchor_rule(
     boxes: Sequence[tuple], box_paths: Sequence[Path], root: Path, *, backbone: str, input_size: int,
     scales: Sequence[float], ratios: Sequence[float],
@@ -218,8 +197,7 @@ def anchor_rule(
         backbone, input_size, scales, ratios: the model's anchor layout and input size.
     """
     findings: list[Finding] = []
-    with _one_torch_thread():
-        fit = anchor_fit(boxes, backbone=backbone, input_size=input_size, scales=scales, ratios=ratios)
+    fit = anchor_fit(boxes, backbone=backbone, input_size=input_size, scales=scales, ratios=ratios)
     layout = (
         f"{backbone}, input {input_size}, {fit.anchors_per_location} anchors/location "
         f"(scales {'/'.join(f'{s:g}' for s in fit.scales)}, ratios {'/'.join(f'{r:g}' for r in fit.ratios)})"
@@ -227,7 +205,7 @@ def anchor_rule(
     findings.append(finding("VOC601", root, None, f"anchor fit for {layout}: {fit.describe()}"))
     for (W, H, x0, y0, x1, y1, line, _), path, value in zip(boxes, box_paths, fit.best_iou):
         if value < 0.5:
-            rh, rw = _resized_size(W, H, input_size)
+            rh, rw = resized_size(W, H, input_size)
             findings.append(
                 finding(
                     "VOC602",

@@ -49,8 +49,8 @@ def _check_files(
     xmls: Sequence[Path], ctx: Context, jobs: int, meanwhile: Callable[[], object] | None
 ) -> tuple[list[FileResult], object]:
     """The per-file checks, in ``jobs`` forked worker processes for large datasets; this
-    process calls ``meanwhile`` (loading the anchor rule imports torch, a few seconds)
-    while they work. Returns the results and what ``meanwhile`` returned.
+    process calls ``meanwhile`` (loading the anchor rule) while they work. Returns the
+    results and what ``meanwhile`` returned.
 
     Workers only parse XML and read image headers, never torch, so forking is safe even
     in a process that has torch loaded; where fork is not available the files are checked
@@ -98,9 +98,8 @@ def check_dataset(
         jobs: processes for the per-file checks (XML parsing, image headers); used from
             :data:`PARALLEL_MIN_FILES` files on, where ``fork`` is available.
         anchor_rule: a function that returns the anchor-fit rule (VOC6xx), called while the
-            workers read the files: loading the rule imports torch, and this core never
-            imports it itself. ``lambda: detect.checks.anchor_fit.anchor_rule`` is the rule; None
-            leaves the VOC6xx checks out (on a machine without torch).
+            workers read the files. ``lambda: detect.checks.anchor_fit.anchor_rule`` is the
+            rule (numpy only); None leaves the VOC6xx checks out.
         exif: the dataset's orientation rule, as for :func:`detect.data.records.load_records`:
             ``"apply"`` (boxes in the upright frame LabelImg 1.8.4+ shows) or ``"ignore"``.
 

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from detect.common.files import write_atomic
-from detect.demo.render import DEMO_CLASSES, _Scene, _Sprite, _u
+from detect.demo.paint import _Sprite, _u
+from detect.demo.scene import DEMO_CLASSES, _Scene
 
 __all__ = ["CONVEYOR_MIX", "ITEM_HEIGHTS", "ConveyorItem", "plan_conveyor", "render_conveyor", "write_conveyor"]
 

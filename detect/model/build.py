@@ -44,6 +44,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detect.common.errors import UsageError
+from detect.model.anchors import anchor_sizes, feature_strides
 from detect.model.backbones import DEFAULT_ANCHOR_RATIOS, get_backbone
 from detect.model.checkpoint import CheckpointError, load_checkpoint, safe_load
 from detect.model.config import FPN_NORMS, ModelConfig
@@ -103,15 +104,6 @@ def _group_keys(keys: Sequence[str]) -> list[str]:
     return list(seen)
 
 
-def anchor_sizes(
-    backbone: str, scales: Sequence[float], base_sizes: Sequence[int] | None = None
-) -> tuple[tuple[int, ...], ...]:
-    """Anchor sizes per feature level: each level's base size (default: the backbone
-    table's) times each scale."""
-    bases = tuple(base_sizes) if base_sizes else get_backbone(backbone).base_sizes
-    return tuple(tuple(int(round(base * s)) for s in scales) for base in bases)
-
-
 def make_anchor_generator(
     *,
     backbone: str,
@@ -120,7 +112,8 @@ def make_anchor_generator(
     base_sizes: Sequence[int] | None = None,
 ) -> AnchorGenerator:
     """torchvision's AnchorGenerator with ``len(scales) * len(ratios)`` anchors per location
-    on each of the backbone's feature levels (9 by default)."""
+    on each of the backbone's feature levels (9 by default); the sizes come from
+    :func:`detect.model.anchors.anchor_sizes`, which also rebuilds its anchors without torch."""
     scales = tuple(scales) if scales else get_backbone(backbone).default_scales
     sizes = anchor_sizes(backbone, scales, base_sizes)
     return AnchorGenerator(sizes=sizes, aspect_ratios=(tuple(float(r) for r in ratios),) * len(sizes))
@@ -408,14 +401,6 @@ def _mobilenet_fpn(body: nn.Module, trainable_layers: int, blocks: list[int], no
 
 def _feature_levels(features: BackboneWithFPN) -> int:
     return len(features.body.return_layers) + 1  # + the max-pool level
-
-
-def feature_strides(config: ModelConfig) -> tuple[int, ...]:
-    """Strides (input pixels) of the FPN levels of the model ``build_model(config)`` builds."""
-    spec = get_backbone(config.backbone)
-    if spec.family == "mobilenet" and config.feature_blocks is not None and not config.feature_blocks:
-        return (32, 32, 64)  # torchvision's extractor, the layout of old checkpoints (LEGACY_MOBILENET)
-    return spec.feature_strides
 
 
 def anchors_per_location(model: FasterRCNN) -> list[int]:

@@ -18,7 +18,7 @@ from detect.checks import check_dataset, format_finding
 from detect.checks.anchor_fit import anchor_rule
 from detect.common.errors import DetectError, UsageError, show
 from detect.data.dataset import DetectionDataset, GroupedBatchSampler, build_transforms, collate
-from detect.demo.render import is_complete, make_demo_dataset
+from detect.demo.dataset import is_complete, make_demo_dataset
 from detect.data.images import ImageError, read_image
 from detect.data.layout import DatasetFiles, discover, read_classes, resolve_splits
 from detect.data.records import Record, check_classes, class_names_from, load_records, median_image_size
