@@ -12,7 +12,7 @@ import pytest
 
 from detect.common.types import Detections
 from detect.demo.conveyor import plan_conveyor, render_conveyor, write_conveyor
-from detect.demo.render import DEMO_CLASSES
+from detect.demo.scene import DEMO_CLASSES
 from detect.inference.predictor import Predictor
 from detect.inference.sources import open_source
 from detect.line.session import LineSession, track

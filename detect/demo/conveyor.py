@@ -6,7 +6,7 @@ frame and when it leaves, and the count per class. :func:`render_conveyor` yield
 frames with their ground-truth boxes (or the boxes alone, ``draw=False``, which is fast), for
 tests of the tracker and the counter that need no model.
 
-The objects are drawn by :mod:`detect.demo.render` (the same sprites the demo model trains
+The objects are drawn by :mod:`detect.demo.scene` and its sprites (the same sprites the demo model trains
 on), 30-50 % of the frame height tall (:data:`ITEM_HEIGHTS`; the demo images hold 12-60 %),
 moving left to right at ``speed`` pixels per frame, ``spacing`` pixels apart (centre to
 centre, +-20 %), at a height that varies a little around the middle, over a belt with rails. The same options give the same video.
