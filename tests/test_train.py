@@ -282,3 +282,17 @@ def test_a_changed_config_is_refused_on_resume_with_advice_that_works(small: Pat
 
     assert trainer.train(resume_config(last, {"epochs": 2})).status == "finished"
     assert load_checkpoint(last)["epoch"] == 1
+
+
+def test_channels_last_trains_the_model_in_that_memory_format(small: Path, tmp_path: Path) -> None:
+    args = T.build_parser().parse_args(["--data", str(small), "--classes", str(small / "classes.txt"),
+                                        "--out", str(tmp_path / "w"), *TINY, "--channels-last"])
+    result = trainer.train(T.config_from_args(args))
+    assert result.status == "finished"
+
+    def spatial(model):  # the convolution weights whose layout the memory format changes
+        return [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+
+    assert spatial(result.model) and all(p.is_contiguous(memory_format=torch.channels_last) for p in spatial(result.model))
+    fresh = trainer.model_for_config(result.config, 5)  # 4 classes and the background, not moved
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) for p in spatial(fresh))

@@ -15,7 +15,6 @@ the ``echo`` callback, which ``python -m detect.train`` prints and which logs by
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import statistics
