@@ -113,7 +113,12 @@ def _start(cfg: TrainConfig, dist: Dist, device: torch.device, echo: Echo, clock
                    weights_source="resumed" if ckpt else model.weights_report.source, earlier=earlier)
     model, net = _placed(model, plan)
     loaders = Loaders(*make_loaders(cfg, data, dist, device))
-    pacing = _pace(plan, model, loaders, ckpt, clock)
+    pacing = _pace(plan, model, loaders, clock)
+    # The one default that waits for measured steps: the epochs of a time budget (what is left
+    # of it, resuming). Before the run folder: a budget too small for one epoch leaves nothing.
+    cfg.epochs = budget_epochs(cfg, RunFacts(epoch_seconds=pacing.epoch_estimate,
+                                             spent_seconds=ckpt["train_state"]["train_time"] if ckpt else 0.0,
+                                             epochs_done=ckpt["epoch"] + 1 if ckpt else 0))
     folder = _folder(plan, ckpt)
     run = Run(plan, folder, loaders, _optimisation(plan, model, net, loaders),
               Progress(final_loss=(earlier or {}).get("final_loss")), pacing)
@@ -135,7 +140,7 @@ def _config_and_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, dist: Dist, 
     facts come from the data and the starting weights (the images' median size, pretrained
     or not) and the machine (processes, CUDA); ``resolve_config(options, facts)`` decides
     every default once. Only the epochs of a ``time`` budget wait for measured steps
-    (:func:`_pace`). Returns the config, the data and the starting weights (None resuming).
+    (:func:`detect.training.config.budget_epochs`, in :func:`_start`). Returns the config, the data and the starting weights (None resuming).
     """
     options = resolve_config(cfg)  # every option checked before any work
     out = options.resume.parent if ckpt is not None else options.out
@@ -198,20 +203,14 @@ def _placed(model: torch.nn.Module, plan: RunPlan) -> tuple[torch.nn.Module, tor
     return model, model
 
 
-def _pace(plan: RunPlan, model: torch.nn.Module, loaders: Loaders, ckpt: dict[str, Any] | None,
-          clock: Callable[[], float]) -> Pacing:
-    """A few measured steps: the banner's estimate, and the epochs a ``time`` budget holds
-    (set in ``plan.cfg``; rank 0 measures, every rank plans with its figures). Before the run
-    folder: a budget too small for one epoch leaves nothing behind."""
+def _pace(plan: RunPlan, model: torch.nn.Module, loaders: Loaders, clock: Callable[[], float]) -> Pacing:
+    """A few measured steps: the banner's estimate and what a ``time`` budget is planned with
+    (rank 0 measures, every rank plans with its figures)."""
     cfg, data, dist = plan.cfg, plan.data, plan.dist
     pace = dist.broadcast(measure(model, loaders.train, loaders.val if data.val else None, plan.device,
                                   optimizer=cfg.optimizer, lr=cfg.lr, amp_dtype=plan.amp_dtype,
                                   load_in_step=cfg.workers == 0, clock=clock) if dist.main else None)
-    epoch_s = pace.epoch_seconds(len(loaders.train), len(data.val), bool(cfg.val_loss))
-    cfg.epochs = budget_epochs(cfg, RunFacts(epoch_seconds=epoch_s,
-                                             spent_seconds=ckpt["train_state"]["train_time"] if ckpt else 0.0,
-                                             epochs_done=ckpt["epoch"] + 1 if ckpt else 0))
-    return Pacing(pace, epoch_s)
+    return Pacing(pace, pace.epoch_seconds(len(loaders.train), len(data.val), bool(cfg.val_loss)))
 
 
 def _folder(plan: RunPlan, ckpt: dict[str, Any] | None) -> RunFolder:
