@@ -29,6 +29,7 @@ from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
 from detect.training.balance import BALANCE_CHOICES
+from detect.training.banner import summary
 from detect.training.config import LIMITS, RECIPES, TrainConfig, resume_config
 from detect.training.trainer import TrainResult, train
 
@@ -160,23 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(r: TrainResult) -> int:
-    if not r.main:  # under torchrun only rank 0 speaks
-        return 130 if r.status == "interrupted" else 0
-    if r.status == "interrupted":
-        where = (f"saved {r.run.last} where epoch {r.stopped_in} stopped" if r.resume_exact else
-                 f"{r.run.last} holds the end of epoch {r.stopped_in - 1}" if r.stopped_in > 1 else
-                 "no epoch had finished")
-        if r.resume_exact or r.stopped_in > 1:
-            print(f"\nInterrupted in epoch {r.stopped_in}; {where}. Resume with:\n"
-                  f"  python -m detect.train --resume {r.run.last}", file=sys.stderr)
-        else:
-            print(f"\nInterrupted in epoch 1; {where}, so nothing was saved.", file=sys.stderr)
-        return 130
-    saved = ", ".join(str(p) for p in (r.run.best, r.run.last) if p.exists())
-    best = ("no val split, so no val mAP (best.pt is the last epoch)" if r.best_map50 is None else
-            f"best val mAP@0.5 {r.best_map50:.4f} (epoch {r.best_epoch})")
-    print(f"Done: {best}, train time {r.train_time / 60:.1f} min. Checkpoints: {saved}")
-    return 0
+    interrupted = r.status == "interrupted"
+    if r.main:  # under torchrun only rank 0 speaks
+        print(summary(r), file=sys.stderr if interrupted else sys.stdout)
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

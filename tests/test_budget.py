@@ -20,6 +20,7 @@ from detect.model.checkpoint import load_checkpoint
 from detect.training import config as C, data_prep, trainer
 from detect.data import dataset as D
 from detect.training.distributed import Dist
+from detect.training.run_state import Pacing
 
 from conftest import make_devkit
 
@@ -193,19 +194,21 @@ def test_time_with_epochs_is_refused(data: Path, tmp_path: Path, capsys) -> None
 def _budget_run(epochs: int, estimate: float, *, time: float = 60, max_epochs: int | None = None):
     cfg = SimpleNamespace(time=time, epochs=epochs, max_epochs=max_epochs, recipe="cpu-scratch", warmup_iters=0,
                           schedule="cosine")
-    return SimpleNamespace(cfg=cfg, dist=Dist(), train_time=0.0, epoch_estimate=estimate, refitted=False,
+    return SimpleNamespace(plan=SimpleNamespace(cfg=cfg, dist=Dist()), progress=SimpleNamespace(train_time=0.0),
+                           pacing=Pacing(pace=None, epoch_estimate=estimate),
                            folder=SimpleNamespace(checkpoint_base={"args": {"epochs": epochs}}),
-                           scheduler=SimpleNamespace(lr_lambdas=[None]), train_loader=[None] * 10)
+                           opt=SimpleNamespace(scheduler=SimpleNamespace(lr_lambdas=[None])),
+                           loaders=SimpleNamespace(train=[None] * 10))
 
 
 def _after_epochs(run, seconds: list[float]) -> list[int]:
     """The planned epochs after each epoch of ``seconds`` (the budget's check as _fit calls it)."""
-    planned, times, lines = [], [], []
+    planned, lines = [], []
     for epoch, s in enumerate(seconds):
-        run.train_time += s
-        times.append(s)
-        trainer._keep_to_budget(run, epoch, times, lambda *a, **k: lines.append(a[0]))
-        planned.append(run.cfg.epochs)
+        run.progress.train_time += s
+        run.pacing.epoch_times.append(s)
+        trainer._keep_to_budget(run, epoch, lambda *a, **k: lines.append(a[0]))
+        planned.append(run.plan.cfg.epochs)
     return planned, lines
 
 
@@ -215,7 +218,7 @@ def test_a_budget_follows_the_epochs_pace_both_ways_by_its_median() -> None:
     run = _budget_run(11, 312.0)
     planned, lines = _after_epochs(run, [364, 302, 313, 305, 306, 304])
     assert planned == [9, 10, 11, 11, 11, 11]
-    assert run.folder.checkpoint_base["args"]["epochs"] == 11 and run.scheduler.lr_lambdas[0] is not None
+    assert run.folder.checkpoint_base["args"]["epochs"] == 11 and run.opt.scheduler.lr_lambdas[0] is not None
     assert "an epoch takes 6.1 min, not the 5.2 min measured before training; 9 epochs fit" in lines[0]
     assert "planned with; 10 epochs fit" in lines[1] and len(lines) == 3
     assert 364 + 10 * 306 <= 3600  # and the 11 fit the hour
@@ -237,7 +240,7 @@ def test_a_budget_re_fitted_to_more_epochs_trains_them(data: Path, tmp_path: Pat
     real = trainer._keep_to_budget
 
     def capped(run, *args):
-        run.cfg.max_epochs = 4
+        run.plan.cfg.max_epochs = 4
         return real(run, *args)
 
     monkeypatch.setattr(trainer, "_keep_to_budget", capped)

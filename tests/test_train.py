@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 
 from detect.data import dataset as D
 from detect import train as T
-from detect.training import config as train_config, data_prep
+from detect.common.errors import UsageError
+from detect.training import config as train_config, data_prep, trainer
 from detect.model.checkpoint import load_checkpoint
 from detect.model.build import model_from_checkpoint
 
@@ -248,3 +250,49 @@ def test_amp_on_the_cpu_trains_in_bfloat16_and_keeps_float32_weights(small: Path
     assert {v.dtype for k, v in state.items() if v.is_floating_point()} == {torch.float32}
     assert run(small, out, "--device", "cpu", "--name", "full") == 0
     assert "AMP" not in capsys.readouterr().out
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_val_map(small: Path, tmp_path: Path, monkeypatch,
+                                                                        capsys) -> None:
+    # Scripted val scores (a tiny model's own mAP is 0 or luck): better at epochs 1 and 3, then
+    # two epochs without: --patience 2 stops after epoch 5 of 6; epoch 3 is the best.
+    scores = iter([0.5, 0.4, 0.6, 0.3, 0.2, 0.9])
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: next(scores))
+    out = tmp_path / "w"
+    assert run(small, out, "--epochs", "6", "--patience", "2") == 0
+    printed = capsys.readouterr().out
+    assert "Early stop: no better val mAP@0.5 for 2 epochs (best 0.6000 at epoch 3)" in printed
+    assert "Done: best val mAP@0.5 0.6000 (epoch 3)" in printed and "epoch 6/6" not in printed
+    rows = list(csv.DictReader((out / "mobilenet" / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert list(csv.DictReader((out / "runs.csv").open()))[-1]["status"] == "early-stopped"
+    assert load_checkpoint(out / "mobilenet" / "best.pt")["epoch"] == 2
+    assert load_checkpoint(out / "mobilenet" / "last.pt")["epoch"] == 4
+
+
+def test_a_changed_config_is_refused_on_resume_with_advice_that_works(small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    assert run(small, out) == 0
+    last = out / "mobilenet" / "last.pt"
+    changed = dataclasses.replace(train_config.resume_config(last), lr=0.5)
+    with pytest.raises(UsageError, match=r"other settings \(lr\); build the config with "
+                                         r"detect\.training\.trainer\.resume_config"):
+        trainer.train(changed)
+    from detect.training.trainer import resume_config  # the function the message names is there
+
+    assert trainer.train(resume_config(last, {"epochs": 2})).status == "finished"
+    assert load_checkpoint(last)["epoch"] == 1
+
+
+def test_channels_last_trains_the_model_in_that_memory_format(small: Path, tmp_path: Path) -> None:
+    args = T.build_parser().parse_args(["--data", str(small), "--classes", str(small / "classes.txt"),
+                                        "--out", str(tmp_path / "w"), *TINY, "--channels-last"])
+    result = trainer.train(T.config_from_args(args))
+    assert result.status == "finished"
+
+    def spatial(model):  # the convolution weights whose layout the memory format changes
+        return [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+
+    assert spatial(result.model) and all(p.is_contiguous(memory_format=torch.channels_last) for p in spatial(result.model))
+    fresh = trainer.model_for_config(result.config, 5)  # 4 classes and the background, not moved
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) for p in spatial(fresh))

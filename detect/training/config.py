@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CPU_PRETRAINED_RECIPE", "CPU_SCRATCH_RECIPE", "DATA_RECIPE", "DEMO_RECIPE", "GPU_RECIPE", "RECIPES",
            "RECIPE_REASONS", "LIMITS", "MODEL_FIELDS", "RESUMABLE", "Echo", "TrainConfig",
-           "RunFacts", "epochs_for_budget", "input_size_for", "log_echo", "recipe_for", "resolve_config",
+           "RunFacts", "budget_epochs", "epochs_for_budget", "input_size_for", "log_echo", "recipe_for", "resolve_config",
            "resume_config"]
 
 # The recipe when the user gives no data: the bundled demo, from scratch (no pretrained
@@ -270,10 +270,11 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
     """The one place every default is decided: fill unset options from the recipe that fits
     and validate; with ``facts``, also the defaults that depend on the data, the machine and
     the weights (the user-data recipe, input size, optimizer, learning rate) and, with
-    ``facts.epoch_seconds`` and a ``time`` budget, the epochs. Training calls it without facts
-    before any work (so a bad option fails at once), with them before building the model, and
-    once more with the measured epoch time. Without facts a user's data has no recipe yet: its
-    options stay None.
+    ``facts.epoch_seconds`` and a ``time`` budget, the epochs (:func:`budget_epochs`). Training
+    calls it without facts before any work (so a bad option fails at once, and the demo's
+    recipe, which needs no facts, says what demo to make), then once with the facts, before
+    building the model; the measured epoch time then decides only the epochs
+    (:func:`budget_epochs`). Without facts a user's data has no recipe yet: its options stay None.
 
     Raises:
         UsageError: a value out of range, ``weights`` neither a choice nor a file, ``time``
@@ -338,12 +339,24 @@ def resolve_config(cfg: TrainConfig, facts: RunFacts | None = None) -> TrainConf
     if cfg.lr is None:
         # torchvision's linear scaling rule for SGD: 0.02 at 16 images a step, all processes together.
         cfg.lr = 0.02 * cfg.batch_size * facts.world / 16 if cfg.optimizer == "sgd" else 0.001
-    if cfg.time is not None and facts.epoch_seconds:
-        if cfg.max_epochs is None:
-            cfg.epochs = epochs_for_budget(cfg.time, facts)
-        else:  # the recipe's budget: its epochs where they fit, fewer on a slower machine, at least one
-            cfg.epochs = max(1, min(cfg.max_epochs, _epochs_that_fit(cfg.time, facts)))
+    cfg.epochs = budget_epochs(cfg, facts)
     return cfg
+
+
+def budget_epochs(cfg: TrainConfig, facts: RunFacts) -> int | None:
+    """The epochs of a resolved config: with a ``time`` budget and ``facts.epoch_seconds``, the
+    epochs that fit it (:func:`epochs_for_budget`; a recipe's budget keeps its own epochs where
+    they fit, fewer on a slower machine, at least one); else ``cfg.epochs``. Training asks it
+    once a few steps are measured, the one default that waits for them.
+
+    Raises:
+        UsageError: a ``time`` budget the user gave is too small for one more epoch.
+    """
+    if cfg.time is None or not facts.epoch_seconds:
+        return cfg.epochs
+    if cfg.max_epochs is None:
+        return epochs_for_budget(cfg.time, facts)
+    return max(1, min(cfg.max_epochs, _epochs_that_fit(cfg.time, facts)))
 
 
 def epochs_for_budget(minutes: float, facts: RunFacts) -> int:
