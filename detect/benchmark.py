@@ -29,7 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from detect.common.errors import UsageError
+from detect.common.errors import DetectError, UsageError, show
+from detect.common.files import outputs_problem
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, run_command
 
@@ -50,6 +51,7 @@ def build_parser() -> CliParser:
     p.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out even when installed")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end detect.predict runs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--keep", metavar="DIR", help="keep the exported files in DIR")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -84,6 +86,8 @@ def _benchmark(args) -> int:
         raise UsageError(f"--weights {weights}: no such checkpoint file")
     if args.json and Path(args.json).suffix.lower() != ".json":
         raise UsageError(f"--json {args.json}: the file name must end in .json")
+    if problem := outputs_problem(args.overwrite, ("--json", args.json)):
+        raise UsageError(show(problem))
     import onnxruntime
     import torch
 
@@ -187,7 +191,10 @@ def _benchmark(args) -> int:
     print("(latency: model only, ms per image, batch 1; e2e: detect.predict reading, decoding, inferring and writing "
           "JSON for every val image)")
     if args.json:
-        write_atomic(Path(args.json), json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        try:  # the figures are printed above: a failed write loses only the file
+            write_atomic(Path(args.json), json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        except OSError as exc:
+            raise DetectError(f"cannot write {show(args.json)}: {exc.strerror or exc} (the figures are above)") from None
         print(f"wrote {args.json}")
     return 0
 
