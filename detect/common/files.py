@@ -49,6 +49,7 @@ __all__ = [
     "read_regular",
     "remove_stale_temps",
     "unique_folder",
+    "unverified",
     "write_atomic",
     "write_new",
 ]
@@ -385,3 +386,22 @@ def folder_problem(path: str | os.PathLike[str], overwrite: bool = False, *,
     except OSError as exc:
         return f"{exc.filename or path}: {exc.strerror or exc}"
     return None
+
+
+def unverified(path: str | os.PathLike[str], before: tuple | None) -> str:
+    """After a command was stopped between writing ``path`` and checking it: removes the
+    unchecked file when there was none before (``before``: the ``(inode, mtime_ns, size)``
+    of the earlier file, None when absent) and says what is on disk now."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        now: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        now = None
+    if now == before:
+        return "nothing was written" + (" (the earlier file is unchanged)" if before else "")
+    if before is None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return f"{path} was written but not checked, so it was removed; nothing was written"
+    return f"{path} was replaced but not checked; run the export again with --overwrite to check it"
