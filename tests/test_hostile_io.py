@@ -405,7 +405,33 @@ def link_elsewhere(ctx: Ctx) -> str:
     return str(ctx.tmp / "b.json")
 
 
+def full_disk_argv(ctx: Ctx) -> list[str]:
+    """The whole (tiny) benchmark runs; the disk is full when its JSON is written at the end."""
+    import errno
+
+    from detect.common import files
+
+    real = files.write_atomic
+
+    def full(path, data, **kw):
+        if Path(path).name == "b.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data, **kw)
+
+    ctx.monkeypatch.setattr(files, "write_atomic", full)
+    return ["--weights", str(ctx.model["pt"]), "--threads", "1", "--images", "2", "--calibrate", "2", "--no-e2e",
+            "--no-openvino", "--json", str(ctx.tmp / "b.json")]
+
+
+def figures_kept(ctx: Ctx, rc: int, out: str, err: str) -> None:
+    assert rc == 1, (rc, err)
+    one_line(err)
+    assert "b.json" in err and "No space left" in err
+    assert "ONNX int8" in out and "p50 1t" in out  # the figures of minutes of work are on the screen
+
+
 BENCHMARK = [
+    Row("benchmark", "--json that cannot be written when the run ends (disk full)", full_disk_argv, figures_kept),
     Row("benchmark", "--json FILE that exists", lambda c: bench_argv(c, "--json", precious(c, "b.json")),
         refused("b.json", "--overwrite", also=unchanged("b.json"))),
     Row("benchmark", "--json a folder", lambda c: bench_argv(c, "--json", str(c.tmp / "d.json") if os.makedirs(c.tmp / "d.json") is None else ""),
