@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, show
+from detect.common.files import folder_problem
 from detect.common.options import CliParser, Number, add_device_option, run_command
 from detect.common.thresholds import CONF, ConfOption
 
@@ -55,6 +56,7 @@ def build_parser() -> CliParser:
                    help="findings shown in audit.png (default 12; 0: no figure)")
     p.add_argument("--save-xml", type=Path, metavar="DIR",
                    help="write the suggested corrections as LabelImg XML into DIR (outside the dataset), for review")
+    p.add_argument("--overwrite", action="store_true", help="write --save-xml into a folder that holds files already")
     p.add_argument("--out", default="audit", metavar="DIR", help="parent folder of audit.png / the selection (default: audit)")
     p.add_argument("--name", metavar="NAME", help="output folder name (default: the model's run name)")
     add_device_option(p)
@@ -82,6 +84,10 @@ def _check_args(args) -> None:
         raise UsageError("give --data DIR to audit annotations, or --select N --images FOLDER to pick images to annotate")
     elif not args.data.is_dir():
         raise UsageError(f"--data {show(args.data)}: no such folder")
+    for option, folder, overwrite, data in (("--out", args.out, True, None),
+                                            ("--save-xml", args.save_xml, args.overwrite, args.data)):
+        if folder is not None and (problem := folder_problem(folder, overwrite, apart_from=data)):
+            raise UsageError(f"{option} {show(problem)}")
 
 
 def _main(args) -> int:

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from detect.common.errors import UsageError
+from detect.common.errors import DetectError, UsageError, show
+from detect.common.files import outputs_problem
 from detect.common.options import CliParser, Number, run_command
 
 
@@ -47,6 +48,7 @@ def build_parser() -> CliParser:
     p.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out even when installed")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end detect.predict runs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--keep", metavar="DIR", help="keep the exported files in DIR")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -79,6 +81,8 @@ def _benchmark(args) -> int:
         raise UsageError(f"--weights {weights}: no such checkpoint file")
     if args.json and Path(args.json).suffix.lower() != ".json":
         raise UsageError(f"--json {args.json}: the file name must end in .json")
+    if problem := outputs_problem(args.overwrite, ("--json", args.json)):
+        raise UsageError(show(problem))
     from detect.common.files import write_atomic
     from detect.deploy.benchmark import benchmark_formats, benchmark_lines
 
@@ -88,7 +92,10 @@ def _benchmark(args) -> int:
                                    keep=Path(args.keep) if args.keep else None)
     print("\n".join(benchmark_lines(info, rows)))
     if args.json:
-        write_atomic(Path(args.json), json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        try:  # the figures are printed above: a failed write loses only the file
+            write_atomic(Path(args.json), json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+        except OSError as exc:
+            raise DetectError(f"cannot write {show(args.json)}: {exc.strerror or exc} (the figures are above)") from None
         print(f"wrote {args.json}")
     return 0
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import DetectError, UsageError, printable, show
+from detect.common.files import outputs_problem
 from detect.common.options import CliParser, Number, add_device_option, run_command
 from detect.common.thresholds import CONF, ConfOption
 from detect.inference.evaluate import evaluate_runs, find_checkpoints, results_text
@@ -71,6 +72,7 @@ def build_parser() -> CliParser:
                    "gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg, brightness, dark, contrast")
     p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write plots and report.md to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file or --report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -102,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _evaluate(args) -> int:
     _check_args(args)
+    if problem := outputs_problem(args.overwrite, ("--json", args.json),
+                                  ("--report", args.report and Path(args.report) / "report.md")):
+        raise UsageError(show(problem))
     checkpoints = find_checkpoints(args.weights, predictions=args.predictions, weights_dir=args.weights_dir)
     device = None
     if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch

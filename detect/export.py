@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import DetectError, UsageError, show
-from detect.common.files import check_target
+from detect.common.files import check_target, unverified
 from detect.common.options import CliParser, Number, add_inference_options, run_command, settings_from
 
 
@@ -80,6 +80,9 @@ def _export(args) -> int:
     before = _stat(target)
     try:
         result = export_onnx(source, target, opset=args.opset, settings=settings, verify_images=args.verify_images)
+    except KeyboardInterrupt:  # after the write, during the check: an unchecked file must not stay as if checked
+        print(f"interrupted; {unverified(target, before)}", file=sys.stderr)
+        return 130
     except OSError as exc:  # a full disk, a quota, the folder made read-only meanwhile: nothing half-written stays
         where = show(exc.filename or target)
         kept = (f"{show(target)} was written before the failure" if _stat(target) != before

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from detect.common.errors import UsageError, printable, show
-from detect.common.files import unique_folder
+from detect.common.files import outputs_problem, unique_folder
 from detect.common.options import (CliParser, Number, add_device_option, add_inference_options, class_list,
                                    run_command, settings_from)
 from detect.common.thresholds import CONF, ConfOption, parse_conf
@@ -61,7 +61,8 @@ def build_parser() -> CliParser:
     p.add_argument("--save-csv", action="store_true", help="write predictions.csv, one row per detection")
     p.add_argument("--save-xml", action="store_true",
                    help="pre-annotation: a Pascal VOC XML beside each image, for LabelImg")
-    p.add_argument("--overwrite", action="store_true", help="with --save-xml: replace existing XML annotations")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing XML annotations (--save-xml) and an existing --save-ls or --events file")
     p.add_argument("--save-ls", metavar="FILE", default=None,
                    help="pre-annotation for Label Studio: its task import JSON with the boxes as predictions")
     p.add_argument("--ls-prefix", metavar="URL", default="/data/local-files/?d=",
@@ -88,8 +89,12 @@ def build_parser() -> CliParser:
 
 
 def _check_args(args) -> None:
-    if args.overwrite and not args.save_xml:
-        raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
+    if args.overwrite and not (args.save_xml or args.save_ls or args.events not in (None, "-")):
+        raise UsageError("--overwrite only applies to --save-xml, --save-ls and --events (prediction folders are "
+                         "never overwritten)")
+    if problem := outputs_problem(args.overwrite, ("--save-ls", args.save_ls),
+                                  ("--events", None if args.events == "-" else args.events)):
+        raise UsageError(show(problem))
     check_line_args(args)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Sequence
@@ -77,7 +78,11 @@ def read_image_info(path: Path, *, deep: bool = False, exif: str = "apply") -> I
     try:
         if not is_regular(path):  # Pillow would block forever on a FIFO
             return ImageInfo(path, error="not a regular file (a FIFO, a device or a folder)")
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow warns from half its limit on (two lines on stderr); over it, open() fails: an error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             width, height = im.size
             fmt = im.format
             bands = len(im.getbands())

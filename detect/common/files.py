@@ -40,10 +40,16 @@ __all__ = [
     "atomic_open",
     "check_target",
     "check_writable",
+    "folder_problem",
+    "is_inside",
     "is_regular",
+    "output_problem",
+    "outputs_problem",
+    "place_file",
     "read_regular",
     "remove_stale_temps",
     "unique_folder",
+    "unverified",
     "write_atomic",
     "write_new",
 ]
@@ -285,3 +291,117 @@ def unique_folder(parent: str | os.PathLike[str], name: str) -> Path:
             n += 1
             continue
         return folder
+
+
+def output_problem(path: str | os.PathLike[str], overwrite: bool = False) -> str | None:
+    """What stops a command from writing its output file ``path``, in a few words for a
+    one-line error, or None when it can be written. Called before the work starts, so a
+    run of minutes never ends in an output it cannot write.
+
+    The one rule of every output file a command writes: an existing file is replaced only
+    with ``overwrite`` (``--overwrite``); a folder, a file where a folder should be, or a
+    folder that cannot be written is never usable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path}: it is a folder; name a file"
+    if os.path.lexists(path) and not overwrite:
+        return f"{path}: exists; pass --overwrite to replace it, or name another file"
+    try:
+        check_target(path)
+    except OSError as exc:
+        return f"{exc.filename or path}: {exc.strerror or exc}"
+    return None
+
+
+def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, links resolved (for paths that may
+    not exist yet, their nearest existing folder decides)."""
+    a, b = Path(path).resolve(), Path(folder).resolve()
+    return a == b or b in a.parents
+
+
+LINK_MODES = ("link", "copy", "symlink")
+"""How a converted dataset holds its images: ``link`` a hard link (a second name of the
+same file: every tool, zip and upload reads it as a file) where source and destination
+share a file system, else a copy; ``copy`` always a copy; ``symlink`` an absolute symbolic
+link (on request: it breaks when the dataset moves to another machine)."""
+
+
+def place_file(source: str | os.PathLike[str], target: str | os.PathLike[str], mode: str = "link") -> str:
+    """Make ``target`` hold the file ``source`` (see :data:`LINK_MODES`); returns how
+    (``link``, ``copy`` or ``symlink``). ``target`` must not exist: nothing is replaced.
+
+    Raises:
+        OSError: it cannot be made (``filename`` names ``target``).
+    """
+    if mode not in LINK_MODES:
+        raise ValueError(f"mode must be one of {LINK_MODES}, got {mode!r}")
+    source, target = Path(source).resolve(), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "symlink":
+        os.symlink(source, target)
+        return "symlink"
+    if mode == "link":
+        try:
+            os.link(source, target)
+            return "link"
+        except OSError as exc:
+            # Another file system (EXDEV), or one without hard links (EPERM, ENOTSUP): copy.
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EACCES):
+                raise
+    import shutil
+
+    shutil.copyfile(source, target)
+    return "copy"
+
+
+def outputs_problem(overwrite: bool, *options: tuple[str, str | os.PathLike[str] | None]) -> str | None:
+    """The first :func:`output_problem` among a command's ``(option, path)`` outputs (paths
+    that are None are not asked for), as ``"--json PATH: why"``; None when all can be written."""
+    for option, path in options:
+        if path is not None and path != "":
+            problem = output_problem(path, overwrite)
+            if problem is not None:
+                return f"{option} {problem}"
+    return None
+
+
+def folder_problem(path: str | os.PathLike[str], overwrite: bool = False, *,
+                   apart_from: str | os.PathLike[str] | None = None) -> str | None:
+    """What stops a command from writing its files into the folder ``path``, or None.
+    The folder rule beside :func:`output_problem`'s: a folder that already holds files is
+    written into only with ``overwrite``; a file in its place, a folder that cannot be
+    created or written, and (``apart_from``) a folder that is or lies inside the user's
+    data, or holds it, are refused."""
+    path = Path(path)
+    if apart_from is not None and (is_inside(path, apart_from) or is_inside(apart_from, path)):
+        return f"{path}: is, holds or lies inside {apart_from}; pick a folder outside it"
+    if os.path.lexists(path) and not path.is_dir():
+        return f"{path}: it is a file, not a folder"
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        return f"{path}: holds files already; pass --overwrite to write into it, or name a new folder"
+    try:
+        check_target(path / "x")
+    except OSError as exc:
+        return f"{exc.filename or path}: {exc.strerror or exc}"
+    return None
+
+
+def unverified(path: str | os.PathLike[str], before: tuple | None) -> str:
+    """After a command was stopped between writing ``path`` and checking it: removes the
+    unchecked file when there was none before (``before``: the ``(inode, mtime_ns, size)``
+    of the earlier file, None when absent) and says what is on disk now."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        now: tuple | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        now = None
+    if now == before:
+        return "nothing was written" + (" (the earlier file is unchanged)" if before else "")
+    if before is None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return f"{path} was written but not checked, so it was removed; nothing was written"
+    return f"{path} was replaced but not checked; run the export again with --overwrite to check it"

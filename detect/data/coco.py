@@ -177,10 +177,17 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
                 index=j,
             ))
         ids = []
+        here: dict[str, int] = {}
         for i, entry in enumerate(entries):
             img = entry["img"]
             rel = PurePosixPath(str(img["file_name"]).replace("\\", "/"))
-            sample_id = str(rel.with_suffix("")).lstrip("/")
+            sample_id = _sample_id(rel)
+            if sample_id in here:
+                # A second entry for one image in one file: its boxes would be silently lost.
+                raise FormatError(f"{show(path)}#images[{i}].file_name: '{show(img['file_name'])}' is named by "
+                                  f"images[{here[sample_id]}] too; keep one entry per image (move its annotations "
+                                  "to that entry's id)")
+            here[sample_id] = i
             if sample_id in seen:
                 ids.append(sample_id)
                 continue
@@ -201,6 +208,13 @@ def read_coco(paths: Sequence[Path], *, root: Path, images: Path | None = None) 
     return ForeignData("coco", root, tuple(samples), tuple(ordered),
                        {k: tuple(v) for k, v in splits.items()},
                        "COCO files per split" if splits else "", tuple(found))
+
+
+def _sample_id(rel: PurePosixPath) -> str:
+    """The sample id of a ``file_name``: its path without extension, ``..``, ``.`` and a
+    leading ``/`` left out (a path in a downloaded file names no place on this machine)."""
+    parts = [p for p in rel.with_suffix("").parts if p not in ("", ".", "..", "/") and not p.endswith(":")]
+    return "/".join(parts) or rel.stem or "image"
 
 
 def _find_image(rel: PurePosixPath, json_path: Path, root: Path, images: Path | None) -> Path | None:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataError",
+    "Found",
     "Record",
     "check_classes",
     "class_names_from",
@@ -47,6 +48,7 @@ __all__ = [
     "median_image_size",
     "sanitize_box",
     "sanitize_objects",
+    "walk",
 ]
 
 CHECKER_HINT = "Run `python tools/check_xml.py DATA` for details, or --skip-invalid to leave them out."
@@ -100,9 +102,58 @@ def load_records(
             message lists every such file (up to 10) with its line, then ``advice``.
     """
     check_exif_mode(exif)
+    records: list[Record] = []
+    found, problems = walk(files, ids, skip=skip, exif=exif)
+    for f in found:
+        ann = f.annotation
+        objects, clipped, dropped = _sanitize(ann.objects, width=f.width, height=f.height)
+        if clipped or dropped:
+            ann = replace(ann, objects=tuple(objects))
+            if warn_each:
+                log.warning("%s: %s", f.xml, _note(clipped, dropped, f.width, f.height))
+        records.append(Record(f.sample_id, f.xml, f.image, ann, clipped, dropped, exif))
+    if problems:
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(
+            f"{len(problems)} annotation file(s) cannot be used:\n  " + "\n  ".join(problems[:10]) + more
+            + "\n" + advice
+        )
+    return records
+
+
+@dataclass(frozen=True)
+class Found:
+    """One annotation file paired with its image, as read (boxes not yet sanitised):
+    ``width`` x ``height`` is the image's real size in the frame ``exif`` names (upright
+    by default), the frame its boxes refer to."""
+
+    sample_id: str
+    xml: Path
+    image: Path
+    annotation: Annotation
+    width: int
+    height: int
+
+
+def walk(
+    files: DatasetFiles,
+    ids: Sequence[str] | None = None,
+    *,
+    skip: set[Path] | frozenset[Path] = frozenset(),
+    exif: str = "apply",
+) -> tuple[list[Found], list[str]]:
+    """The one walk XML -> annotation -> image -> size that training, evaluation and
+    conversion share: every sample of ``ids`` (all when None) with its image and its size
+    read from the header under the ``exif`` rule, and a line for each file that cannot be
+    used (unparseable, image not found, id listed without XML). Files in ``skip`` are left out.
+
+    Raises:
+        detect.data.images.ImageError: an image's header cannot be read.
+    """
+    check_exif_mode(exif)
     by_id = {files.sample_id(x): x for x in files.xml_files}
     wanted = list(by_id) if ids is None else list(ids)
-    records: list[Record] = []
+    found: list[Found] = []
     problems: list[str] = []
     for sample_id in wanted:
         xml = by_id.get(sample_id)
@@ -124,19 +175,8 @@ def load_records(
             )
             continue
         width, height = image_size(image, exif=exif)
-        objects, clipped, dropped = _sanitize(ann.objects, width=width, height=height)
-        if clipped or dropped:
-            ann = replace(ann, objects=tuple(objects))
-            if warn_each:
-                log.warning("%s: %s", xml, _note(clipped, dropped, width, height))
-        records.append(Record(sample_id, xml, image, ann, clipped, dropped, exif))
-    if problems:
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DataError(
-            f"{len(problems)} annotation file(s) cannot be used:\n  " + "\n  ".join(problems[:10]) + more
-            + "\n" + advice
-        )
-    return records
+        found.append(Found(sample_id, xml, image, ann, width, height))
+    return found, problems
 
 
 def sanitize_box(box: Sequence[float], *, width: float, height: float) -> tuple[float, float, float, float] | None:

@@ -166,10 +166,15 @@ def read_yolo(data: Path, *, images: Path | None = None) -> ForeignData:
     ids_of: dict[Path, str] = {}
     seen: set[str] = set()
     for image in all_images:
+        # The path as listed, not resolved: an image that is a link (a converted dataset's
+        # default before) keeps its place, so the ids do not depend on how it is stored.
         try:
-            rel = image.resolve().relative_to(image_root.resolve())
+            rel = image.absolute().relative_to(image_root.absolute())
         except ValueError:
-            rel = Path(image.name)
+            try:
+                rel = image.resolve().relative_to(image_root.resolve())
+            except ValueError:
+                rel = Path(image.name)
         sample_id = rel.with_suffix("").as_posix()
         if sample_id in seen:
             continue

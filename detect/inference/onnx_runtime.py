@@ -241,7 +241,13 @@ class OnnxDetector:
                 first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 raise ModelError(f"{show(self.path)}: onnxruntime cannot run it on {show(key)} ({show(first)}); "
                                  "export the checkpoint again with `python -m detect.export`") from None
-            out.append(Detections(key, boxes.astype(np.float64) * back, scores.astype(np.float64), labels.astype(np.int64)))
+            try:
+                out.append(Detections(key, boxes.astype(np.float64) * back, scores.astype(np.float64),
+                                      labels.astype(np.int64)))
+            except ValueError as exc:  # outputs of the right types that do not fit together: not our detector
+                raise ModelError(f"{show(self.path)}: not a detector written by detect.export although it carries its "
+                                 f"metadata ({show(exc)} on {show(key)}); export the checkpoint again with "
+                                 "`python -m detect.export`") from None
         return out
 
     def end_profiling(self) -> str | None:

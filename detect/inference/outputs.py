@@ -17,8 +17,8 @@ file                   what
 =====================  ===================================================================
 
 ``--save-ls FILE`` writes the same pre-annotation for Label Studio: its task import JSON, one
-task per image with ``data.image`` (the image path after ``ls_prefix``, by default Label
-Studio's local-files URL) and ``predictions`` (``model_version``, the lowest box score as the
+task per image with ``data.image`` (the image path, percent-encoded, after ``ls_prefix``,
+by default Label Studio's local-files URL) and ``predictions`` (``model_version``, the lowest box score as the
 task's ``score``, and one ``rectanglelabels`` result per box in percent of the image, with
 its score and ``original_width``/``original_height``), for the labeling config
 ``<Image name="image" value="$image"/>`` + ``<RectangleLabels name="label" toName="image">``.
@@ -51,6 +51,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -190,6 +191,13 @@ class _Video:
 LS_LOCAL_FILES = "/data/local-files/?d="
 
 
+def ls_image_url(path: Path, prefix: str = LS_LOCAL_FILES) -> str:
+    """``data.image`` of an image file: ``prefix`` then its absolute path without the leading
+    ``/``, percent-encoded (UTF-8; only ``/`` kept), so Label Studio, which URL-decodes the
+    ``?d=`` value, finds ``lot 7 & line#2+x.jpg`` or ``café 100%.jpg`` and not another file."""
+    return prefix + quote(path.resolve().as_posix().lstrip("/"), safe="/")
+
+
 def label_studio_task(result: Result, image_url: str, model_version: str) -> dict:
     """One Label Studio import task with the result's boxes as a prediction (percent
     coordinates of the image, as Label Studio stores rectangles)."""
@@ -294,7 +302,7 @@ class PredictionWriter:
         if self.save_xml:
             self._xml(result, video=video)
         if self.save_ls is not None and not video and result.frame.path is not None:
-            self._ls.append(label_studio_task(result, self.ls_prefix + result.frame.path.resolve().as_posix().lstrip("/"),
+            self._ls.append(label_studio_task(result, ls_image_url(result.frame.path, self.ls_prefix),
                                               self.model_version))
 
     def _image_path(self, key: str) -> Path:
@@ -429,7 +437,12 @@ class ItemLog:
         line = json.dumps(item.event(), ensure_ascii=True) + "\n"
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            # A fresh file: an existing one (allowed by --overwrite) is replaced, never appended
+            # to or written through when it is a link.
+            if os.path.lexists(self.path) and not self.path.is_dir():
+                os.unlink(self.path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            self._fh = os.fdopen(fd, "w", encoding="utf-8")
         self._fh.write(line)
         self._fh.flush()
         if self.stdout is not None:

@@ -227,6 +227,14 @@ class VideoSource(Source):
         fps = self.capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
         self.frame_count = max(0, int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        if self.frame_count == 0:  # no frame announced: see whether one can be read at all
+            ok, _ = self.capture.read()
+            self.capture.release()
+            if not ok:
+                raise SourceError(f"{show(path)}: the video holds no frame (an empty or unfinished recording); "
+                                  "record it again or leave it out")
+            with _quiet_opencv():
+                self.capture = cv2.VideoCapture(str(path))
 
     def __len__(self) -> int:
         return self.frame_count
@@ -369,9 +377,22 @@ class LiveSource(Source):
                 self.capture.release()
 
 
+def _once(paths) -> list[Path]:
+    """``paths`` sorted, each file once: a folder link that loops back (``dir/loop -> ..``)
+    would otherwise give one image under ~40 names."""
+    seen: set[str] = set()
+    out = []
+    for p in sorted(paths):
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            out.append(p)
+    return out
+
+
 def _images_in(folder: Path, *, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
-    return sorted(
+    return _once(
         p for p in folder.glob(pattern)
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("._")
     )
@@ -437,7 +458,7 @@ def open_source(spec: str, *, recursive: bool = False) -> Source:
         )
     if any(c in text for c in "*?["):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))
-        images = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        images = _once(p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise SourceError(f"{show(spec)}: the pattern matches no image file; check it (quote it so the shell "
                               "leaves it alone; '**' needs --recursive semantics and matches sub-folders)")
