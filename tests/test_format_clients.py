@@ -22,7 +22,7 @@ PX = 1.0  # what "the same box" means to another tool: within one pixel
 
 
 def demo_source(root: Path) -> Path:
-    from detect.demo.render import make_demo_dataset
+    from detect.demo.dataset import make_demo_dataset
 
     return make_demo_dataset(root / "demo", num_images=8, seed=3, image_size=(160, 120))
 
