@@ -2,7 +2,7 @@ import sys, collections, numpy as np, cv2
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1])); import _repo
 from detect.demo.conveyor import plan_conveyor, render_conveyor
 from detect.inference.loader import load_detector
-from detect.line.tracking import iou_matrix
+from detect.scoring.metrics import box_iou
 det = load_detector(sys.argv[1], threads=2)
 classes = det.classes
 plan = plan_conveyor(20, seed=0)
@@ -15,7 +15,7 @@ for f, img, boxes in render_conveyor(plan):
         [d] = det.detect([cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)], [str(f)])
         keep = d.scores >= 0.5
         if not boxes: continue
-        gt = np.array([b for _, _, b in boxes]); iou = iou_matrix(gt, d.boxes[keep]) if keep.any() else np.zeros((len(gt), 0))
+        gt = np.array([b for _, _, b in boxes]); iou = box_iou(gt, d.boxes[keep]) if keep.any() else np.zeros((len(gt), 0))
         labs = d.labels[keep]
         for i, (_, c, _) in enumerate(boxes):
             j = np.flatnonzero(iou[i] >= 0.5)

@@ -217,10 +217,6 @@ class ItemCounter:
 
     # -- the vote
 
-    def decide(self, track_id: int) -> tuple[str, bool]:
-        """The class and defect flag of a live track from its frames so far."""
-        return self._decide(self._votes[track_id])
-
     def _decide(self, v: _Vote) -> tuple[str, bool]:
         defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
         if defect_ok.any():

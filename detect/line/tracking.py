@@ -30,29 +30,14 @@ Torch-free: numpy and scipy (``linear_sum_assignment``) only, so the ONNX path c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "iou_matrix", "merge_classes"]
+from detect.scoring.metrics import box_iou
 
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), xmin/ymin/xmax/ymax."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+__all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "merge_classes"]
 
 
 @dataclass
@@ -87,7 +72,7 @@ def merge_classes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num
     scores = np.asarray(scores, np.float64).reshape(-1)
     labels = np.asarray(labels, np.int64).reshape(-1)
     order = np.argsort(-scores, kind="stable")
-    overlaps = iou_matrix(boxes, boxes)
+    overlaps = box_iou(boxes, boxes)
     taken = np.zeros(len(boxes), bool)
     out: list[Observation] = []
     for i in order:
@@ -172,9 +157,7 @@ class Track:
     state: str = TRACKED
     confirmed: bool = False
     frames: int = 1
-    score: float = 0.0
     observation: Observation | None = None
-    data: dict = field(default_factory=dict)
 
     @property
     def box(self) -> np.ndarray:
@@ -245,13 +228,13 @@ class ByteTracker:
         # 1. high detections against tracked + lost, IoU fused with the score
         boxes = np.array([t.box for t in confirmed]).reshape(-1, 4)
         hb = np.array([o.box for o in high]).reshape(-1, 4)
-        cost = 1.0 - iou_matrix(boxes, hb) * np.array([o.score for o in high])[None, :]
+        cost = 1.0 - box_iou(boxes, hb) * np.array([o.score for o in high])[None, :]
         pairs, left_tracks, left_high = _assign(cost, self.match_cost)
         for r, k in pairs:
             self._update(confirmed[r], high[k], frame)
         # 2. low detections against the tracked tracks left
         still = [confirmed[r] for r in left_tracks if confirmed[r].state == TRACKED]
-        cost = 1.0 - iou_matrix(np.array([t.box for t in still]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([t.box for t in still]).reshape(-1, 4),
                                 np.array([o.box for o in low]).reshape(-1, 4))
         pairs, left, _ = _assign(cost, self.low_cost)
         for r, k in pairs:
@@ -260,7 +243,7 @@ class ByteTracker:
             still[r].state = LOST
         # 3. unconfirmed tracks against the high detections left
         rest = [high[k] for k in left_high]
-        cost = 1.0 - iou_matrix(np.array([t.box for t in unconfirmed]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([t.box for t in unconfirmed]).reshape(-1, 4),
                                 np.array([o.box for o in rest]).reshape(-1, 4)) * np.array([o.score for o in rest])[None, :]
         pairs, left_unconf, left_rest = _assign(cost, self.unconfirmed_cost)
         for r, k in pairs:
@@ -276,7 +259,7 @@ class ByteTracker:
             if o.score < min(thresh + self.new_track_margin, 0.99):
                 continue
             mean, cov = self.kf.initiate(_xyah(o.box))
-            t = Track(mean, cov, start=frame, last=frame, score=o.score, observation=o)
+            t = Track(mean, cov, start=frame, last=frame, observation=o)
             if frame == 1:  # ByteTrack confirms the tracks of the first frame at once
                 t.confirmed, t.id, self.next_id = True, self.next_id, self.next_id + 1
             self.tracks.append(t)
@@ -303,7 +286,6 @@ class ByteTracker:
         t.state = TRACKED
         t.last = frame
         t.frames += 1
-        t.score = o.score
         t.observation = o
 
     def _drop_duplicates(self) -> None:
@@ -311,7 +293,7 @@ class ByteTracker:
         lost = [t for t in self.tracks if t.state == LOST]
         if not tracked or not lost:
             return
-        iou = iou_matrix(np.array([t.box for t in tracked]), np.array([t.box for t in lost]))
+        iou = box_iou(np.array([t.box for t in tracked]), np.array([t.box for t in lost]))
         for r, k in zip(*np.nonzero(iou > self.duplicate_iou)):
             a, b = tracked[r], lost[k]
             if a.last - a.start > b.last - b.start:
