@@ -92,6 +92,8 @@ def build_parser() -> CliParser:
                         "the middle, perpendicular to --belt; none: count a track when it ends after --min-frames")
     t.add_argument("--belt", default="left-right", choices=["left-right", "right-left", "top-down", "bottom-up"],
                    help="the way the belt moves (default left-right): the default line and the forward direction")
+    t.add_argument("--belt-speed", type=Number(float, 0), metavar="PX",
+                   help="pixels the belt moves a frame along --belt (default: measured from the detections)")
     t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
                    help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
     t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
@@ -140,7 +142,8 @@ def _check_args(args) -> None:
     if args.overwrite and not args.save_xml:
         raise UsageError("--overwrite only applies to --save-xml (prediction folders are never overwritten)")
     counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
-                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer)) if v]
+                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer),
+                                ("--belt-speed", args.belt_speed is not None)) if v]
     if counting and not args.track:
         raise UsageError(f"{', '.join(counting)} only apply with --track")
     if args.track:
@@ -267,9 +270,11 @@ def _run(args, detector, predictor) -> int:
                 frames = prefetch(source)
                 if counter is not None:
                     from detect.line.session import track_frames
+                    from detect.line.belt import BeltMotion
                     from detect.line.tracking import ByteTracker
 
-                    tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)))
+                    tracker = ByteTracker(buffer=args.track_buffer or max(10, round(source.fps or 30)),
+                                          motion=BeltMotion(args.belt, speed=args.belt_speed))
                     results = track_frames(predictor, source, counter, tracker=tracker, low=args.track_low,
                                            frames=frames)
                 else:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError
+from detect.line.belt import BELTS
 from detect.line.tracking import Track
 
 __all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart",
@@ -49,7 +50,6 @@ DEFECT_SHARE = 0.3
 # weak detection need not be thrown away; at 0.5 the demo model's belt run missed 6 of 20 items
 # (docs/performance.md, "Tracking and counting").
 TRACK_CONF = 0.3
-BELTS = {"left-right": (1.0, 0.0), "right-left": (-1.0, 0.0), "top-down": (0.0, 1.0), "bottom-up": (0.0, -1.0)}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 ``yolox/tracker/byte_tracker.py``):
 
 1. every track's box is predicted with a constant-velocity Kalman filter on
-   ``(centre x, centre y, aspect ratio, height)``;
+   ``(centre x, centre y, aspect ratio, height)``; on a conveyor (``motion``,
+   :mod:`detect.line.belt`) the velocity is the belt's displacement per frame, so a new
+   track, and one at line speed, is looked for where the belt has carried it;
 2. the *high* detections (score at or above their class's threshold) are matched to the
    tracked and lost tracks by IoU weighted with the detection score (Hungarian assignment,
    cost ``1 - IoU x score`` at most ``match_cost``, 0.8);
@@ -31,11 +33,15 @@ Torch-free: numpy and scipy (``linear_sum_assignment``) only, so the ONNX path c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from detect.scoring.metrics import box_iou
+
+if TYPE_CHECKING:
+    from detect.line.belt import BeltMotion
 
 __all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "merge_classes"]
 
@@ -189,10 +195,15 @@ class ByteTracker:
         unconfirmed_cost: unconfirmed-track association limit (0.7).
         new_track_margin: a new track needs a score of its threshold + this (0.1).
         duplicate_iou: a tracked and a lost track overlapping more than this are one (0.85).
+        motion: the belt's motion (:class:`detect.line.belt.BeltMotion`), or None. With it, every
+            track moves by the belt's displacement each frame instead of by its own velocity (a
+            new track's is zero, so at line speed its next box would be missed).
     """
 
     def __init__(self, *, buffer: int = 30, match_cost: float = 0.8, low_cost: float = 0.5,
-                 unconfirmed_cost: float = 0.7, new_track_margin: float = 0.1, duplicate_iou: float = 0.85) -> None:
+                 unconfirmed_cost: float = 0.7, new_track_margin: float = 0.1, duplicate_iou: float = 0.85,
+                 motion: BeltMotion | None = None) -> None:
+        self.motion = motion
         self.buffer = int(buffer)
         self.match_cost, self.low_cost, self.unconfirmed_cost = match_cost, low_cost, unconfirmed_cost
         self.new_track_margin = new_track_margin
@@ -218,11 +229,12 @@ class ByteTracker:
         low = [o for o in observations if not o.high]
         confirmed = [t for t in self.tracks if t.confirmed]
         unconfirmed = [t for t in self.tracks if not t.confirmed]
-        for t in confirmed:  # predict (a lost track's height stops changing)
+        belt = self.motion.update(np.array([o.box for o in high]).reshape(-1, 4)) if self.motion else None
+        for t in confirmed + unconfirmed:  # predict (a lost track's height stops changing)
             if t.state != TRACKED:
                 t.mean[7] = 0.0
-            t.mean, t.cov = self.kf.predict(t.mean, t.cov)
-        for t in unconfirmed:
+            if belt is not None:
+                t.mean[4:6] = belt
             t.mean, t.cov = self.kf.predict(t.mean, t.cov)
 
         # 1. high detections against tracked + lost, IoU fused with the score
@@ -230,6 +242,7 @@ class ByteTracker:
         hb = np.array([o.box for o in high]).reshape(-1, 4)
         cost = 1.0 - box_iou(boxes, hb) * np.array([o.score for o in high])[None, :]
         pairs, left_tracks, left_high = _assign(cost, self.match_cost)
+        linked = sum(confirmed[r].last == frame - 1 for r, _ in pairs)  # continued from the frame before
         for r, k in pairs:
             self._update(confirmed[r], high[k], frame)
         # 2. low detections against the tracked tracks left
@@ -246,6 +259,9 @@ class ByteTracker:
         cost = 1.0 - box_iou(np.array([t.box for t in unconfirmed]).reshape(-1, 4),
                                 np.array([o.box for o in rest]).reshape(-1, 4)) * np.array([o.score for o in rest])[None, :]
         pairs, left_unconf, left_rest = _assign(cost, self.unconfirmed_cost)
+        linked += len(pairs)
+        if self.motion:
+            self.motion.record(len(high), linked)
         for r, k in pairs:
             self._update(unconfirmed[r], rest[k], frame)
             unconfirmed[r].confirmed = True
