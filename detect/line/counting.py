@@ -141,6 +141,7 @@ class Item:
     time: str = ""
     crop: str | None = None
     votes: dict[str, float] = field(default_factory=dict)
+    defect_score: float = 0.0
 
     @property
     def source_stem(self) -> str:
@@ -155,6 +156,7 @@ class Item:
             "track_id": self.track_id, "class": self.label, "defect": self.defect,
             "best_score": round(self.best_score, 4), "frames_seen": self.frames,
             "box": [round(v, 1) for v in self.box], "direction": self.direction, "crop": self.crop,
+            "defect_score": round(self.defect_score, 4),
         }
 
 
@@ -310,7 +312,8 @@ class ItemCounter:
         item = Item(track_id=t.id, label=label, defect=defect, best_score=v.best, frames=v.frames, frame=frame,
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
                     time=_dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="milliseconds"),
-                    votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0})
+                    votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0},
+                    defect_score=float(v.votes[self._defect].sum() / v.votes[1:].sum()) if v.votes[1:].sum() > 0 else 0.0)
         self.counts[label] += 1
         self.items += 1
         self.defective += defect
