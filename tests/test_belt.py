@@ -103,3 +103,20 @@ def test_the_shift_between_two_frames_follows_the_boxes_not_their_neighbours() -
     assert frame_shift(prev, np.zeros((0, 4))) is None
     with pytest.raises(UsageError, match="--belt-speed"):
         BeltMotion(speed=-1.0)
+
+
+def test_an_item_missed_in_its_second_frame_and_confirmed_past_the_line_is_counted_once() -> None:
+    # 64 px a frame: first seen left of the middle (x 40), not detected in the next frame,
+    # then seen twice right of it: a new track may skip a frame on a belt, and the side it
+    # was first seen on counts (without either, this item is never counted)
+    tracker = ByteTracker(buffer=25, motion=BeltMotion("left-right", speed=64.0))
+    counter = ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=parse_count_line(None))
+    image = np.zeros((240, 320, 3), np.uint8)
+    items = []
+    for f, centre in enumerate([None, 40, None, 168, 232, None, None]):
+        observations = [] if centre is None else merge_classes(
+            np.array([[centre - 30, 60, centre + 30, 160]], float), np.array([0.9]), np.array([1]), 4)
+        tracks = tracker.update(observations, THRESH)
+        items += counter.update(tracks, frame=f, video_time=f / 25, source="belt", image=image, ended=tracker.removed)
+    items += counter.finish(tracker.finish(), frame=f, video_time=f / 25, source="belt")
+    assert [(i.label, i.direction, i.frame) for i in items] == [("Lata", "forward", 3)]

@@ -14,7 +14,8 @@
   most votes (the intact counterpart of a defect class, ``Lata`` for ``Lata_defectuosa``,
   when only defect frames were seen). One bad frame neither hides nor invents a defect.
 * **counts** a track once, the first time its box centre crosses the counting line (the
-  segment, not the infinite line) between two frames it was seen in; the decision is the
+  segment, not the infinite line) between two frames it was seen in (its first frame, seen
+  before the tracker confirmed it, included); the decision is the
   vote at that moment. The direction is ``forward`` when the move goes along ``--belt``,
   else ``backward``. With no line (``--count-line none``) a track is counted when it ends
   (lost for the tracker's buffer, or the source ends) having been seen in at least
@@ -247,6 +248,12 @@ class ItemCounter:
             v = self._votes.get(t.id)
             if v is None:
                 v = self._votes[t.id] = _Vote(np.zeros(len(self.classes) + 1), np.zeros(len(self.classes) + 1, int))
+                if self._pixels is not None and t.first_box is not None and t.start < t.last:
+                    # where it was first seen, before it was confirmed: at line speed an item can
+                    # be confirmed past the line, and its crossing is still a crossing
+                    b = t.first_box
+                    v.side_point = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+                    v.side = self._side(v.side_point)
             seen = o.class_scores >= self.thresholds
             seen[0] = False
             v.votes += np.where(seen, o.class_scores, 0.0)

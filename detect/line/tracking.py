@@ -15,7 +15,7 @@
    its track instead of being dropped;
 4. tracks started in the previous frame (unconfirmed) take the high detections left over
    (cost at most 0.7); those that find none are dropped, so one stray detection makes
-   no track;
+   no track (on a belt, after a second frame without one: the belt says where to look);
 5. a high detection matched to nothing starts a track when its score is at least its
    threshold + ``new_track_margin`` (0.1); tracked tracks that found nothing become
    *lost* and are kept ``buffer`` frames (30) to be found again, then removed;
@@ -153,6 +153,7 @@ class Track:
         confirmed: seen in two consecutive frames (or in the first frame of the stream).
         observation: what matched it in the latest frame it was seen (None if not this frame).
         frames: frames it was seen in; start, last: first and latest frame seen.
+        first_box: its box in its first frame (seen before it was confirmed, for the counter).
     """
 
     mean: np.ndarray
@@ -164,6 +165,7 @@ class Track:
     confirmed: bool = False
     frames: int = 1
     observation: Observation | None = None
+    first_box: np.ndarray | None = None
 
     @property
     def box(self) -> np.ndarray:
@@ -266,8 +268,9 @@ class ByteTracker:
             self._update(unconfirmed[r], rest[k], frame)
             unconfirmed[r].confirmed = True
             unconfirmed[r].id, self.next_id = self.next_id, self.next_id + 1
-        for r in left_unconf:
-            unconfirmed[r].state = REMOVED
+        for r in left_unconf:  # on a belt a new track may miss one frame: where it went is known
+            if self.motion is None or frame - unconfirmed[r].last > 1:
+                unconfirmed[r].state = REMOVED
         # 4. new tracks
         for k in left_rest:
             o = rest[k]
@@ -275,7 +278,7 @@ class ByteTracker:
             if o.score < min(thresh + self.new_track_margin, 0.99):
                 continue
             mean, cov = self.kf.initiate(_xyah(o.box))
-            t = Track(mean, cov, start=frame, last=frame, observation=o)
+            t = Track(mean, cov, start=frame, last=frame, observation=o, first_box=o.box.copy())
             if frame == 1:  # ByteTrack confirms the tracks of the first frame at once
                 t.confirmed, t.id, self.next_id = True, self.next_id, self.next_id + 1
             self.tracks.append(t)
