@@ -127,13 +127,15 @@ class BeltMotion:
         self.linked = 0  # of which continued a track from an earlier frame
         self._one_frame_judged = False
         self.too_fast = False  # objects were seen in about one frame each
+        self._current: np.ndarray | None = None  # the estimate after the latest frame
 
     @property
     def displacement(self) -> np.ndarray | None:
         """``(dx, dy)`` pixels a frame: the given speed, else the median of the latest shifts
-        (None before any)."""
-        if self.fixed is not None:
-            return self.fixed
+        (None before any, and while they are not :attr:`steady`)."""
+        return self.fixed if self.fixed is not None else self._current
+
+    def _estimate(self) -> np.ndarray | None:
         if not self.shifts or not self.steady:
             return None
         return np.median(np.array(self.shifts), axis=0)
@@ -163,6 +165,7 @@ class BeltMotion:
             if found is not None:
                 self.shifts.append(found[0])
                 self.sizes.append(float(np.median(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))))
+                self._current = self._estimate()
                 self.judged += 1
                 if self.judged >= JUDGE_AFTER:
                     self._check_direction()
