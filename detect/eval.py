@@ -84,6 +84,8 @@ def build_parser() -> CliParser:
                    "gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg, brightness, dark, contrast")
     p.add_argument("--items", metavar="EVENTS", help="score detect.predict --track's events.jsonl per item (with --truth)")
     p.add_argument("--truth", metavar="MOT", help="with --items: the video's tracks, a MOT 1.1 folder or zip (CVAT's export)")
+    p.add_argument("--max-false-reject", type=float, metavar="R",
+                   help="with --items: the defect_score threshold that rejects at most R of the intact items (0 < R <= 0.5)")
     p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write plots and report.md to this folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -223,9 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args) -> int:
-    if args.items or args.truth:  # items of a video, not boxes of images (detect.scoring.items)
+    if args.items or args.truth or args.max_false_reject is not None:  # items of a video (detect.scoring.items)
         from detect.scoring.items import run_items
-        return run_items(args.items, args.truth, json_path=args.json, report=args.report, echo=print)
+        return run_items(args.items, args.truth, json_path=args.json, report=args.report,
+                         max_false_reject=args.max_false_reject, echo=print)
     _check_args(args)
     checkpoints = _find_checkpoints(args)
     device = None

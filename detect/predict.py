@@ -99,6 +99,9 @@ def build_parser() -> CliParser:
     t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
                    help="and the share of the item's detected frames it must be seen in (default "
                         f"{DEFECT_SHARE:g}; 0: --defect-frames alone)")
+    t.add_argument("--defect-threshold", type=Number(float, 0, 1, lo_open=True), metavar="S",
+                   help="flag an item when its defect_score is at least S, instead of the two rules above (S: "
+                        "from detect.eval --items --max-false-reject)")
     t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
                    help="with --count-line none: frames a track needs to be counted (default 3)")
     t.add_argument("--events", metavar="FILE|-",
@@ -247,6 +250,7 @@ def _run(args, detector, predictor) -> int:
         counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
                               line=args.line, belt=args.belt, min_frames=args.min_frames,
                               defect_frames=args.defect_frames, defect_share=args.defect_share,
+                              defect_threshold=args.defect_threshold,
                               keep_crops=args.save_crops, on_item=log_items.on_item)
     cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
 

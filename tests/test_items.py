@@ -145,3 +145,60 @@ def test_eval_items_prints_writes_json_and_a_plot(truth_dir, tmp_path, capsys) -
     assert plotted["axes"]
     assert main(["--items", str(events)]) == 2
     assert "--truth" in capsys.readouterr().err
+
+
+# -- the operating point
+
+
+@pytest.mark.parametrize("rate", [0.005, 0.01, 0.02, 0.05])
+def test_the_operating_point_reproduces_the_asked_false_reject_rate(rate) -> None:
+    from detect.scoring.items import operating_point
+
+    rng = np.random.default_rng(7)
+    intact, defect = rng.beta(2, 5, 4000), rng.beta(5, 2, 800)
+    scores = np.r_[intact[:2000], defect[:400]]
+    positive = np.r_[np.zeros(2000, bool), np.ones(400, bool)]
+    p = operating_point(scores, positive, rate)
+    assert p["false_reject"] == pytest.approx(np.floor(rate * 2000) / 2000)  # as many as allowed, no more
+    held_out = (intact[2000:] >= p["threshold"]).mean()  # items it was not chosen on
+    assert abs(held_out - rate) <= 3 * np.sqrt(rate * (1 - rate) / 2000) + 1 / 2000
+    assert p["recall"] == pytest.approx((defect[:400] >= p["threshold"]).mean())
+
+
+def test_a_false_reject_rate_outside_0_to_half_is_one_usage_error(truth_dir, tmp_path, capsys) -> None:
+    from detect.eval import main
+    from detect.scoring.items import operating_point
+
+    for bad in (0.0, -0.1, 0.6):
+        with pytest.raises(UsageError, match="--max-false-reject"):
+            operating_point(np.array([0.1, 0.9]), np.array([False, True]), bad)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in EVENTS))
+    assert main(["--items", str(events), "--truth", str(truth_dir), "--max-false-reject", "0.7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-false-reject 0.7" in err[0]
+    # intact scores 0.6, 0.3, 0.1 and one not counted: 1 of 4 may be rejected, so the threshold
+    # sits between 0.3 and the next score up (0.4): both defective items (0.9, 0.4) are caught
+    assert main(["--items", str(events), "--truth", str(truth_dir), "--max-false-reject", "0.25",
+                 "--json", str(tmp_path / "op.json")]) == 0
+    assert "defect_score >= 0.35" in capsys.readouterr().out
+    point = json.loads((tmp_path / "op.json").read_text())["operating_point"]
+    assert (point["threshold"], point["false_reject"], point["recall"]) == (0.35, 0.25, 1.0)
+
+
+@pytest.mark.parametrize("threshold, flagged", [(0.35, True), (0.45, False)])
+def test_a_defect_threshold_flags_items_by_their_defect_score(threshold, flagged) -> None:
+    from detect.line.counting import ItemCounter
+    from detect.line.tracking import ByteTracker, Observation
+
+    counter = ItemCounter(DEMO_CLASSES, ("Lata_defectuosa", "Botella_defectuosa"), np.full(5, 0.5), line=None,
+                          min_frames=1, defect_threshold=threshold)
+    tracker = ByteTracker()
+    for i in range(5):  # Lata 0.9 in 3 frames, Lata_defectuosa 0.9 in 2: the defect's share is 0.4
+        scores = np.zeros(5)
+        scores[1 if i < 3 else 2] = 0.9
+        o = Observation(np.array([10.0 + 2 * i, 10, 50 + 2 * i, 90]), 0.9, 1 if i < 3 else 2, scores)
+        counter.update(tracker.update([o], np.full(5, 0.5)), frame=i, video_time=i / 25, source="v")
+    [item] = counter.finish(tracker.finish(), frame=5, video_time=0.2, source="v")
+    assert item.defect_score == pytest.approx(0.4)
+    assert (item.label, item.defect) == (("Lata_defectuosa", True) if flagged else ("Lata", False))

@@ -186,6 +186,9 @@ class ItemCounter:
         min_frames: with no line, frames a track needs to be counted.
         defect_frames: frames a defect class must be seen in (at its ``--conf``) to flag the item.
         defect_share: and the share of the frames with a class at its ``--conf`` it must be seen in.
+        defect_threshold: instead of those two, the item is defective when its defect score (the
+            defect classes' share of its votes, the event's ``defect_score``) is at least this
+            (``--defect-threshold``, from ``detect.eval --items --max-false-reject``).
         keep_crops: keep each track's best crop, for ``on_item``'s ``crop`` argument.
         on_item: called ``on_item(item, crop)`` for each item when it is counted (``crop`` is
             the best crop so far, RGB, or None); may set ``item.crop``.
@@ -193,7 +196,7 @@ class ItemCounter:
 
     def __init__(self, classes: Sequence[str], defect_classes: Sequence[str], thresholds: np.ndarray, *,
                  line: CountingLine | None, belt: str = "left-right", min_frames: int = 3, defect_frames: int = 2,
-                 defect_share: float = DEFECT_SHARE,
+                 defect_share: float = DEFECT_SHARE, defect_threshold: float | None = None,
                  keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None) -> None:
         self.classes = tuple(classes)
         self.defect_classes = tuple(defect_classes)
@@ -203,6 +206,7 @@ class ItemCounter:
         self.min_frames = int(min_frames)
         self.defect_frames = int(defect_frames)
         self.defect_share = float(defect_share)
+        self.defect_threshold = defect_threshold
         self.keep_crops = keep_crops
         self.on_item = on_item
         self._defect = np.array([False] + [c in self.defect_classes for c in self.classes])
@@ -220,8 +224,16 @@ class ItemCounter:
 
     # -- the vote
 
+    def _score(self, v: _Vote) -> float:
+        """The defect classes' share of the votes (0 without votes): the item's defect score."""
+        total = v.votes[1:].sum()
+        return float(v.votes[self._defect].sum() / total) if total > 0 else 0.0
+
     def _decide(self, v: _Vote) -> tuple[str, bool]:
-        defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
+        if self.defect_threshold is not None:  # the operating point: the score alone decides
+            defect_ok = self._defect & (v.votes > 0) & (self._score(v) >= self.defect_threshold)
+        else:
+            defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
         if defect_ok.any():
             label = int(np.argmax(np.where(defect_ok, v.votes, -1.0)))
             return self.classes[label - 1], True
@@ -320,7 +332,7 @@ class ItemCounter:
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
                     time=_dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="milliseconds"),
                     votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0},
-                    defect_score=float(v.votes[self._defect].sum() / v.votes[1:].sum()) if v.votes[1:].sum() > 0 else 0.0)
+                    defect_score=self._score(v))
         self.counts[label] += 1
         self.items += 1
         self.defective += defect
@@ -371,7 +383,7 @@ class ItemCounter:
             "settings": {"count_line": self.line.spec if self.line else "none", "line_in": (
                 "fractions" if self.line and self.line.fractions else "pixels" if self.line else None),
                 "belt": self.belt, "min_frames": self.min_frames, "defect_frames": self.defect_frames,
-                "defect_share": self.defect_share,
+                "defect_share": self.defect_share, "defect_threshold": self.defect_threshold,
                 "conf": {c: float(t) for c, t in zip(self.classes, self.thresholds[1:])}},
         }
 

@@ -20,7 +20,10 @@ and reports:
   recall reachable at false-reject rates of 0.5, 1, 2 and 5 % with the threshold that gives
   it; also the recall and false-reject rate of the events' own ``defect`` flags;
 * **decision latency**: frames (and ms at the video's frame rate) from the item's first frame
-  in view to its event: median, 95th percentile, most.
+  in view to its event: median, 95th percentile, most;
+* **the operating point** (:func:`operating_point`): for a false-reject rate the user accepts,
+  the defect-score threshold that meets it on these (held-out) items and the recall it gives;
+  ``detect.predict --track --defect-threshold`` flags items by it.
 
 Events without ``defect_score`` (older files) are scored by their flag (1 or 0). Torch-free.
 """
@@ -40,8 +43,8 @@ from detect.common.errors import UsageError, show
 from detect.data.mot import MotTruth
 from detect.scoring.metrics import box_iou
 
-__all__ = ["FALSE_REJECT_RATES", "ItemScore", "format_items", "plot_items", "read_events", "roc", "run_items",
-           "score_items"]
+__all__ = ["FALSE_REJECT_RATES", "ItemScore", "format_items", "operating_point", "plot_items", "read_events", "roc",
+           "run_items", "score_items"]
 
 FALSE_REJECT_RATES = (0.005, 0.01, 0.02, 0.05)
 # A class is a defect when its name holds one of these (the predictor's default rule).
@@ -103,6 +106,39 @@ def _recall_at(curve: dict[str, Any], rate: float) -> tuple[float, float] | None
     return best
 
 
+def operating_point(scores: np.ndarray, positive: np.ndarray, max_false_reject: float) -> dict[str, float]:
+    """The defect-score threshold that rejects at most ``max_false_reject`` of the intact items
+    (``positive`` False) and, of those thresholds, the lowest (the most defects caught): the
+    ``threshold`` (flag an item when its score is at least it, midway between the intact
+    score it must stay above and the next score up), and the ``false_reject`` and ``recall``
+    it gives on these items.
+
+    Raises:
+        UsageError: ``max_false_reject`` is not in (0, 0.5], or there is no intact item.
+    """
+    if not 0 < max_false_reject <= 0.5:
+        raise UsageError(f"--max-false-reject {max_false_reject:g}: give the share of intact items you accept to "
+                         "reject, above 0 and at most 0.5 (0.01 is 1 %)")
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(positive, bool)
+    intact = np.sort(scores[~positive])[::-1]
+    if not len(intact):
+        raise UsageError("no intact item in the truth: a false-reject rate needs intact items to measure it on")
+    allowed = int(np.floor(max_false_reject * len(intact) + 1e-9))  # intact items that may be flagged
+    finite = np.unique(scores[np.isfinite(scores)])
+    if allowed >= len(intact) or not np.isfinite(intact[allowed]):  # every intact item that scored may be flagged
+        threshold = float(finite[0]) if len(finite) else 1.0
+    else:
+        above = finite[finite > intact[allowed]]
+        top = float(above[0]) if len(above) else 1.0
+        threshold = (float(intact[allowed]) + top) / 2 if top > intact[allowed] else float(np.nextafter(top, 2))
+    flagged = scores >= threshold
+    return {"max_false_reject": max_false_reject, "threshold": round(threshold, 6),
+            "false_reject": round(float(flagged[~positive].mean()), 4),
+            "recall": round(float(flagged[positive].mean()), 4) if positive.any() else None,
+            "intact": int((~positive).sum()), "defective": int(positive.sum())}
+
+
 @dataclass
 class ItemScore:
     """What :func:`score_items` measured (see the module docstring); :meth:`as_dict` is its JSON."""
@@ -126,6 +162,8 @@ class ItemScore:
     fps: float | None
     scored_by: str
     rows: list[dict[str, Any]] = field(default_factory=list)
+    scores: np.ndarray | None = None  # (items,) each true item's defect score (-inf: not counted)
+    positive: np.ndarray | None = None  # (items,) it is defective
 
     @property
     def count_error(self) -> int:
@@ -247,7 +285,8 @@ def score_items(truth: MotTruth, events: Sequence[dict[str, Any]], *, defect_cla
         class_right=sum(r["said"] == r["class"] for r in rows), confusion=confusion, defective=n_pos, intact=n_neg,
         flag_recall=round(flagged_pos / n_pos, 4) if n_pos else None,
         flag_false_reject=round(flagged_neg / n_neg, 4) if n_neg else None,
-        curve=curve, at_rates=at_rates, latency_frames=lat, fps=fps, scored_by=scored_by, rows=rows)
+        curve=curve, at_rates=at_rates, latency_frames=lat, fps=fps, scored_by=scored_by, rows=rows,
+        scores=np.array(scores, np.float64), positive=pos)
 
 
 def format_items(s: ItemScore) -> str:
@@ -298,9 +337,10 @@ def plot_items(s: ItemScore, path: Path) -> Path:
 
 
 def run_items(events: str | None, truth: str | None, *, json_path: str | None = None, report: str | None = None,
-              echo=print) -> int:
+              max_false_reject: float | None = None, echo=print) -> int:
     """``detect.eval --items EVENTS --truth MOT``: score, ``echo`` the table, write the JSON
-    (``json_path``) and, in ``report``, ``items.md`` with ``items_roc.png``; returns 0.
+    (``json_path``) and, in ``report``, ``items.md`` with ``items_roc.png``; with
+    ``max_false_reject``, also the :func:`operating_point` for it; returns 0.
 
     Raises:
         UsageError: one of the two is missing, or either file is not what it should be.
@@ -311,12 +351,22 @@ def run_items(events: str | None, truth: str | None, *, json_path: str | None = 
     if not events or not truth:
         raise UsageError("--items EVENTS and --truth MOT go together: the events.jsonl of detect.predict --track on "
                          "a video, and that video's track ground truth (a MOT 1.1 folder or zip, as CVAT exports it)")
+    if max_false_reject is not None and not 0 < max_false_reject <= 0.5:
+        operating_point(np.zeros(1), np.zeros(1, bool), max_false_reject)  # the one-line usage error
     s = score_items(read_mot(truth), read_events(events))
     text = format_items(s)
+    point = None
+    if max_false_reject is not None:
+        point = operating_point(s.scores, s.positive, max_false_reject)
+        text += (f"\noperating point for at most {100 * max_false_reject:g} % false rejects: defect_score >= "
+                 f"{point['threshold']:g} (detect.predict --track --defect-threshold {point['threshold']:g}) rejects "
+                 f"{100 * point['false_reject']:.1f} % of these {point['intact']} intact items and catches "
+                 + ("-" if point["recall"] is None else f"{100 * point['recall']:.1f} %")
+                 + f" of the {point['defective']} defective ones")
     echo(text)
     if json_path:
-        write_atomic(json_path, json.dumps({"items": s.as_dict(), "events": str(events), "truth": str(truth)},
-                                           indent=1) + "\n")
+        write_atomic(json_path, json.dumps({"items": s.as_dict(), "operating_point": point, "events": str(events),
+                                            "truth": str(truth)}, indent=1) + "\n")
         echo(f"wrote {show(json_path)}")
     if report:
         folder = Path(report)
