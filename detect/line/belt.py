@@ -12,9 +12,8 @@ estimated from the detections themselves: for two consecutive frames every pair 
 similar size proposes a shift (the centre of one minus the centre of the other); the shift
 that brings the most boxes of the new frame onto a box of the old one (within a quarter of
 the box) wins (of equals, the one nearest the belt's displacement so far), refined to the
-median of those pairs; the belt's displacement is the median
-of the latest frames' winners (:data:`WINDOW`), robust to a frame where one item leaves as
-another enters. Winners that scatter (:attr:`BeltMotion.steady`) are items mistaken for their
+median of those pairs; the belt's displacement is the median of the latest frames' winners
+(:data:`WINDOW`), robust to a frame where one item leaves as another enters. Winners that scatter (:attr:`BeltMotion.steady`) are items mistaken for their
 neighbours, not a belt: then the tracker keeps its own velocities.
 
 Two things a camera can show that tracking cannot work with are said in one line each:
@@ -29,17 +28,16 @@ Torch-free (numpy).
 
 from __future__ import annotations
 
-from collections import deque
-
 import logging
+from collections import deque
 
 import numpy as np
 
 from detect.common.errors import UsageError
 
-log = logging.getLogger(__name__)
-
 __all__ = ["BELTS", "WINDOW", "BeltMotion", "frame_shift"]
+
+log = logging.getLogger(__name__)
 
 # The ways a belt can move (--belt), as unit vectors in image coordinates (y down).
 BELTS = {"left-right": (1.0, 0.0), "right-left": (-1.0, 0.0), "top-down": (0.0, 1.0), "bottom-up": (0.0, -1.0)}
@@ -49,7 +47,7 @@ WINDOW = 25
 # How far the shifts of a belt may scatter, as a share of the boxes' shorter side.
 STEADY = 0.15
 # Frames with a shift before the direction is judged, and frames with detections before the
-# "one frame per item" rule is judged.
+# "one frame per item" rule is judged (the first WARM_UP of them left out of it).
 JUDGE_AFTER = 10
 ONE_FRAME_AFTER = 20
 WARM_UP = 5
@@ -122,9 +120,9 @@ class BeltMotion:
         self.judged = 0  # shifts seen (for the direction rule)
         self._prev: np.ndarray | None = None
         self.frames = 0  # frames seen
-        self.busy = 0  # frames with boxes, after the first such
-        self.boxes = 0  # boxes in them
-        self.linked = 0  # of which continued a track from an earlier frame
+        self.busy = 0  # frames with boxes
+        self.boxes = 0  # boxes in them, after the first WARM_UP such frames
+        self.linked = 0  # of which continued a track seen in the frame before
         self._one_frame_judged = False
         self.too_fast = False  # objects were seen in about one frame each
         self._current: np.ndarray | None = None  # the estimate after the latest frame
