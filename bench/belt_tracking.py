@@ -103,7 +103,7 @@ def main() -> None:
         detector = load_detector(args.weights)
     header = ["px/frame", "frames in view", "tracker", "counted / items", "missed", "phantom",
               "events per item", "ids per item (all frames)", "class right", "defect recall / false reject",
-              "ms/frame (ratio)"]
+              "latency, frames (median)", "ms/frame (ratio)"]
     rows = []
     for speed in args.speeds:
         plan = plan_conveyor(args.items, seed=args.seed, speed=speed)
@@ -118,7 +118,8 @@ def main() -> None:
             rows.append([f"{speed:g}", f"{in_view:.1f}", name, f"{s.events} / {s.items}", str(len(s.missed)),
                          str(s.phantoms), "-" if s.ids_per_item is None else f"{s.ids_per_item:.2f}",
                          f"{np.mean([n for n in all_ids if n] or [0]):.2f}", f"{s.class_right} / {s.counted}",
-                         f"{s.flag_recall:.2f} / {s.flag_false_reject:.2f}", f"{ms:.2f} ({ms / base_ms:.2f})"])
+                         f"{s.flag_recall:.2f} / {s.flag_false_reject:.2f}",
+                         f"{s.latency_frames['median']:g}" if s.latency_frames else "-", f"{ms:.2f} ({ms / base_ms:.2f})"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
     print("-|-".join("-" * w for w in widths))
