@@ -5,8 +5,9 @@
 
 1. every track's box is predicted with a constant-velocity Kalman filter on
    ``(centre x, centre y, aspect ratio, height)``; on a conveyor (``motion``,
-   :mod:`detect.line.belt`) the velocity is the belt's displacement per frame, so a new
-   track, and one at line speed, is looked for where the belt has carried it;
+   :mod:`detect.line.belt`) the velocity is the belt's displacement per frame, and a track
+   is looked for at its last box carried along by the belt (a new track, one at line speed,
+   and one whose box grows or shrinks at the frame's edge are found where they are);
 2. the *high* detections (score at or above their class's threshold) are matched to the
    tracked and lost tracks by IoU weighted with the detection score (Hungarian assignment,
    cost ``1 - IoU x score`` at most ``match_cost``, 0.8);
@@ -153,7 +154,8 @@ class Track:
         confirmed: seen in two consecutive frames (or in the first frame of the stream).
         observation: what matched it in the latest frame it was seen (None if not this frame).
         frames: frames it was seen in; start, last: first and latest frame seen.
-        first_box: its box in its first frame (seen before it was confirmed, for the counter).
+        first_box: its box in its first frame (seen before it was confirmed, for the counter);
+            last_box: its box in the latest frame it was seen in.
     """
 
     mean: np.ndarray
@@ -166,6 +168,7 @@ class Track:
     frames: int = 1
     observation: Observation | None = None
     first_box: np.ndarray | None = None
+    last_box: np.ndarray | None = None
 
     @property
     def box(self) -> np.ndarray:
@@ -240,7 +243,8 @@ class ByteTracker:
             t.mean, t.cov = self.kf.predict(t.mean, t.cov)
 
         # 1. high detections against tracked + lost, IoU fused with the score
-        boxes = np.array([t.box for t in confirmed]).reshape(-1, 4)
+        where = self._where(belt, frame)
+        boxes = np.array([where(t) for t in confirmed]).reshape(-1, 4)
         hb = np.array([o.box for o in high]).reshape(-1, 4)
         cost = 1.0 - box_iou(boxes, hb) * np.array([o.score for o in high])[None, :]
         pairs, left_tracks, left_high = _assign(cost, self.match_cost)
@@ -249,7 +253,7 @@ class ByteTracker:
             self._update(confirmed[r], high[k], frame)
         # 2. low detections against the tracked tracks left
         still = [confirmed[r] for r in left_tracks if confirmed[r].state == TRACKED]
-        cost = 1.0 - box_iou(np.array([t.box for t in still]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([where(t) for t in still]).reshape(-1, 4),
                                 np.array([o.box for o in low]).reshape(-1, 4))
         pairs, left, _ = _assign(cost, self.low_cost)
         for r, k in pairs:
@@ -258,7 +262,7 @@ class ByteTracker:
             still[r].state = LOST
         # 3. unconfirmed tracks against the high detections left
         rest = [high[k] for k in left_high]
-        cost = 1.0 - box_iou(np.array([t.box for t in unconfirmed]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([where(t) for t in unconfirmed]).reshape(-1, 4),
                                 np.array([o.box for o in rest]).reshape(-1, 4)) * np.array([o.score for o in rest])[None, :]
         pairs, left_unconf, left_rest = _assign(cost, self.unconfirmed_cost)
         linked += len(pairs)
@@ -278,7 +282,7 @@ class ByteTracker:
             if o.score < min(thresh + self.new_track_margin, 0.99):
                 continue
             mean, cov = self.kf.initiate(_xyah(o.box))
-            t = Track(mean, cov, start=frame, last=frame, observation=o, first_box=o.box.copy())
+            t = Track(mean, cov, start=frame, last=frame, observation=o, first_box=o.box.copy(), last_box=o.box.copy())
             if frame == 1:  # ByteTrack confirms the tracks of the first frame at once
                 t.confirmed, t.id, self.next_id = True, self.next_id, self.next_id + 1
             self.tracks.append(t)
@@ -300,12 +304,23 @@ class ByteTracker:
         self.tracks = []
         return ended
 
+    @staticmethod
+    def _where(belt: np.ndarray | None, frame: int):
+        """Where to look for each track in ``frame``: the filter's box, or on a belt its last
+        seen box carried along by the belt (the filter's shape lags a box that grows or
+        shrinks where an item enters or leaves the view, and the belt's does not)."""
+        if belt is None:
+            return lambda t: t.box
+        step = np.r_[belt, belt]
+        return lambda t: t.last_box + step * (frame - t.last) if t.last_box is not None else t.box
+
     def _update(self, t: Track, o: Observation, frame: int) -> None:
         t.mean, t.cov = self.kf.update(t.mean, t.cov, _xyah(o.box))
         t.state = TRACKED
         t.last = frame
         t.frames += 1
         t.observation = o
+        t.last_box = o.box.copy()
 
     def _drop_duplicates(self) -> None:
         tracked = [t for t in self.tracks if t.state == TRACKED and t.confirmed]
