@@ -9,7 +9,8 @@ moves every track by it before associating, so a box is compared with where its 
 
 The displacement is either given (``--belt-speed`` pixels a frame along ``--belt``) or
 estimated from the detections themselves: for two consecutive frames every pair of boxes of
-similar size proposes a shift (the centre of one minus the centre of the other); the shift
+similar size proposes a shift (how far the centre moved, or the edge that moved where a box
+is cut by the frame's edge); the shift
 that brings the most boxes of the new frame onto a box of the old one (within a quarter of
 the box) wins (of equals, the one nearest the belt's displacement so far), refined to the
 median of those pairs; the belt's displacement is the median of the latest frames' winners
@@ -53,8 +54,20 @@ ONE_FRAME_AFTER = 20
 WARM_UP = 5
 
 
-def _centres(boxes: np.ndarray) -> np.ndarray:
-    return np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2]
+def _pair_shifts(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """``(N, M, 2)``: how far box ``j`` of ``cur`` is from box ``i`` of ``prev``, along x and y.
+
+    The centres' move, except where the two edges moved apart (a box cut by the frame's edge
+    as its item enters or leaves: one edge stays at the border while the other moves with the
+    belt, so the centre moves at half the speed): there the edge that moved more."""
+    out = np.empty((len(prev), len(cur), 2))
+    for axis in (0, 1):
+        lo = cur[None, :, axis] - prev[:, None, axis]
+        hi = cur[None, :, axis + 2] - prev[:, None, axis + 2]
+        size = np.maximum(cur[None, :, axis + 2] - cur[None, :, axis], prev[:, None, axis + 2] - prev[:, None, axis])
+        cut = np.abs(hi - lo) > 0.15 * np.maximum(size, 1.0)
+        out[..., axis] = np.where(cut, np.where(np.abs(hi) > np.abs(lo), hi, lo), (lo + hi) / 2)
+    return out
 
 
 def frame_shift(prev: np.ndarray, cur: np.ndarray, *, prior: np.ndarray | None = None, size_ratio: float = 1.25,
@@ -80,7 +93,7 @@ def frame_shift(prev: np.ndarray, cur: np.ndarray, *, prior: np.ndarray | None =
     ok = same_h | same_w  # (N, M)
     if not ok.any():
         return None
-    shifts = _centres(cur)[None, :, :] - _centres(prev)[:, None, :]  # (N, M, 2)
+    shifts = _pair_shifts(prev, cur)  # (N, M, 2)
     tol = tolerance * np.maximum(np.minimum(wc, hc), 1.0)  # (M,)
     candidates = shifts[ok]  # (K, 2)
     # err[k, i, j]: how far box j of cur is from box i of prev moved by candidate k
