@@ -32,7 +32,7 @@ from detect.line.session import track
 from detect.inference.loader import load_detector
 from detect.inference.predictor import Predictor
 from detect.inference.sources import open_source
-from detect.line.tracking import iou_matrix
+from detect.scoring.metrics import box_iou
 
 
 class Recording:
@@ -95,7 +95,7 @@ def main() -> None:
             names = [predictor.classes[int(i) - 1] for i in plain.labels]
             truth_boxes = gt.get(result.frame.index, [])
             if truth_boxes:
-                iou = iou_matrix(np.array([b for _, _, b in truth_boxes]), plain.boxes)
+                iou = box_iou(np.array([b for _, _, b in truth_boxes]), plain.boxes)
                 for i, (_, c, _) in enumerate(truth_boxes):
                     right = any(iou[i, j] >= 0.5 and names[j] == c for j in range(len(names)))
                     boxes_all += 1
@@ -114,7 +114,7 @@ def main() -> None:
         for e in events:
             boxes = gt.get(e["frame"], [])
             if boxes:
-                iou = iou_matrix(np.array([e["box"]]), np.array([b for _, _, b in boxes]))[0]
+                iou = box_iou(np.array([e["box"]]), np.array([b for _, _, b in boxes]))[0]
                 k = int(np.argmax(iou))
                 if iou[k] >= 0.3:
                     matched.setdefault(boxes[k][0], e)

@@ -70,6 +70,10 @@ def build_parser() -> CliParser:
                    help="robustness report: also the val mAP under camera corruptions (noise, blur, JPEG, light) "
                    "at 3 severities each, seeded per image; no NAME: all of "
                    "gaussian_noise, shot_noise, motion_blur, defocus_blur, jpeg, brightness, dark, contrast")
+    p.add_argument("--items", metavar="EVENTS", help="score detect.predict --track's events.jsonl per item (with --truth)")
+    p.add_argument("--truth", metavar="MOT", help="with --items: the video's tracks, a MOT 1.1 folder or zip (CVAT's export)")
+    p.add_argument("--max-false-reject", type=float, metavar="R",
+                   help="with --items: the defect_score threshold that rejects at most R of the intact items (0 < R <= 0.5)")
     p.add_argument("--json", metavar="OUT", help="write every number to this JSON file")
     p.add_argument("--report", metavar="DIR", help="write plots and report.md to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file or --report")
@@ -103,10 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args) -> int:
-    _check_args(args)
-    if problem := outputs_problem(args.overwrite, ("--json", args.json),
-                                  ("--report", args.report and Path(args.report) / "report.md")):
+    items = args.items or args.truth or args.max_false_reject is not None  # items of a video (detect.scoring.items)
+    report = args.report and Path(args.report) / ("items.md" if items else "report.md")
+    if problem := outputs_problem(args.overwrite, ("--json", args.json), ("--report", report)):
         raise UsageError(show(problem))
+    if items:
+        from detect.scoring.items import run_items
+
+        return run_items(args.items, args.truth, json_path=args.json, report=args.report,
+                         max_false_reject=args.max_false_reject, echo=print)
+    _check_args(args)
     checkpoints = find_checkpoints(args.weights, predictions=args.predictions, weights_dir=args.weights_dir)
     device = None
     if any(p.suffix.lower() != ".onnx" for p in checkpoints):  # an .onnx export needs no torch

@@ -181,7 +181,7 @@ def _run(args, detector, predictor) -> int:
         listeners: list = []  # LineListener objects: each frame, item and the end of the line
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
-                           save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
+                           defect_threshold=args.defect_threshold, belt_speed=args.belt_speed, save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
                            events=Path(args.events) if args.events and args.events != "-" else None,
                            events_stdout=sys.stdout if args.events == "-" else None, listeners=listeners)
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,

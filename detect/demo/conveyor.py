@@ -2,7 +2,9 @@
 
 ``write_conveyor(out, items=40)`` writes ``out/conveyor.mp4`` and ``out/conveyor.json``, the
 ground truth: each item's class, when it enters, when its centre crosses the middle of the
-frame and when it leaves, and the count per class. :func:`render_conveyor` yields the same
+frame and when it leaves, and the count per class; and the same truth box by box, as CVAT
+exports a video's tracks ("MOT 1.1": ``out/gt/gt.txt``, ``out/gt/labels.txt``,
+``out/seqinfo.ini``; :mod:`detect.data.mot`), which ``detect.eval --items`` scores against. :func:`render_conveyor` yields the same
 frames with their ground-truth boxes (or the boxes alone, ``draw=False``, which is fast), for
 tests of the tracker and the counter that need no model.
 
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 
 from detect.common.files import write_atomic
+from detect.data.mot import write_mot
 from detect.demo.paint import _Sprite, _u
 from detect.demo.scene import DEMO_CLASSES, _Scene
 
@@ -158,7 +161,8 @@ def truth(plan: list[ConveyorItem], *, size: tuple[int, int], fps: float, seed: 
 
 def write_conveyor(out: str | os.PathLike[str], items: int = 40, *, seed: int = 0, size: tuple[int, int] = (320, 240),
                    speed: float = 4.0, spacing: float = 130.0, fps: float = 25.0) -> dict:
-    """Write ``out/conveyor.mp4`` and ``out/conveyor.json`` (each atomically); return the truth."""
+    """Write ``out/conveyor.mp4``, ``out/conveyor.json`` and the MOT 1.1 truth (``out/gt/``,
+    ``out/seqinfo.ini``), each file atomically; return the truth."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_conveyor(items, seed=seed, size=size, speed=speed, spacing=spacing)
@@ -167,14 +171,17 @@ def write_conveyor(out: str | os.PathLike[str], items: int = 40, *, seed: int = 
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write an MP4 video to {out}")
+    rows = []
     try:
-        for _, image, _ in render_conveyor(plan, size=size, seed=seed):
+        for f, image, boxes in render_conveyor(plan, size=size, seed=seed):
             writer.write(image)
+            rows += [(f, item, label, box) for item, label, box in boxes]
         writer.release()
         os.replace(tmp, video)
     finally:
         writer.release()
         tmp.unlink(missing_ok=True)
     result = truth(plan, size=size, fps=fps, seed=seed, speed=speed, spacing=spacing)
+    write_mot(out, rows, DEMO_CLASSES, fps=fps, size=size, frames=result["frames"], name="conveyor")
     write_atomic(out / "conveyor.json", json.dumps(result, indent=1) + "\n")
     return result

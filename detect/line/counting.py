@@ -14,7 +14,8 @@
   most votes (the intact counterpart of a defect class, ``Lata`` for ``Lata_defectuosa``,
   when only defect frames were seen). One bad frame neither hides nor invents a defect.
 * **counts** a track once, the first time its box centre crosses the counting line (the
-  segment, not the infinite line) between two frames it was seen in; the decision is the
+  segment, not the infinite line) between two frames it was seen in (its first frame, seen
+  before the tracker confirmed it, included); the decision is the
   vote at that moment. The direction is ``forward`` when the move goes along ``--belt``,
   else ``backward``. With no line (``--count-line none``) a track is counted when it ends
   (lost for the tracker's buffer, or the source ends) having been seen in at least
@@ -37,6 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError
+from detect.line.belt import BELTS
 from detect.line.tracking import Track
 
 __all__ = ["BELTS", "DEFECT_SHARE", "TRACK_CONF", "CountingLine", "Item", "ItemCounter", "intact_counterpart",
@@ -49,7 +51,6 @@ DEFECT_SHARE = 0.3
 # weak detection need not be thrown away; at 0.5 the demo model's belt run missed 6 of 20 items
 # (docs/performance.md, "Tracking and counting").
 TRACK_CONF = 0.3
-BELTS = {"left-right": (1.0, 0.0), "right-left": (-1.0, 0.0), "top-down": (0.0, 1.0), "bottom-up": (0.0, -1.0)}
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Item:
     time: str = ""
     crop: str | None = None
     votes: dict[str, float] = field(default_factory=dict)
+    defect_score: float = 0.0
 
     @property
     def source_stem(self) -> str:
@@ -155,6 +157,7 @@ class Item:
             "track_id": self.track_id, "class": self.label, "defect": self.defect,
             "best_score": round(self.best_score, 4), "frames_seen": self.frames,
             "box": [round(v, 1) for v in self.box], "direction": self.direction, "crop": self.crop,
+            "defect_score": round(self.defect_score, 4),
         }
 
 
@@ -183,6 +186,9 @@ class ItemCounter:
         min_frames: with no line, frames a track needs to be counted.
         defect_frames: frames a defect class must be seen in (at its ``--conf``) to flag the item.
         defect_share: and the share of the frames with a class at its ``--conf`` it must be seen in.
+        defect_threshold: instead of those two, the item is defective when its defect score (the
+            defect classes' share of its votes, the event's ``defect_score``) is at least this
+            (``--defect-threshold``, from ``detect.eval --items --max-false-reject``).
         keep_crops: keep each track's best crop, for ``on_item``'s ``crop`` argument.
         on_item: called ``on_item(item, crop)`` for each item when it is counted (``crop`` is
             the best crop so far, RGB, or None); may set ``item.crop``.
@@ -190,7 +196,7 @@ class ItemCounter:
 
     def __init__(self, classes: Sequence[str], defect_classes: Sequence[str], thresholds: np.ndarray, *,
                  line: CountingLine | None, belt: str = "left-right", min_frames: int = 3, defect_frames: int = 2,
-                 defect_share: float = DEFECT_SHARE,
+                 defect_share: float = DEFECT_SHARE, defect_threshold: float | None = None,
                  keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None) -> None:
         self.classes = tuple(classes)
         self.defect_classes = tuple(defect_classes)
@@ -200,6 +206,7 @@ class ItemCounter:
         self.min_frames = int(min_frames)
         self.defect_frames = int(defect_frames)
         self.defect_share = float(defect_share)
+        self.defect_threshold = defect_threshold
         self.keep_crops = keep_crops
         self.on_item = on_item
         self._defect = np.array([False] + [c in self.defect_classes for c in self.classes])
@@ -217,12 +224,16 @@ class ItemCounter:
 
     # -- the vote
 
-    def decide(self, track_id: int) -> tuple[str, bool]:
-        """The class and defect flag of a live track from its frames so far."""
-        return self._decide(self._votes[track_id])
+    def _score(self, v: _Vote) -> float:
+        """The defect classes' share of the votes (0 without votes): the item's defect score."""
+        total = v.votes[1:].sum()
+        return float(v.votes[self._defect].sum() / total) if total > 0 else 0.0
 
     def _decide(self, v: _Vote) -> tuple[str, bool]:
-        defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
+        if self.defect_threshold is not None:  # the operating point: the score alone decides
+            defect_ok = self._defect & (v.votes > 0) & (self._score(v) >= self.defect_threshold)
+        else:
+            defect_ok = self._defect & (v.hits >= self.defect_frames) & (v.hits >= self.defect_share * v.seen)
         if defect_ok.any():
             label = int(np.argmax(np.where(defect_ok, v.votes, -1.0)))
             return self.classes[label - 1], True
@@ -249,6 +260,12 @@ class ItemCounter:
             v = self._votes.get(t.id)
             if v is None:
                 v = self._votes[t.id] = _Vote(np.zeros(len(self.classes) + 1), np.zeros(len(self.classes) + 1, int))
+                if self._pixels is not None and t.first_box is not None and t.start < t.last:
+                    # where it was first seen, before it was confirmed: at line speed an item can
+                    # be confirmed past the line, and its crossing is still a crossing
+                    b = t.first_box
+                    v.side_point = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+                    v.side = self._side(v.side_point)
             seen = o.class_scores >= self.thresholds
             seen[0] = False
             v.votes += np.where(seen, o.class_scores, 0.0)
@@ -314,7 +331,8 @@ class ItemCounter:
         item = Item(track_id=t.id, label=label, defect=defect, best_score=v.best, frames=v.frames, frame=frame,
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
                     time=_dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="milliseconds"),
-                    votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0})
+                    votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0},
+                    defect_score=self._score(v))
         self.counts[label] += 1
         self.items += 1
         self.defective += defect
@@ -365,7 +383,7 @@ class ItemCounter:
             "settings": {"count_line": self.line.spec if self.line else "none", "line_in": (
                 "fractions" if self.line and self.line.fractions else "pixels" if self.line else None),
                 "belt": self.belt, "min_frames": self.min_frames, "defect_frames": self.defect_frames,
-                "defect_share": self.defect_share,
+                "defect_share": self.defect_share, "defect_threshold": self.defect_threshold,
                 "conf": {c: float(t) for c, t in zip(self.classes, self.thresholds[1:])}},
         }
 

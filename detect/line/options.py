@@ -29,11 +29,16 @@ def add_line_options(parser: argparse.ArgumentParser) -> None:
                         "the middle, perpendicular to --belt; none: count a track when it ends after --min-frames")
     t.add_argument("--belt", default="left-right", choices=["left-right", "right-left", "top-down", "bottom-up"],
                    help="the way the belt moves (default left-right): the default line and the forward direction")
+    t.add_argument("--belt-speed", type=Number(float, 0), metavar="PX",
+                   help="pixels the belt moves a frame along --belt (default: measured from the detections)")
     t.add_argument("--defect-frames", type=Number(int, 1), default=2, metavar="N",
                    help="frames a defect class must be seen in, at its --conf, to flag the item (default 2)")
     t.add_argument("--defect-share", type=Number(float, 0, 1), default=DEFECT_SHARE, metavar="F",
                    help="and the share of the item's detected frames it must be seen in (default "
                         f"{DEFECT_SHARE:g}; 0: --defect-frames alone)")
+    t.add_argument("--defect-threshold", type=Number(float, 0, 1, lo_open=True), metavar="S",
+                   help="flag an item when its defect_score is at least S, instead of the two rules above (S: "
+                        "from detect.eval --items --max-false-reject)")
     t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
                    help="with --count-line none: frames a track needs to be counted (default 3)")
     t.add_argument("--events", metavar="FILE|-",
@@ -55,7 +60,9 @@ def check_line_args(args: argparse.Namespace) -> None:
         UsageError: a counting option without ``--track``, or a bad ``--count-line``.
     """
     counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
-                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer)) if v]
+                                ("--sequence", args.sequence), ("--track-buffer", args.track_buffer),
+                                ("--belt-speed", args.belt_speed is not None),
+                                ("--defect-threshold", args.defect_threshold is not None)) if v]
     if counting and not args.track:
         raise UsageError(f"{', '.join(counting)} only apply with --track")
     if args.track:

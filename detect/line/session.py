@@ -30,6 +30,7 @@ from detect.common.errors import UsageError, show
 from detect.common.types import Detections
 from detect.inference.predictor import Predictor, Result
 from detect.inference.sources import Frame, Source, open_source
+from detect.line.belt import BeltMotion
 from detect.line.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
 from detect.line.tracking import ByteTracker, merge_classes
 
@@ -74,8 +75,10 @@ class LineSession:
             stream each event line goes to as well.
         line: a :class:`~detect.line.counting.CountingLine`, ``"default"`` (across the
             middle, perpendicular to ``belt``) or None (count a track when it ends after
-            ``min_frames``); ``belt``, ``min_frames``, ``defect_frames``, ``defect_share``:
-            as :class:`~detect.line.counting.ItemCounter`.
+            ``min_frames``); ``belt``, ``min_frames``, ``defect_frames``, ``defect_share``,
+            ``defect_threshold``: as :class:`~detect.line.counting.ItemCounter`.
+        belt_speed: pixels the belt moves a frame along ``belt`` (default: measured from the
+            detections by :class:`~detect.line.belt.BeltMotion`).
         track_buffer: frames a lost track is kept (default: one second of the source, at least 10).
         low: lowest score that keeps a track alive (ByteTrack's low detections).
         listeners: :class:`LineListener` s.
@@ -84,12 +87,13 @@ class LineSession:
     def __init__(self, predictor: Predictor, *, folder: Path | None = None, events: Path | None = None,
                  events_stdout=None, line: CountingLine | str | None = "default", belt: str = "left-right",
                  min_frames: int = 3, defect_frames: int = 2, defect_share: float = DEFECT_SHARE,
-                 save_crops: bool = False, track_buffer: int | None = None, low: float = 0.1,
+                 defect_threshold: float | None = None, belt_speed: float | None = None, save_crops: bool = False, track_buffer: int | None = None, low: float = 0.1,
                  listeners: Sequence[LineListener] = ()) -> None:
         from detect.inference.outputs import ItemLog
 
         self.predictor = predictor
         self.track_buffer, self.low = track_buffer, low
+        self.belt, self.belt_speed = belt, belt_speed
         self.listeners = list(listeners)
         self.item_log = (ItemLog(folder if folder is not None else Path(events).parent, path=events,
                                  save_crops=save_crops, stdout=events_stdout)
@@ -97,7 +101,7 @@ class LineSession:
         self.counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.thresholds,
                                    line=parse_count_line(None, belt) if line == "default" else line, belt=belt,
                                    min_frames=min_frames, defect_frames=defect_frames, defect_share=defect_share,
-                                   keep_crops=save_crops and self.item_log is not None, on_item=self._on_item)
+                                   defect_threshold=defect_threshold, keep_crops=save_crops and self.item_log is not None, on_item=self._on_item)
         self.frames = 0
         self.model_seconds = self.track_seconds = 0.0
         self._closed = False
@@ -106,7 +110,9 @@ class LineSession:
         """Track and count over one opened ``source`` (``frames``: its frames as read ahead by
         :func:`detect.inference.sources.prefetch`; default: the source). A generator; the
         items still in view are settled when the source ends."""
-        tracker = ByteTracker(buffer=self.track_buffer or max(10, round(source.fps or 30)))
+        # One belt estimate per source: a conveyor moves one way at a nearly constant speed.
+        tracker = ByteTracker(buffer=self.track_buffer or max(10, round(source.fps or 30)),
+                              motion=BeltMotion(self.belt, speed=self.belt_speed))
         for result in track_frames(self.predictor, source, self.counter, tracker=tracker, low=self.low,
                                    frames=frames):
             if result.error is None:
@@ -194,7 +200,7 @@ def track_frames(predictor: Predictor, source: Source, counter: ItemCounter, *, 
     """Track and count over one opened source (see :func:`track`); ``frames``: its frames
     as read ahead by :func:`detect.inference.sources.prefetch` (default: the source itself)."""
     if tracker is None:
-        tracker = ByteTracker(buffer=max(10, round(source.fps or 30)))
+        tracker = ByteTracker(buffer=max(10, round(source.fps or 30)), motion=BeltMotion(counter.belt))
     start = time.perf_counter()
     last_index, last_time = 0, 0.0
     thresholds = predictor.thresholds

@@ -4,7 +4,10 @@
 ``yolox/tracker/byte_tracker.py``):
 
 1. every track's box is predicted with a constant-velocity Kalman filter on
-   ``(centre x, centre y, aspect ratio, height)``;
+   ``(centre x, centre y, aspect ratio, height)``; on a conveyor (``motion``,
+   :mod:`detect.line.belt`) the velocity is the belt's displacement per frame, and a track
+   is looked for at its last box carried along by the belt (a new track, one at line speed,
+   and one whose box grows or shrinks at the frame's edge are found where they are);
 2. the *high* detections (score at or above their class's threshold) are matched to the
    tracked and lost tracks by IoU weighted with the detection score (Hungarian assignment,
    cost ``1 - IoU x score`` at most ``match_cost``, 0.8);
@@ -13,7 +16,7 @@
    its track instead of being dropped;
 4. tracks started in the previous frame (unconfirmed) take the high detections left over
    (cost at most 0.7); those that find none are dropped, so one stray detection makes
-   no track;
+   no track (on a belt, after a second frame without one: the belt says where to look);
 5. a high detection matched to nothing starts a track when its score is at least its
    threshold + ``new_track_margin`` (0.1); tracked tracks that found nothing become
    *lost* and are kept ``buffer`` frames (30) to be found again, then removed;
@@ -30,29 +33,18 @@ Torch-free: numpy and scipy (``linear_sum_assignment``) only, so the ONNX path c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "iou_matrix", "merge_classes"]
+from detect.scoring.metrics import box_iou
 
+if TYPE_CHECKING:
+    from detect.line.belt import BeltMotion
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), xmin/ymin/xmax/ymax."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+__all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "merge_classes"]
 
 
 @dataclass
@@ -87,7 +79,7 @@ def merge_classes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num
     scores = np.asarray(scores, np.float64).reshape(-1)
     labels = np.asarray(labels, np.int64).reshape(-1)
     order = np.argsort(-scores, kind="stable")
-    overlaps = iou_matrix(boxes, boxes)
+    overlaps = box_iou(boxes, boxes)
     taken = np.zeros(len(boxes), bool)
     out: list[Observation] = []
     for i in order:
@@ -162,6 +154,8 @@ class Track:
         confirmed: seen in two consecutive frames (or in the first frame of the stream).
         observation: what matched it in the latest frame it was seen (None if not this frame).
         frames: frames it was seen in; start, last: first and latest frame seen.
+        first_box: its box in its first frame (seen before it was confirmed, for the counter);
+            last_box: its box in the latest frame it was seen in.
     """
 
     mean: np.ndarray
@@ -172,9 +166,9 @@ class Track:
     state: str = TRACKED
     confirmed: bool = False
     frames: int = 1
-    score: float = 0.0
     observation: Observation | None = None
-    data: dict = field(default_factory=dict)
+    first_box: np.ndarray | None = None
+    last_box: np.ndarray | None = None
 
     @property
     def box(self) -> np.ndarray:
@@ -206,10 +200,15 @@ class ByteTracker:
         unconfirmed_cost: unconfirmed-track association limit (0.7).
         new_track_margin: a new track needs a score of its threshold + this (0.1).
         duplicate_iou: a tracked and a lost track overlapping more than this are one (0.85).
+        motion: the belt's motion (:class:`detect.line.belt.BeltMotion`), or None. With it, every
+            track moves by the belt's displacement each frame instead of by its own velocity (a
+            new track's is zero, so at line speed its next box would be missed).
     """
 
     def __init__(self, *, buffer: int = 30, match_cost: float = 0.8, low_cost: float = 0.5,
-                 unconfirmed_cost: float = 0.7, new_track_margin: float = 0.1, duplicate_iou: float = 0.85) -> None:
+                 unconfirmed_cost: float = 0.7, new_track_margin: float = 0.1, duplicate_iou: float = 0.85,
+                 motion: BeltMotion | None = None) -> None:
+        self.motion = motion
         self.buffer = int(buffer)
         self.match_cost, self.low_cost, self.unconfirmed_cost = match_cost, low_cost, unconfirmed_cost
         self.new_track_margin = new_track_margin
@@ -235,23 +234,26 @@ class ByteTracker:
         low = [o for o in observations if not o.high]
         confirmed = [t for t in self.tracks if t.confirmed]
         unconfirmed = [t for t in self.tracks if not t.confirmed]
-        for t in confirmed:  # predict (a lost track's height stops changing)
+        belt = self.motion.update(np.array([o.box for o in high]).reshape(-1, 4)) if self.motion else None
+        for t in confirmed + unconfirmed:  # predict (a lost track's height stops changing)
             if t.state != TRACKED:
                 t.mean[7] = 0.0
-            t.mean, t.cov = self.kf.predict(t.mean, t.cov)
-        for t in unconfirmed:
+            if belt is not None:
+                t.mean[4:6] = belt
             t.mean, t.cov = self.kf.predict(t.mean, t.cov)
 
         # 1. high detections against tracked + lost, IoU fused with the score
-        boxes = np.array([t.box for t in confirmed]).reshape(-1, 4)
+        where = self._where(belt, frame)
+        boxes = np.array([where(t) for t in confirmed]).reshape(-1, 4)
         hb = np.array([o.box for o in high]).reshape(-1, 4)
-        cost = 1.0 - iou_matrix(boxes, hb) * np.array([o.score for o in high])[None, :]
+        cost = 1.0 - box_iou(boxes, hb) * np.array([o.score for o in high])[None, :]
         pairs, left_tracks, left_high = _assign(cost, self.match_cost)
+        linked = sum(confirmed[r].last == frame - 1 for r, _ in pairs)  # continued from the frame before
         for r, k in pairs:
             self._update(confirmed[r], high[k], frame)
         # 2. low detections against the tracked tracks left
         still = [confirmed[r] for r in left_tracks if confirmed[r].state == TRACKED]
-        cost = 1.0 - iou_matrix(np.array([t.box for t in still]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([where(t) for t in still]).reshape(-1, 4),
                                 np.array([o.box for o in low]).reshape(-1, 4))
         pairs, left, _ = _assign(cost, self.low_cost)
         for r, k in pairs:
@@ -260,15 +262,19 @@ class ByteTracker:
             still[r].state = LOST
         # 3. unconfirmed tracks against the high detections left
         rest = [high[k] for k in left_high]
-        cost = 1.0 - iou_matrix(np.array([t.box for t in unconfirmed]).reshape(-1, 4),
+        cost = 1.0 - box_iou(np.array([where(t) for t in unconfirmed]).reshape(-1, 4),
                                 np.array([o.box for o in rest]).reshape(-1, 4)) * np.array([o.score for o in rest])[None, :]
         pairs, left_unconf, left_rest = _assign(cost, self.unconfirmed_cost)
+        linked += len(pairs)
+        if self.motion:
+            self.motion.record(len(high), linked)
         for r, k in pairs:
             self._update(unconfirmed[r], rest[k], frame)
             unconfirmed[r].confirmed = True
             unconfirmed[r].id, self.next_id = self.next_id, self.next_id + 1
-        for r in left_unconf:
-            unconfirmed[r].state = REMOVED
+        for r in left_unconf:  # on a belt a new track may miss one frame: where it went is known
+            if self.motion is None or frame - unconfirmed[r].last > 1:
+                unconfirmed[r].state = REMOVED
         # 4. new tracks
         for k in left_rest:
             o = rest[k]
@@ -276,7 +282,7 @@ class ByteTracker:
             if o.score < min(thresh + self.new_track_margin, 0.99):
                 continue
             mean, cov = self.kf.initiate(_xyah(o.box))
-            t = Track(mean, cov, start=frame, last=frame, score=o.score, observation=o)
+            t = Track(mean, cov, start=frame, last=frame, observation=o, first_box=o.box.copy(), last_box=o.box.copy())
             if frame == 1:  # ByteTrack confirms the tracks of the first frame at once
                 t.confirmed, t.id, self.next_id = True, self.next_id, self.next_id + 1
             self.tracks.append(t)
@@ -298,20 +304,30 @@ class ByteTracker:
         self.tracks = []
         return ended
 
+    @staticmethod
+    def _where(belt: np.ndarray | None, frame: int):
+        """Where to look for each track in ``frame``: the filter's box, or on a belt its last
+        seen box carried along by the belt (the filter's shape lags a box that grows or
+        shrinks where an item enters or leaves the view, and the belt's does not)."""
+        if belt is None:
+            return lambda t: t.box
+        step = np.r_[belt, belt]
+        return lambda t: t.last_box + step * (frame - t.last) if t.last_box is not None else t.box
+
     def _update(self, t: Track, o: Observation, frame: int) -> None:
         t.mean, t.cov = self.kf.update(t.mean, t.cov, _xyah(o.box))
         t.state = TRACKED
         t.last = frame
         t.frames += 1
-        t.score = o.score
         t.observation = o
+        t.last_box = o.box.copy()
 
     def _drop_duplicates(self) -> None:
         tracked = [t for t in self.tracks if t.state == TRACKED and t.confirmed]
         lost = [t for t in self.tracks if t.state == LOST]
         if not tracked or not lost:
             return
-        iou = iou_matrix(np.array([t.box for t in tracked]), np.array([t.box for t in lost]))
+        iou = box_iou(np.array([t.box for t in tracked]), np.array([t.box for t in lost]))
         for r, k in zip(*np.nonzero(iou > self.duplicate_iou)):
             a, b = tracked[r], lost[k]
             if a.last - a.start > b.last - b.start:
