@@ -26,7 +26,7 @@ import numpy as np
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
 from detect.data.mot import MotTrack, MotTruth
 from detect.demo.conveyor import plan_conveyor, render_conveyor
-from detect.demo.render import DEMO_CLASSES
+from detect.demo.scene import DEMO_CLASSES
 from detect.line.belt import BeltMotion
 from detect.line.counting import ItemCounter, parse_count_line
 from detect.line.tracking import ByteTracker, merge_classes

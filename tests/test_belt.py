@@ -9,7 +9,7 @@ import pytest
 
 from detect.common.errors import UsageError
 from detect.demo.conveyor import plan_conveyor, render_conveyor
-from detect.demo.render import DEMO_CLASSES
+from detect.demo.scene import DEMO_CLASSES
 from detect.line.belt import BeltMotion, frame_shift
 from detect.line.counting import ItemCounter, parse_count_line
 from detect.line.tracking import ByteTracker, merge_classes

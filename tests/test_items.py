@@ -12,7 +12,7 @@ import pytest
 
 from detect.common.errors import UsageError
 from detect.data.mot import read_mot, write_mot
-from detect.demo.render import DEMO_CLASSES
+from detect.demo.scene import DEMO_CLASSES
 from detect.scoring.items import read_events, roc, score_items
 
 # item id -> (class, frame it enters); each is in view 8 frames, moving 10 px a frame
