@@ -80,8 +80,8 @@ def step():
         torch.nn.functional.conv2d(x, w, padding=1).relu_()
 """
 LOAD_CODE = """
-import signal, sys, time
-n, t0 = 0, time.perf_counter()
+import os, signal, sys, time
+parent, n, t0 = os.getppid(), 0, time.perf_counter()
 def stop(*_):
     print(n / (time.perf_counter() - t0), flush=True)
     sys.exit(0)
@@ -90,6 +90,8 @@ print("ready", flush=True)
 while True:
     step()
     n += 1
+    if n % 64 == 0 and os.getppid() != parent:  # the bench was stopped
+        sys.exit(1)
 """
 
 
@@ -203,6 +205,32 @@ class Load:
         return False
 
 
+def report(args, settings, info, rows, alone, done: int) -> list[dict]:
+    """Print the table of medians over the ``done`` rounds so far; its rows for the JSON file."""
+    base = {k: statistics.median(v) for k, v in alone.items()}
+    med = statistics.median
+    print(f"input {args.input_size} px, batch 1, {os.cpu_count()} CPUs; medians of {done} rounds of "
+          f"{args.seconds:g} s each, settings interleaved")
+    print("busy numpy: beside two single-threaded numpy matmul processes; busy torch: beside a 2-thread PyTorch job")
+    print(f"{'setting':30s} {'threads':>7s} {'idle':>6s} {'CPU s':>6s} {'numpy':>6s} {'ratio':>6s} {'other':>6s} "
+          f"{'torch':>6s} {'ratio':>6s} {'other':>6s}")
+    table = []
+    for name, *_ in settings:
+        row = rows[name]
+        idle = med(row["idle"])
+        cells = []
+        for kind in loads:
+            busy = med(row[kind])
+            cells.append(f"{busy:6.2f} {busy / idle:6.2f} {med(row[kind + '_other']) / base[kind]:6.2f}")
+        threads = info[name].get("threads")
+        print(f"{name:30s} {str(threads):>7s} {idle:6.2f} {med(row['cpu_idle']):6.3f} {' '.join(cells)}")
+        table.append({"setting": name, **info[name], **row})
+    print("images/s; CPU s: CPU seconds per image idle; ratio: busy/idle; other: the other program's rate "
+          "during the measurement over its rate alone")
+    sys.stdout.flush()
+    return table
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input-size", type=int, default=320, help="model input size, longest side (default 320)")
@@ -260,30 +288,11 @@ def main(argv=None) -> int:
                     rows[name][kind].append(busy["images"] / busy["seconds"])
                     rows[name][kind + "_other"].append(load.rate)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+            table = report(args, settings, info, rows, alone, r + 1)
         for proc in workers.values():
             proc.stdin.close()
             proc.wait(timeout=60)
 
-    base = {k: statistics.median(v) for k, v in alone.items()}
-    med = statistics.median
-    print(f"input {args.input_size} px, batch 1, {os.cpu_count()} CPUs; medians of {args.rounds} rounds of "
-          f"{args.seconds:g} s each, settings interleaved")
-    print("busy numpy: beside two single-threaded numpy matmul processes; busy torch: beside a 2-thread PyTorch job")
-    print(f"{'setting':30s} {'threads':>7s} {'idle':>6s} {'CPU s':>6s} {'numpy':>6s} {'ratio':>6s} {'other':>6s} "
-          f"{'torch':>6s} {'ratio':>6s} {'other':>6s}")
-    table = []
-    for name, *_ in settings:
-        row = rows[name]
-        idle = med(row["idle"])
-        cells = []
-        for kind in loads:
-            busy = med(row[kind])
-            cells.append(f"{busy:6.2f} {busy / idle:6.2f} {med(row[kind + '_other']) / base[kind]:6.2f}")
-        threads = info[name].get("threads")
-        print(f"{name:30s} {str(threads):>7s} {idle:6.2f} {med(row['cpu_idle']):6.3f} {' '.join(cells)}")
-        table.append({"setting": name, **info[name], **row})
-    print("images/s; CPU s: CPU seconds per image idle; ratio: busy/idle; other: the other program's rate "
-          "during the measurement over its rate alone")
     if args.json:
         args.json.write_text(json.dumps({"input_size": args.input_size, "rounds": args.rounds,
                                          "seconds": args.seconds, "other_alone": alone, "rows": table},
