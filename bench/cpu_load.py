@@ -95,6 +95,9 @@ while True:
 """
 
 
+LOADS = ("numpy", "torch")
+
+
 def frames(n: int, size: int) -> list:
     """``n`` RGB conveyor frames ``size`` wide (4:3)."""
     from detect.demo.conveyor import plan_conveyor, render_conveyor
@@ -219,7 +222,7 @@ def report(args, settings, info, rows, alone, done: int) -> list[dict]:
         row = rows[name]
         idle = med(row["idle"])
         cells = []
-        for kind in loads:
+        for kind in LOADS:
             busy = med(row[kind])
             cells.append(f"{busy:6.2f} {busy / idle:6.2f} {med(row[kind + '_other']) / base[kind]:6.2f}")
         threads = info[name].get("threads")
@@ -266,12 +269,11 @@ def main(argv=None) -> int:
             proc.stdin.flush()
             return json.loads(proc.stdout.readline())
 
-        loads = ("numpy", "torch")
-        rows = {name: {"idle": [], "cpu_idle": [], **{k: [] for k in loads}, **{k + "_other": [] for k in loads}}
+        rows = {name: {"idle": [], "cpu_idle": [], **{k: [] for k in LOADS}, **{k + "_other": [] for k in LOADS}}
                 for name, *_ in settings}
-        alone = {k: [] for k in loads}
+        alone = {k: [] for k in LOADS}
         for r in range(args.rounds):
-            for kind in loads:
+            for kind in LOADS:
                 with Load(kind) as load:
                     time.sleep(args.seconds)
                 alone[kind].append(load.rate)
@@ -282,13 +284,14 @@ def main(argv=None) -> int:
                 idle = measure(name)
                 rows[name]["idle"].append(idle["images"] / idle["seconds"])
                 rows[name]["cpu_idle"].append(idle["cpu"] / idle["images"])
-                for kind in loads:
+                for kind in LOADS:
                     with Load(kind) as load:
                         busy = measure(name)
                     rows[name][kind].append(busy["images"] / busy["seconds"])
                     rows[name][kind + "_other"].append(load.rate)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
             table = report(args, settings, info, rows, alone, r + 1)
+            print(json.dumps({"round": r + 1, "rows": rows, "alone": alone}), file=sys.stderr, flush=True)
         for proc in workers.values():
             proc.stdin.close()
             proc.wait(timeout=60)
