@@ -8,22 +8,51 @@ torch) only inside that branch: the ``.onnx`` branch loads
 onnxruntime installed runs ``detect.predict --weights best.onnx`` without torch ever
 being imported. (The core may not import this module, so the choice cannot live lower
 down; the predictor in the core takes any :class:`detect.inference.predictor.Detector`.)
+
+On a CPU other programs share, the ``.pt`` branch asks OpenMP (libgomp, which torch's CPU
+wheels use) to put waiting threads to sleep at once (``OMP_WAIT_POLICY=PASSIVE``) instead of
+spinning for a few milliseconds first: with every core busy, spinning threads take the turns
+of the threads they wait for, and PyTorch slowed far more than the load it shared the cores
+with (``bench/cpu_load.py`` measures it). libgomp reads the variable once, when torch loads
+it, so this only works while torch is not imported yet; a wait policy the user set
+(``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is left alone. :func:`openmp_wait_policy` says which
+applies; the detector's ``info["wait_policy"]`` records it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from detect.common.errors import UsageError, show
 from detect.inference.predictor import Detector, ModelError
 
-__all__ = ["is_onnx", "load_detector"]
+__all__ = ["is_onnx", "load_detector", "openmp_wait_policy"]
+
+# Variables by which a user chooses how OpenMP threads wait (libgomp's and Intel's).
+WAIT_POLICY_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def is_onnx(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() == ".onnx"
+
+
+def openmp_wait_policy() -> str:
+    """Make OpenMP's waiting threads sleep rather than spin, before torch loads it (see the
+    module docstring), unless the user chose a policy or torch is already loaded.
+
+    Returns what applies, in words: ``"passive"``, ``"OMP_WAIT_POLICY=..."`` (the user's
+    setting, left alone), or ``"spin (torch was imported first)"``.
+    """
+    chosen = [f"{k}={os.environ[k]}" for k in WAIT_POLICY_ENV if os.environ.get(k)]
+    if chosen:
+        return " ".join(chosen)
+    if "torch" in sys.modules:
+        return "spin (torch was imported first)"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "passive"
 
 
 def load_detector(
@@ -71,7 +100,8 @@ def load_detector(
     if backend not in ("auto", "pytorch"):
         raise UsageError(f"--backend {backend} runs an .onnx export; {path.name} is a PyTorch checkpoint "
                          "(export it with `python -m detect.export`)")
-    # PyTorch: the only branch that imports torch.
+    # PyTorch: the only branch that imports torch (after the wait policy: OpenMP reads it at load).
+    wait_policy = openmp_wait_policy()
     import torch
 
     from detect.model.checkpoint import CheckpointError, load_checkpoint
@@ -94,7 +124,7 @@ def load_detector(
     set_test_settings(model, **(test_settings or {}))
     config = ckpt.get("model_config") or {}
     info = {"path": str(path), "backbone": ckpt.get("backbone") or config.get("backbone"),
-            "run": ckpt.get("run") or path.parent.name, "threads": torch.get_num_threads()}
+            "run": ckpt.get("run") or path.parent.name, "threads": torch.get_num_threads(), "wait_policy": wait_policy}
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
     return TorchDetector(model, classes=[str(c) for c in ckpt["classes"]], device=dev, batch_size=batch_size, info=info,
                          meta=meta)

@@ -227,6 +227,7 @@ class OnnxDetector:
             "providers": self.providers,
             "device": "onnxruntime " + self.providers[0].replace("ExecutionProvider", "").lower(),
             "threads": threads,
+            "spinning": spinning,
             "optimization": optimization,
         }
 
