@@ -35,6 +35,7 @@ from detect.common.files import unique_folder
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, add_inference_options, run_command, settings_from
 from detect.line.counting import DEFECT_SHARE, TRACK_CONF
+from detect.station import add_station_options, start_listeners
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def build_parser() -> CliParser:
                    help="lowest score a detection needs to keep a track alive (ByteTrack's low detections; default 0.1)")
     t.add_argument("--sequence", action="store_true",
                    help="with --track on images: they are consecutive frames of one camera, in name order")
+    add_station_options(p)
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -168,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _predict(args) -> int:
     _check_args(args)
+    args.listeners = start_listeners(args)  # before the model loads: a port in use or a bad URL fails at once
     settings = settings_from(args)
     from detect.inference.loader import load_detector  # torch only for a .pt file
 
@@ -244,7 +247,8 @@ def _run(args, detector, predictor) -> int:
         counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.conf.vector(predictor.classes),
                               line=args.line, belt=args.belt, min_frames=args.min_frames,
                               defect_frames=args.defect_frames, defect_share=args.defect_share,
-                              keep_crops=args.save_crops, on_item=log_items.on_item)
+                              keep_crops=args.save_crops,
+                              on_item=lambda item, crop: (log_items.on_item(item, crop), args.listeners.on_item(item.event())))
     cost = {"frames": 0, "model": 0.0, "tracking": 0.0}
 
     finite = [s for s in sources if not s.live]
@@ -275,6 +279,8 @@ def _run(args, detector, predictor) -> int:
                 else:
                     results = predictor.predict_frames(frames, live=source.live)
                 for result in results:
+                    if counter is not None:
+                        args.listeners.on_frame(result, counter)
                     if counter is not None and result.error is None:
                         cost["frames"] += 1
                         cost["model"] += result.infer_seconds
@@ -335,6 +341,7 @@ def _run(args, detector, predictor) -> int:
         summary = writer.close(seconds=time.perf_counter() - start, counting=counting)
     except OSError as exc:
         write_error = write_error or exc
+    args.listeners.on_close({**writer.summary.as_dict(predictor.classes, predictor.defect_classes), "counting": counting})
     if write_error is not None:
         where = f"{show(write_error.filename)}: " if write_error.filename else ""
         print(f"error: cannot write the outputs to {show(folder)}: {where}{show(write_error.strerror or write_error)}",
