@@ -32,6 +32,7 @@ from typing import Sequence
 from detect.common.errors import UsageError, show
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, add_device_option, run_command
+from detect.station import add_review_option
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def build_parser() -> CliParser:
     add_device_option(p)
     p.add_argument("--batch-size", type=Number(int, 1, 1024), default=1, help="images per forward pass (PyTorch)")
     p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference")
+    add_review_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -109,6 +111,9 @@ def _load(args):
 
 def _main(args) -> int:
     _check_args(args)
+    from detect.station.review import start_review
+
+    args.reviewer = start_review(args)  # the port bound before the model loads: a port in use fails at once
     detector, meta = _load(args)
     if args.select:
         return _select(args, detector, meta)
@@ -215,6 +220,8 @@ def _audit(args, detector, meta) -> int:
     if written:
         print(f"suggested corrections: {len(written)} XML file(s) in {show(args.save_xml)} (your annotations are "
               "unchanged; review them in LabelImg, then copy over what is right)")
+    if args.reviewer is not None:
+        args.reviewer.serve(shown, files.root)
     return 0
 
 
