@@ -41,7 +41,7 @@ def parse_mqtt_url(text: str) -> tuple[str, int, str]:
     except ValueError:
         raise UsageError(f"--mqtt {show(text)}: malformed URL; {hint}") from None
     topic = u.path.lstrip("/")
-    if u.scheme != "mqtt" or not u.hostname or not topic or any(c in topic for c in "#+\0") or u.query:
+    if u.scheme != "mqtt" or not u.hostname or not topic or any(c in text for c in "#+?\0"):
         raise UsageError(f"--mqtt {show(text)}: malformed URL; {hint}")
     return u.hostname, port, topic
 
@@ -61,7 +61,7 @@ class MqttPublisher:
         self._acks: collections.deque[int] = collections.deque()  # acknowledged ids, from paho's thread
         self._seq = 0
         self.published = self.acked = self.dropped = 0
-        self.connected = False
+        self.connected = self._ever_connected = False
         self._said_unreachable = False
         self._last_error: str | None = None
         self._counts: dict | None = None
@@ -154,7 +154,7 @@ class MqttPublisher:
         if self._said_unreachable:
             log.warning("MQTT: connected to %s:%d", self.host, self.port)
         with self._lock:
-            self.connected = True
+            self.connected = self._ever_connected = True
             self._drain()
             self._mids.clear()
             for seq, payload in list(self._pending.items()):  # all not acknowledged, in order
@@ -175,7 +175,7 @@ class MqttPublisher:
         self._say_unreachable()
 
     def _check_started(self) -> None:
-        if not self.connected:
+        if not self._ever_connected:
             self._say_unreachable()
 
     def _say_unreachable(self) -> None:
