@@ -74,6 +74,7 @@ class LiveStation:
         self.started = time.monotonic()
         self.finished: dict | None = None
         self.streams_refused = 0
+        self.closing = False
         self._server = ServerThread(self._app(), self.sock)
         log.warning("%s", self.banner)
 
@@ -116,6 +117,8 @@ class LiveStation:
             time.sleep(self.linger)
 
     def close(self) -> None:
+        self.closing = True  # the event streams end themselves before the server stops
+        time.sleep(0.3)
         self._server.close()
 
     def _add_defect(self, item, image: np.ndarray | None) -> None:
@@ -253,7 +256,7 @@ class LiveStation:
                         if station.finished is not None and not new:
                             yield "event: end\ndata: {}\n\n"
                             await asyncio.sleep(1.0)
-                        if await request.is_disconnected():
+                        if station.closing or await request.is_disconnected():
                             return
                         await asyncio.sleep(0.25)
                 finally:
