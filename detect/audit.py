@@ -30,6 +30,7 @@ from detect.common.errors import UsageError, show
 from detect.common.files import folder_problem
 from detect.common.options import CliParser, Number, add_device_option, run_command
 from detect.common.thresholds import CONF, ConfOption
+from detect.station import add_review_option
 
 SPLITS = ("all", "train", "val", "test")
 
@@ -62,6 +63,7 @@ def build_parser() -> CliParser:
     add_device_option(p)
     p.add_argument("--batch-size", type=Number(int, 1, 1024), default=1, help="images per forward pass (PyTorch)")
     p.add_argument("--threads", type=Number(int, 1, 1024), metavar="N", help="CPU threads for inference")
+    add_review_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     return p
@@ -93,12 +95,18 @@ def _check_args(args) -> None:
 def _main(args) -> int:
     _check_args(args)
     from detect.checks.audit_session import load_detector_and_meta
+    from detect.station.review import start_review
 
-    detector, meta = load_detector_and_meta(args.weights, device=args.device, threads=args.threads,
-                                            batch_size=args.batch_size, score_thresh=args.score_thresh)
-    if args.select:
-        return _select(args, detector, meta)
-    return _audit(args, detector, meta)
+    args.reviewer = start_review(args)  # the port bound before the model loads: a port in use fails at once
+    try:
+        detector, meta = load_detector_and_meta(args.weights, device=args.device, threads=args.threads,
+                                                batch_size=args.batch_size, score_thresh=args.score_thresh)
+        if args.select:
+            return _select(args, detector, meta)
+        return _audit(args, detector, meta)
+    finally:
+        if args.reviewer is not None:
+            args.reviewer.close()  # its port, however the audit ended (serve() closes it too)
 
 
 def _audit(args, detector, meta) -> int:
@@ -155,6 +163,8 @@ def _audit(args, detector, meta) -> int:
     if written:
         print(f"suggested corrections: {len(written)} XML file(s) in {show(args.save_xml)} (your annotations are "
               "unchanged; review them in LabelImg, then copy over what is right)")
+    if args.reviewer is not None:
+        args.reviewer.serve(shown, files.root)
     return 0
 
 

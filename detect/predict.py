@@ -35,6 +35,7 @@ from detect.common.options import (CliParser, Number, add_device_option, add_inf
                                    run_command, settings_from)
 from detect.common.thresholds import CONF, ConfOption, parse_conf
 from detect.line.options import TRACK_CONF, add_line_options, check_line_args
+from detect.station import add_station_options, start_listeners
 
 _names = class_list  # the --classes reader (imported from here before)
 
@@ -81,6 +82,7 @@ def build_parser() -> CliParser:
                    help="what runs an .onnx export (default: onnxruntime; openvino needs pip install -e \".[openvino]\")")
     add_inference_options(p, what="for a .pt checkpoint; an .onnx export has them fixed")
     add_line_options(p)
+    add_station_options(p)
     p.add_argument("--status-every", type=Number(float, 0, lo_open=True), default=5.0, metavar="S",
                    help="seconds between FPS/latency lines on live sources (default: 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _predict(args) -> int:
     _check_args(args)
+    args.listeners = start_listeners(args)  # before the model loads: a port in use or a bad URL fails at once
+    try:
+        return _load_and_run(args)
+    finally:
+        args.listeners.close()  # the page's server and the broker connection, however the run ended
+
+
+def _load_and_run(args) -> int:
     settings = settings_from(args)
     from detect.inference.loader import load_detector  # torch only for a .pt file
 
@@ -178,12 +188,13 @@ def _run(args, detector, predictor) -> int:
     if args.track:
         from detect.line.session import LineSession
 
-        listeners: list = []  # LineListener objects: each frame, item and the end of the line
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
-                           defect_threshold=args.defect_threshold, belt_speed=args.belt_speed, save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
+                           defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,
+                           save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
                            events=Path(args.events) if args.events and args.events != "-" else None,
-                           events_stdout=sys.stdout if args.events == "-" else None, listeners=listeners)
+                           events_stdout=sys.stdout if args.events == "-" else None,
+                           listeners=[args.listeners] if args.listeners else [])  # the live page, MQTT
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,
                              status_every=args.status_every, progress=not args.no_progress).run(sources)
     if outcome.write_error is not None:

@@ -3,7 +3,7 @@ cycles, and the torch-free core works on a machine without torch.
 
 Sub-packages, bottom up (docs/architecture.md): ``detect.common`` < ``detect.data`` <
 ``detect.demo`` < ``detect.model`` < ``detect.scoring`` < ``detect.inference`` <
-``detect.deploy`` < ``detect.line`` < ``detect.checks`` < ``detect.training`` < the commands (``detect/train.py``, ``eval.py``, ... each
+``detect.deploy`` < ``detect.line`` < ``detect.checks`` < ``detect.station`` < ``detect.training`` < the commands (``detect/train.py``, ``eval.py``, ... each
 ``main(argv) -> int``). A module may import modules of its own sub-package or of one below.
 
 Across that order runs a second rule: the modules in :data:`TORCH` may import torch; every
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "detect"
 
 ORDER = ("detect.common", "detect.data", "detect.demo", "detect.model", "detect.scoring", "detect.inference",
-         "detect.deploy", "detect.line", "detect.checks", "detect.training")
+         "detect.deploy", "detect.line", "detect.checks", "detect.station", "detect.training")
 COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
             "detect.export", "detect.convert", "detect.audit", "detect.benchmark",
             "detect.__main__")  # the front door: python -m detect COMMAND

@@ -189,7 +189,7 @@ class LineSession:
                 log.warning("line listener %s failed in %s (%s: %s); it gets no more events",
                             type(listener).__name__, what, type(exc).__name__, show(exc))
                 continue
-            if time.perf_counter() - t0 > LISTENER_BUDGET_S:
+            if what != "on_close" and time.perf_counter() - t0 > LISTENER_BUDGET_S:  # the end may linger (--serve-wait)
                 self.listeners.remove(listener)
                 log.warning("line listener %s took %.1f s in %s (more than %g s); it gets no more events",
                             type(listener).__name__, time.perf_counter() - t0, what, LISTENER_BUDGET_S)
