@@ -41,6 +41,7 @@ TORCH = frozenset({
     "detect.model.build",
     "detect.model.roi_align",
     "detect.model.checkpoint",
+    "detect.model.anomaly",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
     "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free

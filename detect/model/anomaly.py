@@ -1,0 +1,174 @@
+"""Patch features of item crops from the detector's backbone, and the per-class memory bank.
+
+PatchCore (Roth et al. 2022), as anomalib implements it, on the items a detector finds:
+
+1. Each crop is resized to ``crop_size`` and run through the backbone's body up to two
+   mid-level feature maps (stride 8 and 16 on MobileNetV3, ResNet's layer2 and layer3);
+   each map is averaged over 3x3 neighbourhoods (a patch sees its neighbours), the coarser
+   one upsampled to the finer grid, and the two concatenated: one ``D``-vector per patch.
+2. The bank of a base class (``Lata``, ``Botella``) holds the patches of its intact training
+   crops, subsampled by k-center greedy (:func:`detect.model.patchbank.greedy_coreset`).
+3. An item's score is the largest distance of its patches to their nearest bank patch
+   (:meth:`detect.model.patchbank.PatchBank.score`, numpy); :func:`torch_scores` is the
+   torch reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detect.model.patchbank import BANK_FORMAT, PatchBank, check_intact_counts, greedy_coreset
+
+__all__ = ["PatchFeatures", "build_bank", "item_scores", "torch_scores"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CROP = (96, 96)
+DEFAULT_BANK_SIZE = 4000
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PatchFeatures(nn.Module):
+    """Patch features of item crops from a detector's backbone body (frozen, eval mode).
+
+    Args:
+        model: a torchvision ``FasterRCNN`` built by :func:`detect.model.build.build_model`
+            (its ``backbone.body`` returns an ordered dict of feature maps).
+        crop_size: ``(height, width)`` every crop is resized to.
+
+    Call with crops (a list of ``H x W x 3`` uint8 RGB arrays): returns ``[N, P, D]`` float32,
+    ``P`` patches per crop (the finer level's grid) of ``D`` channels.
+    """
+
+    def __init__(self, model: nn.Module, crop_size: tuple[int, int] = DEFAULT_CROP) -> None:
+        super().__init__()
+        body = model.backbone.body
+        names = list(dict.fromkeys(body.return_layers.values()))
+        # ResNet: layer1..layer4 -> use layer2, layer3 (PatchCore's); MobileNet: strides 8 and 16.
+        self.layers = names[1:3] if len(names) >= 4 else names[:2]
+        self.body = body
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        transform = getattr(model, "transform", None)
+        mean = getattr(transform, "image_mean", _IMAGENET_MEAN)
+        std = getattr(transform, "image_std", _IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        config = getattr(model, "config", None)
+        self.backbone = getattr(config, "backbone", "unknown")
+        self.input_size = getattr(config, "input_size", None)
+        self.eval()
+        self.requires_grad_(False)
+
+    def fingerprint(self) -> str:
+        """A digest of the backbone weights the features come from (a bank is only valid with them)."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.body.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """Crops as one normalised ``[N, 3, h, w]`` batch at ``crop_size``."""
+        h, w = self.crop_size
+        batch = []
+        for crop in crops:
+            t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
+            batch.append(F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False))
+        x = torch.cat(batch) if batch else torch.zeros((0, 3, h, w))
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        x = self.prepare(crops)
+        if len(x) == 0:
+            return torch.zeros((0, 0, 0))
+        found: dict[str, torch.Tensor] = {}
+        wanted = set(self.layers)
+        for name, module in self.body.items():  # IntermediateLayerGetter: its children, in order
+            x = module(x)
+            out = self.body.return_layers.get(name)
+            if out in wanted:
+                found[out] = x
+                if len(found) == len(wanted):
+                    break  # the deeper blocks are not needed
+        maps = [F.avg_pool2d(found[k], 3, 1, 1) for k in self.layers]
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        feats = torch.cat(maps, dim=1)  # [N, D, h', w']
+        return feats.flatten(2).transpose(1, 2).contiguous()
+
+    def meta(self) -> dict:
+        return {"backbone": self.backbone, "input_size": self.input_size, "crop_size": list(self.crop_size),
+                "layers": list(self.layers), "fingerprint": self.fingerprint(), "format": BANK_FORMAT}
+
+
+def build_bank(
+    extractor: PatchFeatures,
+    crops: Mapping[str, Iterable[np.ndarray]],
+    *,
+    defects: Mapping[str, int] | None = None,
+    bank_size: int = DEFAULT_BANK_SIZE,
+    batch: int = 32,
+    seed: int = 0,
+    min_crops: int | None = None,
+) -> PatchBank:
+    """A :class:`PatchBank` from intact crops per base class.
+
+    Args:
+        extractor: the patch feature extractor.
+        crops: base class -> its intact crops (``H x W x 3`` uint8 RGB).
+        defects: base class -> how many defect crops it has (to name a class seen only as defects).
+        bank_size: patches kept per class (k-center greedy coreset of all its patches).
+
+    Raises:
+        BankError: a base class has no intact crops or fewer than the minimum.
+    """
+    lists = {cls: list(c) for cls, c in crops.items()}
+    kwargs = {} if min_crops is None else {"minimum": min_crops}
+    check_intact_counts({c: len(v) for c, v in lists.items()}, defects or {}, **kwargs)
+    banks: dict[str, np.ndarray] = {}
+    for cls, items in sorted(lists.items()):
+        parts = []
+        for i in range(0, len(items), batch):
+            feats = extractor(items[i:i + batch])
+            parts.append(feats.reshape(-1, feats.shape[-1]).numpy())
+        patches = np.concatenate(parts)
+        keep = greedy_coreset(patches, bank_size, seed=seed)
+        banks[cls] = np.ascontiguousarray(patches[keep], np.float32)
+        log.info("anomaly bank %s: %d crops, %d patches -> %d", cls, len(items), len(patches), len(keep))
+    meta = extractor.meta()
+    meta["crops"] = {c: len(v) for c, v in lists.items()}
+    return PatchBank(banks, meta)
+
+
+def item_scores(extractor: PatchFeatures, bank: PatchBank, classes: Sequence[str],
+                crops: Sequence[np.ndarray], *, batch: int = 32) -> list[float | None]:
+    """Scores of ``crops`` (item ``i`` of class ``classes[i]``): torch features, numpy nearest
+    neighbours (:meth:`PatchBank.score`); None for a class the bank has no base class for."""
+    out: list[float | None] = []
+    for i in range(0, len(crops), batch):
+        feats = extractor(crops[i:i + batch]).numpy()
+        out.extend(bank.score(cls, f) for cls, f in zip(classes[i:i + batch], feats))
+    return out
+
+
+@torch.no_grad()
+def torch_scores(extractor: PatchFeatures, bank: PatchBank, classes: Sequence[str],
+                 crops: Sequence[np.ndarray]) -> list[float]:
+    """The reference scores (``torch.cdist``) of ``crops``, item ``i`` of class ``classes[i]``."""
+    from detect.model.patchbank import base_class
+
+    feats = extractor(crops)
+    out = []
+    for cls, patches in zip(classes, feats):
+        memory = torch.from_numpy(bank.banks[base_class(cls, list(bank.banks))])
+        out.append(float(torch.cdist(patches[None], memory[None])[0].min(dim=1).values.max()))
+    return out
