@@ -134,3 +134,27 @@ def test_base_class_of_a_detection():
     assert base_class("Lata_defectuosa", classes) == "Lata"
     assert base_class("Botella", classes) == "Botella"
     assert PatchBank({"Lata": np.zeros((2, 3), np.float32)}).score("Botella", np.zeros((4, 3), np.float32)) is None
+
+
+def test_holdout_defect_is_drawn_only_in_val(tmp_path):
+    import json
+
+    from detect.data.voc import parse_voc
+    from detect.demo.dataset import make_demo_dataset, read_marker
+
+    out = make_demo_dataset(tmp_path / "demo", num_images=40, seed=0, image_size=(160, 120),
+                            holdout_defect="torn_label")
+    kinds = json.loads((out / "defects.json").read_text())
+    train = (out / "ImageSets/Main/train.txt").read_text().split()
+    val = (out / "ImageSets/Main/val.txt").read_text().split()
+    assert read_marker(out)["holdout_defect"] == "torn_label"
+    for sample_id, per_object in kinds.items():
+        names = [o.name for o in parse_voc(out / "Annotations" / f"{sample_id}.xml").objects]
+        assert len(names) == len(per_object)
+        assert all(bool(k) == n.endswith("_defectuosa") for n, k in zip(names, per_object))
+    assert not any("torn_label" in k for s in train for k in kinds[s])
+    assert any("torn_label" in k for s in val for k in kinds[s])
+    with pytest.raises(ValueError, match="holdout defect must be one of dent, crushed, torn_label"):
+        make_demo_dataset(tmp_path / "bad", num_images=2, holdout_defect="scratch")
+    plain = make_demo_dataset(tmp_path / "plain", num_images=4, seed=0, image_size=(160, 120))
+    assert not (plain / "defects.json").exists() and "holdout_defect" not in read_marker(plain)
