@@ -158,3 +158,29 @@ def test_holdout_defect_is_drawn_only_in_val(tmp_path):
         make_demo_dataset(tmp_path / "bad", num_images=2, holdout_defect="scratch")
     plain = make_demo_dataset(tmp_path / "plain", num_images=4, seed=0, image_size=(160, 120))
     assert not (plain / "defects.json").exists() and "holdout_defect" not in read_marker(plain)
+
+
+def test_command_builds_the_bank_of_a_checkpoint(tmp_path, capsys):
+    from conftest import make_devkit, make_tiny_checkpoint
+
+    from detect.anomaly import main
+    from detect.model.anomaly import PatchFeatures
+    from detect.model.build import model_from_checkpoint
+
+    data = make_devkit(tmp_path / "data", n=40)
+    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
+    assert main(["--weights", str(weights), "--bank-size", "64", "--crop", "48"]) == 0
+    assert "best.anomaly.npz" in capsys.readouterr().out
+    bank = load_bank(tmp_path / "run" / "best.anomaly.npz")
+    model, _ = model_from_checkpoint(weights)
+    bank.check_matches(backbone="mobilenet", input_size=128, fingerprint=PatchFeatures(model).fingerprint())
+    assert bank.meta["crop_size"] == [48, 48] and all(len(b) == 64 for b in bank.banks.values())
+    assert main(["--weights", str(weights)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+    few = make_devkit(tmp_path / "few", n=6)
+    weights = make_tiny_checkpoint(tmp_path / "run2" / "best.pt", few)
+    assert main(["--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "the anomaly bank needs at least 8" in err and err.count("\n") == 1
+    assert not (tmp_path / "run2" / "best.anomaly.npz").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,9 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detect.model.patchbank import BANK_FORMAT, PatchBank, check_intact_counts, greedy_coreset
+from detect.model.patchbank import (
+    BANK_FORMAT, BankError, PatchBank, base_class, check_intact_counts, greedy_coreset, is_defect_class,
+)
 
-__all__ = ["PatchFeatures", "build_bank", "item_scores", "torch_scores"]
+__all__ = ["PatchFeatures", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
+           "torch_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +168,66 @@ def item_scores(extractor: PatchFeatures, bank: PatchBank, classes: Sequence[str
 def torch_scores(extractor: PatchFeatures, bank: PatchBank, classes: Sequence[str],
                  crops: Sequence[np.ndarray]) -> list[float]:
     """The reference scores (``torch.cdist``) of ``crops``, item ``i`` of class ``classes[i]``."""
-    from detect.model.patchbank import base_class
-
     feats = extractor(crops)
     out = []
     for cls, patches in zip(classes, feats):
         memory = torch.from_numpy(bank.banks[base_class(cls, list(bank.banks))])
         out.append(float(torch.cdist(patches[None], memory[None])[0].min(dim=1).values.max()))
     return out
+
+
+def bank_path(weights: str | Path) -> Path:
+    """Where the bank of checkpoint ``weights`` is stored: beside it, ``best.pt`` -> ``best.anomaly.npz``
+    (one per checkpoint: a bank is only valid with the weights it was built from)."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".anomaly.npz")
+
+
+def intact_crops(records, classes: Sequence[str]) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
+    """The ground-truth boxes of ``records`` (:class:`detect.data.records.Record`) cut out of
+    their images (RGB, upright): intact crops per base class, and defect counts per base class."""
+    from detect.data.images import read_image
+
+    crops: dict[str, list[np.ndarray]] = {c: [] for c in classes if not is_defect_class(c)}
+    defects: dict[str, int] = {}
+    for record in records:
+        wanted = [o for o in record.annotation.objects if not is_defect_class(o.name)]
+        for obj in record.annotation.objects:
+            if is_defect_class(obj.name):
+                base = base_class(obj.name, classes)
+                defects[base] = defects.get(base, 0) + 1
+        if not wanted:
+            continue
+        image = read_image(record.image, exif=record.exif)
+        for obj in wanted:
+            b = obj.box
+            x0, y0 = int(b.xmin), int(b.ymin)
+            x1, y1 = int(np.ceil(b.xmax)), int(np.ceil(b.ymax))
+            if x1 - x0 >= 4 and y1 - y0 >= 4:  # a box under 4 px has no patch grid to speak of
+                crops.setdefault(obj.name, []).append(image[y0:y1, x0:x1])
+    return crops, defects
+
+
+def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, crop_size=DEFAULT_CROP,
+                        bank_size: int = DEFAULT_BANK_SIZE, seed: int = 0) -> PatchBank:
+    """Build the bank of a ``detect.train`` checkpoint from the intact boxes of its training split
+    (the dataset it names, or ``data`` when it has moved).
+
+    Raises:
+        BankError: too few or no intact crops of a base class.
+        detect.data.layout.DatasetError, detect.data.records.DataError: the data cannot be read.
+    """
+    from detect.data.layout import discover
+    from detect.data.records import load_records
+    from detect.model.build import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(weights)
+    info = ckpt.get("data") or {}
+    root = data or info.get("root")
+    if root is None:
+        raise BankError(f"{weights}: the checkpoint names no dataset; give --data")
+    files = discover(root, images=None if data else info.get("images"))
+    train = (info.get("splits") or {}).get("train")
+    records = load_records(files, train, exif=info.get("exif", "apply"), warn_each=False)
+    crops, defects = intact_crops(records, list(ckpt["classes"]))
+    return build_bank(PatchFeatures(model, crop_size), crops, defects=defects, bank_size=bank_size, seed=seed)
