@@ -11,8 +11,9 @@ false-reject thresholds are the 99th / 98th percentile of the val intact items' 
 the same base class (so they are fitted on the items they are measured on: optimistic for
 small val sets).
 
-Feature sources: ``random`` (the MobileNetV3 backbone at its random initialisation: no
-weights at all) and, with ``--weights``, ``detector`` (that checkpoint's trained backbone);
+Feature sources: ``random`` (the MobileNetV3 backbone at its random initialisation, no
+trained weights; its batch-norm statistics measured on the intact training crops, else the
+untrained net's activations fade to ~0 by the mid levels) and, with ``--weights``, ``detector`` (that checkpoint's trained backbone);
 with ``--weights`` the detector's own defect probability on the same boxes (its box head on
 the ground-truth boxes, ``p(defect) / (p(defect) + p(intact))``) and the two combined (an
 item is flagged by either; each score mapped to its rank among the val intact items first)
@@ -107,6 +108,24 @@ def detector_defect_prob(model, classes, items) -> np.ndarray:
     return out
 
 
+def calibrate_bn(model, crops, crop: int) -> None:
+    """Batch-norm running statistics of an untrained backbone measured on ``crops`` (a plain average)."""
+    import torch
+
+    from detect.model.anomaly import PatchFeatures
+
+    ex = PatchFeatures(model, (crop, crop))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.backbone.body.train()
+    with torch.no_grad():
+        for i in range(0, min(len(crops), 256), 32):
+            model.backbone.body(ex.prepare(crops[i:i + 32]))
+    model.eval()
+
+
 def rank_among(neg: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Each value's share of ``neg`` below it (the intact items' empirical CDF)."""
     s = np.sort(neg)
@@ -131,7 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("data", type=Path, help="a demo devkit made with --holdout-defect (defects.json)")
     p.add_argument("--weights", type=Path, help="a detector checkpoint: its backbone, and its defect probability")
     p.add_argument("--crop", type=int, default=96, help="crops resized to CROP x CROP (default 96)")
-    p.add_argument("--bank-size", type=int, default=4000, help="patches kept per class (default 4000)")
+    p.add_argument("--bank-size", type=int, default=2000, help="patches kept per class (default 2000)")
+    p.add_argument("--sources", default="random,detector", help="feature sources to measure (default: both)")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -153,7 +173,9 @@ def main(argv=None) -> int:
 
     sources = []
     torch.manual_seed(0)
-    sources.append(("random", build_model(backbone="mobilenet", num_classes=len(classes) + 1, input_size=256).eval()))
+    random_net = build_model(backbone="mobilenet", num_classes=len(classes) + 1, input_size=256)
+    calibrate_bn(random_net, [it["crop"] for it in train if not is_defect_class(it["name"])], args.crop)
+    sources.append(("random", random_net))
     model = None
     if args.weights:
         model, ckpt = model_from_checkpoint(args.weights)
@@ -162,7 +184,7 @@ def main(argv=None) -> int:
 
     rows: list[tuple] = []
     costs = []
-    for name, net in sources:
+    for name, net in [s for s in sources if s[0] in args.sources.split(",")]:
         ex = PatchFeatures(net, (args.crop, args.crop))
         intact: dict[str, list] = {}
         for it in train:
