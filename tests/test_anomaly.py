@@ -184,3 +184,35 @@ def test_command_builds_the_bank_of_a_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the anomaly bank needs at least 8" in err and err.count("\n") == 1
     assert not (tmp_path / "run2" / "best.anomaly.npz").exists()
+
+
+def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsys):
+    import json
+
+    from conftest import make_devkit, make_tiny_checkpoint
+
+    from detect.anomaly import main as build
+    from detect.predict import main as predict
+
+    data = make_devkit(tmp_path / "data", n=40)
+    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
+    image = str(data / "JPEGImages" / "img_000.jpg")
+
+    def records(name):
+        assert predict(["--weights", str(weights), image, "--out", str(tmp_path / "out"), "--name", name,
+                        "--save-json", "--no-save-images", "--no-progress"]) == 0
+        return json.loads((tmp_path / "out" / name / "predictions.json").read_text())
+
+    plain = records("plain")
+    assert plain and not any("anomaly" in r for r in plain)  # no bank: as before
+    assert build(["--weights", str(weights), "--bank-size", "64", "--crop", "48"]) == 0
+    scored = records("scored")
+    assert [r["bbox"] for r in scored] == [r["bbox"] for r in plain]
+    assert all(r["anomaly"] >= 0 for r in scored if r["bbox"][2] - r["bbox"][0] >= 2)
+    assert sum("anomaly" in r for r in scored) >= len(scored) - 1
+    capsys.readouterr()
+
+    other = make_tiny_checkpoint(tmp_path / "other" / "best.pt", data, seed=1)  # other weights, the same bank
+    (tmp_path / "other" / "best.anomaly.npz").write_bytes((tmp_path / "run" / "best.anomaly.npz").read_bytes())
+    assert predict(["--weights", str(other), image, "--out", str(tmp_path / "out"), "--save-json", "--no-progress"]) == 2
+    assert "built from other backbone weights than this model's" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
+from pathlib import Path  # noqa: F401  (annotations)
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.model.patchbank import (
-    BANK_FORMAT, BankError, PatchBank, base_class, check_intact_counts, greedy_coreset, is_defect_class,
+    BANK_FORMAT, BankError, PatchBank, bank_path, base_class, check_intact_counts, greedy_coreset, is_defect_class,
 )
 
-__all__ = ["PatchFeatures", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
+__all__ = ["ItemScorer", "PatchFeatures", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
            "torch_scores"]
 
 log = logging.getLogger(__name__)
@@ -176,13 +176,6 @@ def torch_scores(extractor: PatchFeatures, bank: PatchBank, classes: Sequence[st
     return out
 
 
-def bank_path(weights: str | Path) -> Path:
-    """Where the bank of checkpoint ``weights`` is stored: beside it, ``best.pt`` -> ``best.anomaly.npz``
-    (one per checkpoint: a bank is only valid with the weights it was built from)."""
-    weights = Path(weights)
-    return weights.with_name(weights.stem + ".anomaly.npz")
-
-
 def intact_crops(records, classes: Sequence[str]) -> tuple[dict[str, list[np.ndarray]], dict[str, int]]:
     """The ground-truth boxes of ``records`` (:class:`detect.data.records.Record`) cut out of
     their images (RGB, upright): intact crops per base class, and defect counts per base class."""
@@ -231,3 +224,36 @@ def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, 
     records = load_records(files, train, exif=info.get("exif", "apply"), warn_each=False)
     crops, defects = intact_crops(records, list(ckpt["classes"]))
     return build_bank(PatchFeatures(model, crop_size), crops, defects=defects, bank_size=bank_size, seed=seed)
+
+
+class ItemScorer:
+    """Anomaly scores of a frame's detections: crops of their boxes, patch features, the bank.
+
+    Args:
+        model: the detector (its backbone gives the features).
+        bank: its :class:`PatchBank`, checked against the model (:meth:`PatchBank.check_matches`).
+    """
+
+    def __init__(self, model: nn.Module, bank: PatchBank, *, source: str = "the bank") -> None:
+        self.extractor = PatchFeatures(model, tuple(bank.meta.get("crop_size", DEFAULT_CROP)))
+        bank.check_matches(backbone=self.extractor.backbone, input_size=self.extractor.input_size,
+                           fingerprint=self.extractor.fingerprint(), source=source)
+        self.bank = bank
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """``(M,)`` scores of the boxes ``(M, 4)`` xmin/ymin/xmax/ymax (pixels of the RGB ``image``) with
+        labels ``1..K``; NaN for a box under 2 px or a class without a bank."""
+        out = np.full(len(boxes), np.nan)
+        h, w = image.shape[:2]
+        crops, where = [], []
+        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, float)):
+            x0, y0 = max(0, int(x0)), max(0, int(y0))
+            x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                crops.append(image[y0:y1, x0:x1])
+                where.append(i)
+        if crops:
+            names = [classes[int(labels[i]) - 1] for i in where]
+            for i, s in zip(where, item_scores(self.extractor, self.bank, names, crops)):
+                out[i] = np.nan if s is None else s
+        return out

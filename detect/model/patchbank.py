@@ -67,6 +67,13 @@ def base_class(name: str, classes: Sequence[str]) -> str:
     return max(fits, key=len) if fits else name
 
 
+def bank_path(weights: str | os.PathLike[str]) -> Path:
+    """Where the bank of checkpoint ``weights`` is stored: beside it, ``best.pt`` -> ``best.anomaly.npz``
+    (one per checkpoint: a bank is only valid with the weights it was built from)."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".anomaly.npz")
+
+
 def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     """Euclidean distance from each of ``patches [N, D]`` to its nearest row of ``bank [M, D]``: ``[N]``.
 
