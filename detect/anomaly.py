@@ -3,7 +3,8 @@
     python -m detect.anomaly --weights weights/mobilenet/best.pt     # -> weights/mobilenet/best.anomaly.npz
     python -m detect.anomaly --weights best.pt --data moved/dataset --crop 96 --bank-size 4000
 
-One pass over the intact boxes of the checkpoint's training split (no training): their patch
+Writes ``NAME.anomaly.npz`` (the bank) and ``NAME.anomaly.onnx`` (the feature extractor, for
+onnxruntime without torch). One pass over the intact boxes of the checkpoint's training split (no training): their patch
 features from the detector's own backbone, subsampled per base class (``Lata``, ``Botella``)
 into a memory bank (:mod:`detect.model.anomaly`). ``detect.predict`` then gives every
 detection an ``anomaly`` score (higher = less like the intact items seen) when the bank is
@@ -46,7 +47,7 @@ def _build(args) -> int:
     source = Path(args.weights)
     if not source.is_file():
         raise UsageError(f"--weights {show(source)}: no such checkpoint file")
-    from detect.model.anomaly import bank_for_checkpoint, bank_path  # torch is imported here, after the usage checks
+    from detect.model.anomaly import bank_for_checkpoint, bank_path, export_features  # torch: after the usage checks
     from detect.model.patchbank import save_bank
 
     target = Path(args.out) if args.out else bank_path(source)
@@ -55,14 +56,18 @@ def _build(args) -> int:
     if os.path.lexists(target) and not args.overwrite:
         raise UsageError(f"{show(target)} exists; pass --overwrite to replace it, or --out another file")
     started = time.perf_counter()
-    bank = bank_for_checkpoint(source, data=args.data, crop_size=(args.crop, args.crop), bank_size=args.bank_size)
+    bank, extractor = bank_for_checkpoint(source, data=args.data, crop_size=(args.crop, args.crop),
+                                          bank_size=args.bank_size)
+    graph = target.with_suffix(".onnx")  # the features for the torch-free line (onnxruntime)
     try:
         save_bank(bank, target)
+        export_features(extractor, graph)
     except OSError as exc:
         raise DetectError(f"{show(target)}: cannot write the bank there ({exc.strerror or exc})") from None
     per_class = ", ".join(f"{c} {bank.meta['crops'][c]} crops -> {len(bank.banks[c])} patches" for c in bank.classes)
-    print(f"wrote {show(target)} ({bank.nbytes() / 2**20:.1f} MiB; {per_class}; "
-          f"{time.perf_counter() - started:.1f} s)")
+    print(f"wrote {show(target)} ({bank.nbytes() / 2**20:.1f} MiB; {per_class}) and {show(graph.name)} "
+          f"({graph.stat().st_size / 2**20:.1f} MiB, the features for onnxruntime); "
+          f"{time.perf_counter() - started:.1f} s")
     return 0
 
 

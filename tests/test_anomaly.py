@@ -171,6 +171,7 @@ def test_command_builds_the_bank_of_a_checkpoint(tmp_path, capsys):
     weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
     assert main(["--weights", str(weights), "--bank-size", "64", "--crop", "48"]) == 0
     assert "best.anomaly.npz" in capsys.readouterr().out
+    assert (tmp_path / "run" / "best.anomaly.onnx").stat().st_size > 0
     bank = load_bank(tmp_path / "run" / "best.anomaly.npz")
     model, _ = model_from_checkpoint(weights)
     bank.check_matches(backbone="mobilenet", input_size=128, fingerprint=PatchFeatures(model).fingerprint())
@@ -216,3 +217,15 @@ def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsy
     (tmp_path / "other" / "best.anomaly.npz").write_bytes((tmp_path / "run" / "best.anomaly.npz").read_bytes())
     assert predict(["--weights", str(other), image, "--out", str(tmp_path / "out"), "--save-json", "--no-progress"]) == 2
     assert "built from other backbone weights than this model's" in capsys.readouterr().err
+
+
+def test_onnx_features_give_the_pytorch_score(bank, extractor, tmp_path):
+    from detect.model.anomaly import export_features, torch_scores
+    from detect.model.patchbank import OnnxPatchFeatures
+
+    path = export_features(extractor, tmp_path / "best.anomaly.onnx")
+    onnx = OnnxPatchFeatures(path, bank.meta["crop_size"])
+    crops = [can_crop(400), dented(can_crop(401)), can_crop(402)[:50, :30]]
+    classes = ["Lata", "Lata_defectuosa", "Lata"]
+    scores = [bank.score(c, f) for c, f in zip(classes, onnx(crops))]
+    np.testing.assert_allclose(scores, torch_scores(extractor, bank, classes, crops), rtol=1e-4)

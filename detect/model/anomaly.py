@@ -29,7 +29,7 @@ from detect.model.patchbank import (
     BANK_FORMAT, BankError, PatchBank, bank_path, base_class, check_intact_counts, greedy_coreset, is_defect_class,
 )
 
-__all__ = ["ItemScorer", "PatchFeatures", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
+__all__ = ["ItemScorer", "PatchFeatures", "export_features", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
            "torch_scores"]
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,10 @@ class PatchFeatures(nn.Module):
         x = self.prepare(crops)
         if len(x) == 0:
             return torch.zeros((0, 0, 0))
+        return self.patches(x)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, P, D]`` patch features of a normalised ``[N, 3, h, w]`` batch."""
         found: dict[str, torch.Tensor] = {}
         wanted = set(self.layers)
         for name, module in self.body.items():  # IntermediateLayerGetter: its children, in order
@@ -112,6 +116,36 @@ class PatchFeatures(nn.Module):
     def meta(self) -> dict:
         return {"backbone": self.backbone, "input_size": self.input_size, "crop_size": list(self.crop_size),
                 "layers": list(self.layers), "fingerprint": self.fingerprint(), "format": BANK_FORMAT}
+
+
+class _FeatureGraph(nn.Module):
+    """What the ONNX file computes: RGB crops in [0, 1] at the crop size -> patch features."""
+
+    def __init__(self, extractor: PatchFeatures) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor.patches((x - self.extractor.mean) / self.extractor.std)
+
+
+def export_features(extractor: PatchFeatures, path: str | Path, *, opset: int = 17) -> Path:
+    """Write the patch feature extractor as ONNX: input ``crops`` ``[N, 3, h, w]`` float32 RGB in
+    ``[0, 1]`` at ``crop_size``, output ``patches`` ``[N, P, D]``; the torch-free line runs it with
+    onnxruntime (:class:`detect.model.patchbank.OnnxPatchFeatures`)."""
+    import io
+
+    from detect.common.files import atomic_open
+
+    h, w = extractor.crop_size
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(_FeatureGraph(extractor).eval(), (torch.rand(2, 3, h, w),), buffer, dynamo=False,
+                          opset_version=opset, input_names=["crops"], output_names=["patches"],
+                          dynamic_axes={"crops": {0: "items"}, "patches": {0: "items"}}, do_constant_folding=True)
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())
+    return Path(path)
 
 
 def build_bank(
@@ -202,9 +236,9 @@ def intact_crops(records, classes: Sequence[str]) -> tuple[dict[str, list[np.nda
 
 
 def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, crop_size=DEFAULT_CROP,
-                        bank_size: int = DEFAULT_BANK_SIZE, seed: int = 0) -> PatchBank:
+                        bank_size: int = DEFAULT_BANK_SIZE, seed: int = 0) -> tuple[PatchBank, PatchFeatures]:
     """Build the bank of a ``detect.train`` checkpoint from the intact boxes of its training split
-    (the dataset it names, or ``data`` when it has moved).
+    (the dataset it names, or ``data`` when it has moved); returns it and its feature extractor.
 
     Raises:
         BankError: too few or no intact crops of a base class.
@@ -223,7 +257,8 @@ def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, 
     train = (info.get("splits") or {}).get("train")
     records = load_records(files, train, exif=info.get("exif", "apply"), warn_each=False)
     crops, defects = intact_crops(records, list(ckpt["classes"]))
-    return build_bank(PatchFeatures(model, crop_size), crops, defects=defects, bank_size=bank_size, seed=seed)
+    extractor = PatchFeatures(model, crop_size)
+    return build_bank(extractor, crops, defects=defects, bank_size=bank_size, seed=seed), extractor
 
 
 class ItemScorer:

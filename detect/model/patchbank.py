@@ -217,3 +217,27 @@ def check_intact_counts(counts: Mapping[str, int], defects: Mapping[str, int], *
         if n < minimum:
             raise BankError(f"{where}: {n} intact {cls} crop(s), the anomaly bank needs at least {minimum}; "
                             "label more intact items")
+
+
+class OnnxPatchFeatures:
+    """The patch features of :func:`detect.model.anomaly.export_features`'s ONNX file, with
+    onnxruntime and OpenCV only (no torch): call with RGB uint8 crops, get ``[N, P, D]``."""
+
+    def __init__(self, path: str | os.PathLike[str], crop_size: Sequence[int], *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        import cv2
+
+        h, w = self.crop_size
+        # Bilinear without antialiasing, pixel centres aligned, in float (uint8 resizing rounds):
+        # what torch's interpolate does.
+        batch = np.stack([cv2.resize(np.asarray(c, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+                          for c in crops]) / np.float32(255.0)
+        return self.session.run(None, {"crops": batch.transpose(0, 3, 1, 2).copy()})[0]
