@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                 comb[m] = np.maximum(rank_among(scores[neg_m], scores[m]), rank_among(det[neg_m], det[m]))
             rows_for("combined (either)", comb, val, rows)
 
-    print(f"\n| scores | class | defects | intact | defective | AUROC | recall @1% FR | recall @2% FR |")
+    print("\n| scores | class | defects | intact | defective | AUROC | recall @1% FR | recall @2% FR |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]:.2f} | {r[7]:.2f} |")

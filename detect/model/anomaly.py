@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path  # noqa: F401  (annotations)
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
