@@ -27,6 +27,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("train", "train a Faster R-CNN on your annotated images"),
     ("eval", "score trained models (VOC and COCO AP, precision/recall, speed) on annotated images"),
     ("audit", "find likely label mistakes with a trained model, or pick the images to annotate next"),
+    ("anomaly", "build a checkpoint's anomaly bank: detections get a score for defects nobody labelled"),
     ("export", "export a checkpoint to ONNX (float32, int8) for deployment"),
     ("benchmark", "PyTorch, ONNX and OpenVINO side by side on this machine: size, latency, mAP"),
     ("predict", "run a model on images, videos, cameras and streams; --track counts items on a line"),

@@ -2,6 +2,7 @@
 
     python -m detect.make_demo_data OUT --images 400 [--seed 0] [--size 320x240] [--val-fraction 0.2]
     python -m detect.make_demo_data OUT --defect-rate 0.05     (rare defects: 5 % of objects defective)
+    python -m detect.make_demo_data OUT --holdout-defect torn_label   (a defect kind shown only in val)
     python -m detect.make_demo_data OUT --conveyor 40 [--speed 4] [--spacing 130] [--fps 25]
     python tools/make_demo_data.py OUT ...     (from a clone; make-demo-data once installed)
 
@@ -19,7 +20,7 @@ import sys
 import time
 
 from detect.common.errors import DetectError, UsageError, show
-from detect.demo.dataset import DEMO_CLASSES, make_demo_dataset, read_marker
+from detect.demo.dataset import DEFECT_KINDS, DEMO_CLASSES, make_demo_dataset, read_marker
 from detect.common.logs import setup_logging
 from detect.common.options import CliParser, Number, run_command
 
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--defect-rate", type=Number(float, 0, 1), metavar="P",
                         help="each object is defective with probability P (e.g. 0.05 for rare defects); default: "
                         "the four classes equally likely")
+    kinds = [k for ks in DEFECT_KINDS.values() for k in ks]
+    parser.add_argument("--holdout-defect", choices=kinds, metavar="KIND",
+                        help="draw defect KIND only in val images (an unseen defect), and write defects.json, "
+                        f"each object's defect kinds; one of {', '.join(kinds)} (default: none)")
     c = parser.add_argument_group("a conveyor video (instead of the dataset)")
     c.add_argument("--conveyor", type=Number(int, 1, 100_000), metavar="N",
                    help="write OUT/conveyor.mp4, N items crossing the frame, and OUT/conveyor.json, the ground truth")
@@ -88,7 +93,7 @@ def _dataset(args) -> int:
     try:
         out = make_demo_dataset(
             args.out, num_images=args.images, seed=args.seed, image_size=args.size, val_fraction=args.val_fraction,
-            defect_rate=args.defect_rate,
+            defect_rate=args.defect_rate, holdout_defect=args.holdout_defect,
         )
     except (FileExistsError, ValueError) as exc:
         raise UsageError(show(exc)) from None

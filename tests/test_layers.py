@@ -30,7 +30,7 @@ PACKAGE = REPO / "detect"
 ORDER = ("detect.common", "detect.data", "detect.demo", "detect.model", "detect.scoring", "detect.inference",
          "detect.deploy", "detect.line", "detect.checks", "detect.station", "detect.training")
 COMMANDS = ("detect.train", "detect.eval", "detect.check_xml", "detect.make_demo_data", "detect.predict",
-            "detect.export", "detect.convert", "detect.audit", "detect.benchmark",
+            "detect.export", "detect.convert", "detect.anomaly", "detect.audit", "detect.benchmark",
             "detect.__main__")  # the front door: python -m detect COMMAND
 # The modules that may import torch (and those that import them); the rest is the core.
 TORCH = frozenset({
@@ -41,6 +41,7 @@ TORCH = frozenset({
     "detect.model.build",
     "detect.model.roi_align",
     "detect.model.checkpoint",
+    "detect.model.anomaly",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
     "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free

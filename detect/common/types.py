@@ -71,6 +71,8 @@ class Detections:
         boxes: ``(M, 4)`` float64 ``xmin, ymin, xmax, ymax`` in pixels of the original image.
         scores: ``(M,)`` float64 confidences; higher is more confident.
         labels: ``(M,)`` int64 in ``1..K``.
+        anomaly: ``(M,)`` float64 anomaly scores (:mod:`detect.model.anomaly`; NaN: none for
+            that class), or None when no anomaly bank is in use.
 
     Inputs are converted to those dtypes; M may be 0.
     """
@@ -79,6 +81,7 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    anomaly: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         what = f"detections of {self.image!r}"
@@ -86,6 +89,8 @@ class Detections:
         n = self.boxes.shape[0]
         self.scores = _as_vector(self.scores, n, np.float64, what, "scores")
         self.labels = _as_vector(self.labels, n, np.int64, what, "labels")
+        if self.anomaly is not None:
+            self.anomaly = _as_vector(self.anomaly, n, np.float64, what, "anomaly")
 
 
 @dataclass

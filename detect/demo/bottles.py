@@ -18,8 +18,11 @@ from detect.demo.paint import (
 )
 
 
-def _render_bottle(rng, h: int, w: int, defective: bool, light_x: float) -> _Sprite:
-    defects = _pick_defects(rng, ("crack", "broken_neck", "chipped")) if defective else ()
+BOTTLE_DEFECTS = ("crack", "broken_neck", "chipped")
+
+
+def _render_bottle(rng, h: int, w: int, defective: bool, light_x: float, exclude: str | None = None) -> _Sprite:
+    defects = _pick_defects(rng, BOTTLE_DEFECTS, exclude) if defective else ()
     cx = w / 2.0
     hw_body = w / 2.0 - 0.5
     neck_hw = max(1.0, hw_body * _u(rng, 0.28, 0.42))
@@ -177,4 +180,4 @@ def _render_bottle(rng, h: int, w: int, defective: bool, light_x: float) -> _Spr
     _blend(rgb, tint * 0.35, edge, 0.55)
     alpha_map = np.maximum(alpha_map, edge.astype(np.float32) / 255.0 * 0.9)
     np.clip(rgb, 0, 255, out=rgb)
-    return _Sprite(rgb, alpha_map * (mask.astype(np.float32) / 255.0)).crop()
+    return _Sprite(rgb, alpha_map * (mask.astype(np.float32) / 255.0), defects).crop()

@@ -18,8 +18,11 @@ from detect.demo.paint import (
 )
 
 
-def _render_can(rng, h: int, w: int, defective: bool, light_x: float) -> _Sprite:
-    defects = _pick_defects(rng, ("dent", "crushed", "torn_label")) if defective else ()
+CAN_DEFECTS = ("dent", "crushed", "torn_label")
+
+
+def _render_can(rng, h: int, w: int, defective: bool, light_x: float, exclude: str | None = None) -> _Sprite:
+    defects = _pick_defects(rng, CAN_DEFECTS, exclude) if defective else ()
     cx = w / 2.0
     hw = w / 2.0 - 0.5
     ry = max(1.0, w * _u(rng, 0.09, 0.15))
@@ -184,4 +187,4 @@ def _render_can(rng, h: int, w: int, defective: bool, light_x: float) -> _Sprite
     _lines(edge, outline, closed=True)
     _blend(rgb, metal * 0.3, edge, 0.5)
     np.clip(rgb, 0, 255, out=rgb)
-    return _Sprite(rgb, mask.astype(np.float32) / 255.0).crop()
+    return _Sprite(rgb, mask.astype(np.float32) / 255.0, defects).crop()

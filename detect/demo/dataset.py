@@ -23,6 +23,11 @@ height, later objects occluding earlier ones, some cut by the image border):
 * ``Botella_defectuosa``: 1-2 of: cracks (thin jagged light/dark lines), a broken neck
   (jagged top, no cap), a chipped body (a bite out of the outline).
 
+``holdout_defect`` (one of :data:`DEFECT_KINDS`) leaves one defect kind out of the training
+split: train images never show it, val images do, and ``defects.json`` lists the defect kinds
+of each object (``{"demo_00003": [[], ["torn_label"], ...]}``, in the XML's object order), so
+defects a model never saw can be measured apart from those it did.
+
 Normal and defective objects share their colour palettes, so the classes differ by shape
 and marks only.
 
@@ -55,9 +60,12 @@ import numpy as np
 from detect.common.errors import show
 from detect.data.layout import split_by_name
 from detect.data.voc import Annotation, VocObject, write_voc
+from detect.demo.bottles import BOTTLE_DEFECTS
+from detect.demo.cans import CAN_DEFECTS
 from detect.demo.scene import DEMO_CLASSES, _Scene
 
 __all__ = [
+    "DEFECT_KINDS",
     "DEMO_CLASSES",
     "MARKER_NAME",
     "is_complete",
@@ -69,6 +77,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MARKER_NAME = ".complete"
+DEFECTS_NAME = "defects.json"
+DEFECT_KINDS: dict[str, tuple[str, ...]] = {"Lata": CAN_DEFECTS, "Botella": BOTTLE_DEFECTS}
+"""The defect kinds drawn on each base class (``--holdout-defect`` names one)."""
 GENERATOR = "detect.demo"  # the marker's name for this generator: a stored format, kept across module moves
 # Bump when the drawing changes, so that datasets made by an older version are remade.
 GENERATOR_VERSION = 1
@@ -89,6 +100,7 @@ def make_demo_dataset(
     image_size: tuple[int, int] = (320, 240),
     val_fraction: float = 0.2,
     defect_rate: float | None = None,
+    holdout_defect: str | None = None,
 ) -> Path:
     """Write a demo VOC devkit into ``out`` and return ``Path(out)``.
 
@@ -103,6 +115,8 @@ def make_demo_dataset(
         defect_rate: the probability, in ``[0, 1]``, that an object is defective (a rare-defect
             demo with e.g. 0.05); None (the default): each of the four classes equally likely,
             and the files are those of earlier versions byte for byte.
+        holdout_defect: a defect kind (:data:`DEFECT_KINDS`) drawn only in val images, with
+            ``defects.json`` written; None (the default): every kind everywhere, no such file.
 
     Raises:
         ValueError: a parameter is out of range.
@@ -111,9 +125,10 @@ def make_demo_dataset(
     """
     num_images, seed, (width, height), val_fraction = _check_params(num_images, seed, image_size, val_fraction)
     defect_rate = _check_rate(defect_rate)
+    holdout_defect = _check_holdout(holdout_defect)
     out = Path(out)
     if is_complete(out, num_images=num_images, seed=seed, image_size=(width, height), val_fraction=val_fraction,
-                   defect_rate=defect_rate):
+                   defect_rate=defect_rate, holdout_defect=holdout_defect):
         log.info("%s: demo dataset already complete (%d images, seed %d)", out, num_images, seed)
         return out
     if out.exists() or out.is_symlink():
@@ -132,7 +147,7 @@ def make_demo_dataset(
     try:
         os.chmod(tmp, 0o755)
         marker = _generate(tmp, num_images=num_images, seed=seed, size=(width, height), val_fraction=val_fraction,
-                           defect_rate=defect_rate)
+                           defect_rate=defect_rate, holdout_defect=holdout_defect)
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -154,6 +169,7 @@ def is_complete(
     image_size: tuple[int, int],
     val_fraction: float | None = None,
     defect_rate: float | None = None,
+    holdout_defect: str | None = None,
 ) -> bool:
     """Whether ``out`` holds a finished demo dataset made with these parameters.
 
@@ -172,6 +188,10 @@ def is_complete(
     if val_fraction is not None and marker.get("val_fraction") != float(val_fraction):
         return False
     if marker.get("defect_rate") != (None if defect_rate is None else float(defect_rate)):
+        return False
+    if marker.get("holdout_defect") != holdout_defect:
+        return False
+    if holdout_defect is not None and not (Path(out) / DEFECTS_NAME).is_file():
         return False
     root = Path(out)
     try:
@@ -202,22 +222,40 @@ def read_marker(out: str | os.PathLike[str]) -> dict | None:
 
 
 def render_demo_image(
-    seed: int, index: int, image_size: tuple[int, int] = (320, 240), *, defect_rate: float | None = None
+    seed: int, index: int, image_size: tuple[int, int] = (320, 240), *, defect_rate: float | None = None,
+    exclude_defect: str | None = None,
 ) -> tuple[np.ndarray, tuple[VocObject, ...]]:
     """Draw image ``index`` of the dataset with ``seed``: a BGR uint8 array and its objects.
 
-    This is what :func:`make_demo_dataset` writes (before JPEG compression).
+    This is what :func:`make_demo_dataset` writes (before JPEG compression); with
+    ``exclude_defect``, what it writes for a training image when that kind is held out.
     """
+    image, objects, _ = _render(seed, index, image_size, defect_rate, _check_holdout(exclude_defect))
+    return image, objects
+
+
+def _render(seed, index, image_size, defect_rate, exclude):
     _, seed, (width, height), _ = _check_params(1, seed, image_size, 0.0)
     defect_rate = _check_rate(defect_rate)
     index = operator.index(index)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    return _Scene(rng, width, height, defect_rate).render()
+    scene = _Scene(rng, width, height, defect_rate, exclude)
+    image, objects = scene.render()
+    return image, objects, scene.object_defects
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def _check_holdout(kind):
+    if kind is None:
+        return None
+    known = [k for kinds in DEFECT_KINDS.values() for k in kinds]
+    if kind not in known:
+        raise ValueError(f"holdout defect must be one of {', '.join(known)}, got {kind!r}")
+    return kind
 
 
 def _check_rate(defect_rate):
@@ -255,7 +293,7 @@ def _check_params(num_images, seed, image_size, val_fraction):
 
 
 def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], val_fraction: float,
-              defect_rate: float | None = None) -> dict:
+              defect_rate: float | None = None, holdout_defect: str | None = None) -> dict:
     width, height = size
     ann_dir = root / "Annotations"
     img_dir = root / "JPEGImages"
@@ -266,9 +304,16 @@ def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], 
     ids: list[str] = []
     counts = dict.fromkeys(DEMO_CLASSES, 0)
     negatives = 0
+    train_ids: set[str] = set()
+    kinds: dict[str, list[list[str]]] = {}
+    if holdout_defect is not None:  # the split is by name alone, so it is known before drawing
+        names = [f"demo_{k:0{digits}d}" for k in range(num_images)]
+        train_ids = set(split_by_name(names, val_fraction=val_fraction)["train"])
     for k in range(num_images):
         sample_id = f"demo_{k:0{digits}d}"
-        image, objects = render_demo_image(seed, k, (width, height), defect_rate=defect_rate)
+        exclude = holdout_defect if sample_id in train_ids else None
+        image, objects, object_defects = _render(seed, k, (width, height), defect_rate, exclude)
+        kinds[sample_id] = [list(d) for d in object_defects]
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR image
             raise OSError(f"OpenCV could not encode {sample_id}.jpg")
@@ -312,6 +357,9 @@ def _generate(root: Path, *, num_images: int, seed: int, size: tuple[int, int], 
     }
     if defect_rate is not None:  # only then: the default demo's marker stays as it was
         marker["defect_rate"] = defect_rate
+    if holdout_defect is not None:
+        marker["holdout_defect"] = holdout_defect
+        (root / DEFECTS_NAME).write_text(json.dumps(kinds, sort_keys=True) + "\n", encoding="utf-8")
     # The marker is the last file written: its presence means everything else is there.
     (root / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return marker

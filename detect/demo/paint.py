@@ -104,7 +104,10 @@ def _jagged_walk(rng, start, angle, steps, step_len, wobble):
     return pts
 
 
-def _pick_defects(rng, kinds) -> tuple[str, ...]:
+def _pick_defects(rng, kinds, exclude: str | None = None) -> tuple[str, ...]:
+    """1 or 2 of ``kinds`` (``exclude`` left out: a kind held out of the training split)."""
+    if exclude is not None:
+        kinds = tuple(k for k in kinds if k != exclude)
     n = 1 if rng.random() < 0.6 else 2
     order = rng.permutation(len(kinds))[:n]
     return tuple(kinds[i] for i in sorted(order))
@@ -114,6 +117,7 @@ def _pick_defects(rng, kinds) -> tuple[str, ...]:
 class _Sprite:
     rgb: np.ndarray  # float32 (h, w, 3), BGR 0-255
     alpha: np.ndarray  # float32 (h, w), 0-1
+    defects: tuple[str, ...] = ()  # the defect kinds drawn on it
 
     def crop(self) -> "_Sprite":
         solid = self.alpha > 0.02
@@ -122,7 +126,7 @@ class _Sprite:
         if rows.size == 0:
             return self
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        return _Sprite(self.rgb[r0:r1, c0:c1], self.alpha[r0:r1, c0:c1])
+        return _Sprite(self.rgb[r0:r1, c0:c1], self.alpha[r0:r1, c0:c1], self.defects)
 
     def rotated(self, degrees: float) -> "_Sprite":
         h, w = self.alpha.shape
@@ -133,4 +137,4 @@ class _Sprite:
         m[1, 2] += nh / 2.0 - h / 2.0
         rgb = cv2.warpAffine(self.rgb, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
         alpha = cv2.warpAffine(self.alpha, m, (nw, nh), flags=cv2.INTER_LINEAR, borderValue=0)
-        return _Sprite(rgb, alpha).crop()
+        return _Sprite(rgb, alpha, self.defects).crop()

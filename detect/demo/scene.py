@@ -39,11 +39,14 @@ def _clip_region(x0: int, y0: int, w: int, h: int, W: int, H: int):
 class _Scene:
     """One image: a background, objects placed back to front, global effects."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int, defect_rate: float | None = None) -> None:
+    def __init__(self, rng: np.random.Generator, width: int, height: int, defect_rate: float | None = None,
+                 exclude: str | None = None) -> None:
         self.rng = rng
         self.W = width
         self.H = height
         self.defect_rate = defect_rate
+        self.exclude = exclude  # a defect kind never drawn (held out of the training split)
+        self.object_defects: tuple[tuple[str, ...], ...] = ()  # after render(): the defect kinds of each object
 
     def _make_sprite(self, cls: str, light_x: float, size: float | None = None) -> _Sprite:
         """A can or bottle of class ``cls``, its longest side ``size`` pixels (default: a
@@ -61,16 +64,17 @@ class _Scene:
             if not lying and diameter > W * 0.9:
                 length, diameter = length * W * 0.9 / diameter, W * 0.9
             h, w = max(10, int(round(length))), max(6, int(round(diameter)))
-            sprite = _render_can(rng, h, w, cls.endswith("_defectuosa"), light_x)
+            sprite = _render_can(rng, h, w, cls.endswith("_defectuosa"), light_x, self.exclude)
             if lying:
                 k = 1 if rng.random() < 0.5 else 3
-                sprite = _Sprite(np.ascontiguousarray(np.rot90(sprite.rgb, k)), np.ascontiguousarray(np.rot90(sprite.alpha, k)))
+                sprite = _Sprite(np.ascontiguousarray(np.rot90(sprite.rgb, k)), np.ascontiguousarray(np.rot90(sprite.alpha, k)),
+                                 sprite.defects)
         else:
             aspect = _u(rng, 0.25, 0.4)
             size = min(size, W * 0.9 / aspect)
             h = max(14, int(round(size)))
             w = max(5, int(round(h * aspect)))
-            sprite = _render_bottle(rng, h, w, cls.endswith("_defectuosa"), light_x)
+            sprite = _render_bottle(rng, h, w, cls.endswith("_defectuosa"), light_x, self.exclude)
         if rng.random() < 0.3:
             sprite = sprite.rotated(_u(rng, -12, 12))
         return sprite
@@ -113,6 +117,7 @@ class _Scene:
             inside = int(solid[spr_sl].sum())
             placed.append({
                 "name": cls,
+                "defects": sprite.defects,
                 "full": inside,
                 "visible": inside,
                 "truncated": truncated,
@@ -121,6 +126,7 @@ class _Scene:
 
         image = self._finish(canvas)
         objects = []
+        kinds = []
         for idx, obj in enumerate(placed):
             x0, y0, x1, y1 = obj["region"]
             vis = owner[y0:y1, x0:x1] == idx
@@ -132,6 +138,8 @@ class _Scene:
             if box.width < 2 or box.height < 2:
                 continue
             objects.append(VocObject(name=obj["name"], box=box, difficult=False, truncated=obj["truncated"]))
+            kinds.append(tuple(obj["defects"]))
+        self.object_defects = tuple(kinds)
         return image, tuple(objects)
 
     def _try_place(self, solid, area, w, h, placed, owner):

@@ -233,11 +233,14 @@ def write_predictions(
             label = int(d.labels[j])
             if not 1 <= label <= len(classes):
                 raise ValueError(f"detection on {d.image!r} has label {label}, outside 1..{len(classes)}")
-            lines.append(json.dumps({
+            record = {
                 "image": d.image,
                 "label": classes[label - 1],
                 "score": float(d.scores[j]),
                 "bbox": [float(v) for v in d.boxes[j]],
-            }))
+            }
+            if d.anomaly is not None and np.isfinite(d.anomaly[j]):  # with an anomaly bank (detect.anomaly)
+                record["anomaly"] = float(d.anomaly[j])
+            lines.append(json.dumps(record))
     text = "[\n" + ",\n".join(lines) + ("\n" if lines else "") + "]\n"
     return write_atomic(path, text)
