@@ -139,33 +139,6 @@ def _say(text: str) -> None:
     sys.stderr.flush()
 
 
-def _with_anomaly(writer, detector, weights) -> None:
-    """With an anomaly bank beside the checkpoint (python -m detect.anomaly), each detection gets
-    its score before the writer sees it (``anomaly`` in predictions.json); without one, nothing changes."""
-    from detect.model.patchbank import bank_path, load_bank
-
-    path = bank_path(weights)
-    if not path.is_file():
-        return
-    model = getattr(detector, "model", None)
-    if model is None:
-        print(f"warning: {show(path)}: the anomaly score needs the PyTorch checkpoint (.pt) for now; "
-              "these predictions carry none", file=sys.stderr)
-        return
-    from detect.model.anomaly import ItemScorer
-
-    scorer = ItemScorer(model, load_bank(path), source=show(path))
-    add = writer.add
-
-    def scored(result, source) -> None:
-        d = result.detections
-        if not result.error and len(d.boxes):
-            d.anomaly = scorer(result.frame.image, d.boxes, d.labels, result.classes)
-        add(result, source)
-
-    writer.add = scored
-
-
 def _run(args, detector, predictor) -> int:
     from detect.inference.outputs import PredictionWriter
     from detect.inference.session import PredictSession, gui_available, summary_lines
@@ -207,7 +180,15 @@ def _run(args, detector, predictor) -> int:
         save_ls=Path(args.save_ls) if args.save_ls else None, ls_prefix=args.ls_prefix,
         model_version=f"{run} ({Path(args.weights).name})",
     )
-    _with_anomaly(writer, detector, args.weights)
+    if args.save_json or args.save_csv:  # an anomaly bank beside the checkpoint scores each detection
+        from detect.model.patchbank import bank_path
+
+        if bank_path(args.weights).is_file():
+            from detect.model.anomaly import score_writes
+
+            warning = score_writes(writer, detector, args.weights)
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
     print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
           f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)

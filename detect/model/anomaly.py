@@ -29,7 +29,7 @@ from detect.model.patchbank import (
     BANK_FORMAT, BankError, PatchBank, bank_path, base_class, check_intact_counts, greedy_coreset, is_defect_class,
 )
 
-__all__ = ["ItemScorer", "PatchFeatures", "export_features", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
+__all__ = ["ItemScorer", "score_writes", "PatchFeatures", "export_features", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
            "torch_scores"]
 
 log = logging.getLogger(__name__)
@@ -292,3 +292,29 @@ class ItemScorer:
             for i, s in zip(where, item_scores(self.extractor, self.bank, names, crops)):
                 out[i] = np.nan if s is None else s
         return out
+
+
+def score_writes(writer, detector, weights) -> str | None:
+    """Give each detection its anomaly score before ``writer`` (a
+    :class:`~detect.inference.outputs.PredictionWriter`) writes it (``anomaly`` in
+    predictions.json), from the bank beside ``weights`` (``python -m detect.anomaly``).
+    Returns a warning instead when the detector is not a PyTorch checkpoint."""
+    from detect.common.errors import show
+    from detect.model.patchbank import bank_path, load_bank
+
+    path = bank_path(weights)
+    model = getattr(detector, "model", None)
+    if model is None:
+        return (f"{show(path)}: the anomaly score needs the PyTorch checkpoint (.pt) for now; "
+                "these predictions carry none")
+    scorer = ItemScorer(model, load_bank(path), source=show(path))
+    add = writer.add
+
+    def scored(result, source) -> None:
+        d = result.detections
+        if not result.error and len(d.boxes):
+            d.anomaly = scorer(result.frame.image, d.boxes, d.labels, result.classes)
+        add(result, source)
+
+    writer.add = scored
+    return None
