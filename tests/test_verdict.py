@@ -158,3 +158,35 @@ def test_the_threshold_reproduces_the_asked_false_reject_rate(rate: float) -> No
 def test_a_false_reject_rate_outside_the_range_is_a_usage_error(rate: float) -> None:
     with pytest.raises(UsageError, match="max-false-reject"):
         threshold_for_false_reject([0.1, 0.2], rate)
+
+
+def test_detect_train_verdict_saves_verdict_pt_beside_best_pt(tmp_path: Path, torch_home: Path) -> None:
+    from conftest import TINY_TRAIN
+    from detect import train as T
+    from detect.model.verdict import load_verdict
+
+    data = make_devkit(tmp_path / "data", n=12)
+    code = T.main(["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(tmp_path / "w"),
+                   "--epochs", "1", "--weights", "none", *TINY_TRAIN, "--verdict", "--verdict-epochs", "1",
+                   "--max-false-reject", "0.5"])
+    assert code == 0
+    run = tmp_path / "w" / "mobilenet"
+    v = load_verdict(run / "verdict.pt", CLASSES)
+    assert (run / "best.pt").is_file() and v.max_false_reject == 0.5 and v.info["val_crops"] > 0
+
+
+@pytest.mark.parametrize("value", ["0", "0.6", "-1", "abc"])
+def test_detect_train_refuses_a_false_reject_rate_outside_the_range(value: str, capsys) -> None:
+    from detect import train as T
+
+    with pytest.raises(SystemExit) as exc:
+        T.main(["--verdict", "--max-false-reject", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--max-false-reject" in err and "Traceback" not in err
+
+
+def test_max_false_reject_without_verdict_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    from detect import train as T
+
+    assert T.main(["--max-false-reject", "0.01", "--out", str(tmp_path)]) == 2
+    assert "add --verdict" in capsys.readouterr().err

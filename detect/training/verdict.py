@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
@@ -32,7 +33,8 @@ from detect.model.verdict import (DEFAULT_SIZE, MARGIN, VerdictClassifier, build
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ItemCrops", "evaluate_crops", "item_crops", "line_augment", "train_one_epoch", "train_verdict"]
+__all__ = ["ItemCrops", "evaluate_crops", "item_crops", "line_augment", "train_one_epoch", "train_verdict",
+           "verdict_for_run"]
 
 KEEP = 0.35
 """Margin kept around each box when its crop is stored: room for the shifts of augmentation."""
@@ -202,3 +204,24 @@ def _take(loader: DataLoader, n: int):
         if i >= n:
             return
         yield batch
+
+
+def verdict_for_run(result, *, epochs: int = 15, max_false_reject: float | None = None, size: int = DEFAULT_SIZE,
+                    weights: str = "auto", echo: Callable[[str], None] = log.info) -> Path | None:
+    """After ``detect.train``: a verdict classifier trained on the run's own train split (its
+    threshold chosen on the val split for ``max_false_reject``), saved as ``verdict.pt`` beside
+    ``best.pt``. Returns its path; None when the run left no ``best.pt`` (interrupted before an epoch)."""
+    from detect.model.verdict import save_verdict
+    from detect.training.data_prep import prepare_data
+
+    folder = Path(result.run.path)
+    if not (folder / "best.pt").is_file():
+        return None
+    _, data = prepare_data(result.config, lambda text, **_: None)
+    if result.config.weights == "none":  # a detector asked to start from nothing: so does its classifier
+        weights = "none"
+    verdict = train_verdict(data.train, data.classes, val=data.val, epochs=epochs, size=size, weights=weights,
+                            max_false_reject=max_false_reject, seed=result.config.seed, echo=echo)
+    path = save_verdict(verdict, folder / "verdict.pt")
+    echo(f"verdict classifier: {path}")
+    return path
