@@ -190,3 +190,55 @@ def test_max_false_reject_without_verdict_is_a_usage_error(tmp_path: Path, capsy
 
     assert T.main(["--max-false-reject", "0.01", "--out", str(tmp_path)]) == 2
     assert "add --verdict" in capsys.readouterr().err
+
+
+class _Constant:
+    """A classifier that calls every crop defective with probability ``p`` and records the crops' frames."""
+
+    classes = ["Lata", "Lata_defectuosa", "Botella", "Botella_defectuosa"]
+    defect_classes = ["Lata_defectuosa", "Botella_defectuosa"]
+    arch, size, max_false_reject = "constant", 8, None
+
+    def __init__(self, p: float, threshold: float = 0.5) -> None:
+        self.p, self.threshold, self.shapes = p, threshold, []
+
+    def probabilities(self, image, boxes):
+        self.shapes.append(image.shape)
+        out = np.zeros((len(boxes), 4))
+        out[:, 0], out[:, 1] = 1 - self.p, self.p
+        return out
+
+    def defect_probability(self, probs):
+        return probs[:, 1] + probs[:, 3]
+
+
+@pytest.mark.parametrize("p", [0.9, 0.1])
+def test_the_line_judges_items_with_the_classifier_when_it_has_one(p: float, tmp_path: Path) -> None:
+    import json
+
+    from test_line_session import ITEMS, SEED, SPACING, SPEED, TruthDetector
+    from detect.demo.conveyor import write_conveyor
+    from detect.inference.predictor import Predictor
+    from detect.inference.sources import open_source
+    from detect.line.session import LineSession
+
+    write_conveyor(tmp_path / "v", ITEMS, seed=SEED, speed=SPEED, spacing=SPACING)
+    classifier = _Constant(p)
+    session = LineSession(Predictor(TruthDetector(), conf=0.5), folder=tmp_path / "out", verdict=classifier)
+    session.feed(open_source(str(tmp_path / "v" / "conveyor.mp4")))
+    counting = session.counting()
+    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert len(events) == counting["items"] > 0 and "verdict: classifier" in session.verdict_note
+    assert all(e["verdict"] == "classifier" and e["defect_probability"] == pytest.approx(p) for e in events)
+    assert all(e["defect"] == (p > 0.5) and ("defectuosa" in e["class"]) == (p > 0.5) for e in events)
+    assert counting["defective"] == (len(events) if p > 0.5 else 0)  # the counts follow the verdict
+    assert classifier.shapes and all(s == (240, 320, 3) for s in classifier.shapes)  # whole frames, not the model's input
+
+
+def test_without_a_classifier_the_line_votes_and_says_so(tmp_path: Path) -> None:
+    from test_line_session import TruthDetector
+    from detect.inference.predictor import Predictor
+    from detect.line.session import LineSession
+
+    session = LineSession(Predictor(TruthDetector(), conf=0.5), folder=tmp_path)
+    assert session.verdict_note.startswith("verdict: detector vote")

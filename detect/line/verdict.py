@@ -21,8 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError
+from detect.line.counting import intact_counterpart
 
-__all__ = ["EPS", "ItemVerdicts", "check_false_reject", "combine", "logit", "threshold_for_false_reject"]
+__all__ = ["EPS", "ItemVerdicts", "describe", "check_false_reject", "combine", "logit", "threshold_for_false_reject"]
 
 EPS = 1e-4
 """Probabilities are clipped to [EPS, 1 - EPS]: one confident frame cannot outvote all the others."""
@@ -91,17 +92,21 @@ class ItemVerdicts:
     gate's deadline allows; None: all).
     """
 
-    def __init__(self, classifier: Any, *, max_frames: int | None = None) -> None:
+    def __init__(self, classifier: Any, *, max_frames: int | None = None,
+                 defect_classes: Sequence[str] | None = None) -> None:
         self.classifier = classifier
+        self.classes = list(classifier.classes)
+        self.defect_classes = list(getattr(classifier, "defect_classes", None) or defect_classes or ())
         self.threshold = float(classifier.threshold)
         self.max_frames = max_frames
         self._tracks: dict[int, _Track] = {}
+        self._judged: set[int] = set()  # decided: their later frames are not classified
         self.frames_classified = 0
 
     def observe(self, track_ids: Sequence[int], boxes: np.ndarray, image: np.ndarray) -> None:
         ids = [int(t) for t in track_ids]
-        wanted = [i for i, t in enumerate(ids) if self.max_frames is None
-                  or self._tracks.get(t, _Track()).frames < self.max_frames]
+        wanted = [i for i, t in enumerate(ids) if t not in self._judged and (
+            self.max_frames is None or self._tracks.get(t, _Track()).frames < self.max_frames)]
         if not wanted or image is None:
             return
         p = self.classifier.defect_probability(self.classifier.probabilities(image, np.asarray(boxes)[wanted]))
@@ -122,10 +127,50 @@ class ItemVerdicts:
         """The event's fields: ``defect_probability`` (None when no frame could be cut),
         ``defect`` (at the threshold), ``verdict_frames`` and ``verdict: "classifier"``."""
         p = self.probability(track_id)
-        t = self._tracks.get(int(track_id))
+        t = self._tracks.pop(int(track_id), None)
+        self._judged.add(int(track_id))
         return {"defect_probability": round(p, 4) if np.isfinite(p) else None,
                 "defect": bool(np.isfinite(p) and p >= self.threshold),
                 "verdict_frames": t.frames if t else 0, "verdict": "classifier"}
 
     def forget(self, track_id: int) -> None:
         self._tracks.pop(int(track_id), None)
+        self._judged.discard(int(track_id))
+
+    def __call__(self, track_id: int, label: str, defect: bool) -> tuple[str, bool, dict[str, Any]]:
+        """:class:`~detect.line.counting.ItemCounter`'s ``judge``: the detector's vote gives the
+        kind (can or bottle), the classifier whether it is defective: ``(class, defect, event fields)``.
+        With no frame classified the vote stands."""
+        fields = self.judge(track_id)
+        if fields["defect_probability"] is None:
+            return label, defect, {**fields, "defect": defect, "verdict": "detector vote"}
+        return self.kind(label, fields["defect"]), fields["defect"], fields
+
+    def kind(self, label: str, defect: bool) -> str:
+        """``label`` turned defective (``Lata`` -> ``Lata_defectuosa``) or intact, as ``defect`` says."""
+        if defect and label not in self.defect_classes:
+            fits = [d for d in self.defect_classes if intact_counterpart(d, self.classes, self.defect_classes) == label]
+            return fits[0] if fits else label
+        if not defect and label in self.defect_classes:
+            return intact_counterpart(label, self.classes, self.defect_classes) or label
+        return label
+
+    def on_frame(self, tracks: Sequence[Any], ended: Sequence[Any], image: np.ndarray | None) -> None:
+        """The line's per-frame hook: classify the crops of this frame's tracks, forget those that ended."""
+        seen = [t for t in tracks if t.observation is not None]
+        if seen and image is not None:
+            self.observe([t.id for t in seen], np.array([t.observation.box for t in seen]), image)
+        for t in ended:
+            self.forget(t.id)
+
+
+def describe(classifier: Any | None) -> str:
+    """The banner's line on how items are judged."""
+    if classifier is None:
+        return ("verdict: detector vote (the model has no verdict.pt beside it; detect.train --verdict trains "
+                "the item classifier)")
+    rate = getattr(classifier, "max_false_reject", None)
+    chosen = (f", chosen for <= {100 * rate:g} % good items rejected on the val split" if rate
+              else "")
+    return (f"verdict: classifier ({getattr(classifier, 'arch', '?')} on each item's crop at "
+            f"{getattr(classifier, 'size', '?')} px; defective at probability >= {classifier.threshold:.3f}{chosen})")

@@ -41,7 +41,7 @@ from detect.model.build import WeightsError, _fetch_state_dict
 log = logging.getLogger(__name__)
 
 __all__ = ["ARCHS", "DEFAULT_SIZE", "MARGIN", "VerdictClassifier", "VerdictError", "build_verdict", "crop_item",
-           "crops_tensor", "letterbox", "load_verdict", "save_verdict"]
+           "crops_tensor", "letterbox", "load_verdict", "save_verdict", "verdict_beside"]
 
 ARCHS = ("mobilenet_v3_small", "small_cnn")
 DEFAULT_SIZE = 96
@@ -211,3 +211,14 @@ def load_verdict(path: Path, classes: Sequence[str] | None = None) -> VerdictCla
     return VerdictClassifier(model, list(meta["classes"]), list(meta["defect_classes"]), arch=meta["arch"],
                              size=int(meta["size"]), margin=float(meta["margin"]), threshold=float(meta["threshold"]),
                              max_false_reject=meta.get("max_false_reject"), info=dict(meta.get("info") or {}))
+
+
+def verdict_beside(weights: str | Path, classes: Sequence[str]) -> VerdictClassifier | None:
+    """The ``verdict.pt`` in the folder of the model file ``weights`` (a checkpoint or its
+    export), checked against the detector's ``classes``; None when there is none.
+
+    Raises:
+        VerdictError: it is there but not usable with this detector.
+    """
+    path = Path(weights).with_name("verdict.pt")
+    return load_verdict(path, classes) if path.is_file() else None

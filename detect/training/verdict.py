@@ -33,7 +33,8 @@ from detect.model.verdict import (DEFAULT_SIZE, MARGIN, VerdictClassifier, build
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ItemCrops", "evaluate_crops", "item_crops", "line_augment", "train_one_epoch", "train_verdict",
+__all__ = ["ItemCrops", "evaluate_crops", "item_crops", "line_augment", "precise_batch_norm", "train_one_epoch",
+           "train_verdict",
            "verdict_for_run"]
 
 KEEP = 0.35
@@ -121,6 +122,26 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     return total / max(1, n)
 
 
+@torch.no_grad()
+def precise_batch_norm(model: nn.Module, loader: DataLoader) -> None:
+    """Batch-norm statistics measured over ``loader`` (the plain training crops), not the running
+    averages of training: torchvision's MobileNetV3 updates them with momentum 0.01, so after the
+    few hundred steps a small dataset gives they still hold much of their initial values."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    for images, _ in loader:
+        model(images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
 @torch.inference_mode()
 def evaluate_crops(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (N, K), labels (N,))`` over ``loader``."""
@@ -176,6 +197,7 @@ def train_verdict(data: Sequence[Record], classes: Sequence[str], *, val: Sequen
         loss = train_one_epoch(model, optimizer, limited, loss_fn, scheduler)
         done += len(loader) if max_iters is None else min(len(loader), max_iters - done)
         echo(f"verdict epoch {epoch + 1}/{epochs}: loss {loss:.3f} ({time.perf_counter() - t0:.0f} s)")
+    precise_batch_norm(model, DataLoader(ItemCrops(crops, size=size), batch_size=batch_size))
     verdict = VerdictClassifier(model.eval(), classes, defect_classes, arch=arch, size=size,
                                 info={"train_crops": len(crops), "epochs": epochs, "weights": weights})
     val_crops = item_crops(val, classes) if val else []
