@@ -152,6 +152,8 @@ def test_the_threshold_reproduces_the_asked_false_reject_rate(rate: float) -> No
     assert flagged <= rate and flagged > rate - 1 / len(intact) - 1e-12
     fresh = rng.beta(2, 8, 20000)  # new items from the same line: near the asked rate
     assert abs((fresh >= t).mean() - rate) < max(0.005, 0.3 * rate)
+    single = intact.astype(np.float32)  # a classifier's float32 scores keep the rate too
+    assert (single >= threshold_for_false_reject(single, rate)).mean() <= rate
 
 
 @pytest.mark.parametrize("rate", [0, -0.1, 0.51, 1.0, float("nan")])

@@ -57,9 +57,9 @@ def check_false_reject(rate: float) -> float:
 
 
 def threshold_for_false_reject(intact: Sequence[float], rate: float) -> float:
-    """The lowest threshold at which at most ``rate`` of the ``intact`` items' defect
-    probabilities are at or above it (flagged): on these items the false-reject rate is
-    ``<= rate``, and as close to it as their scores allow.
+    """A threshold at which at most ``rate`` of the ``intact`` items' defect probabilities are at
+    or above it (flagged): on these items the false-reject rate is ``<= rate``, and as close to
+    it as their scores allow (halfway between the highest score left unflagged and the next).
 
     Raises:
         UsageError: ``rate`` outside (0, 0.5] (:func:`check_false_reject`) or no intact item.
@@ -72,8 +72,10 @@ def threshold_for_false_reject(intact: Sequence[float], rate: float) -> float:
     allowed = int(np.floor(rate * s.size + 1e-9))  # items that may be flagged
     if allowed >= s.size:
         return float(s[-1])
-    # Flag the `allowed` highest scores: a threshold just above the next one.
-    return float(min(1.0, np.nextafter(s[allowed], np.inf)))
+    # Flag the `allowed` highest scores: a threshold halfway between the next one and the lowest
+    # flagged (or 1), which survives scores rounded to float32 and leaves new items a margin.
+    above = s[allowed - 1] if allowed else 1.0
+    return float((s[allowed] + above) / 2) if above > s[allowed] else float(np.nextafter(s[allowed], np.inf))
 
 
 @dataclass

@@ -170,7 +170,7 @@ class VerdictClassifier:
 
     def defect_probability(self, probs: np.ndarray) -> np.ndarray:
         """``(N,)`` the defect classes' share of each row of ``probs``."""
-        return probs[:, self.defect_mask].sum(1)
+        return np.asarray(probs, np.float64)[:, self.defect_mask].sum(1)  # float64: a threshold compares exactly
 
     def metadata(self) -> dict[str, Any]:
         return {"format": FORMAT, "arch": self.arch, "classes": list(self.classes),

@@ -148,7 +148,7 @@ def evaluate_crops(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np
     model.eval()
     probs, labels = [], []
     for images, targets in loader:
-        probs.append(torch.softmax(model(images), 1).numpy())
+        probs.append(torch.softmax(model(images), 1).double().numpy())
         labels.append(np.asarray(targets))
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, int)
