@@ -131,7 +131,8 @@ def rates(defect: np.ndarray, flagged: np.ndarray) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True)
-    ap.add_argument("--verdict", default=None, help="verdict.pt (default: beside --weights, else trained here)")
+    ap.add_argument("--verdict", nargs="+", default=None,
+                    help="verdict.pt file(s), each measured (default: beside --weights, else trained here)")
     ap.add_argument("--verdict-epochs", type=int, default=15)
     ap.add_argument("--items", type=int, default=60)
     ap.add_argument("--seed", type=int, default=101)
@@ -153,9 +154,10 @@ def main() -> None:
     detector = load_detector(args.weights, threads=args.threads)
     classes = list(detector.classes)
     defect_classes = list(default_defect_classes(classes))
-    path = Path(args.verdict) if args.verdict else Path(args.weights).with_name("verdict.pt")
-    if path.is_file():
-        verdict = load_verdict(path, classes)
+    paths = [Path(v) for v in args.verdict] if args.verdict else [Path(args.weights).with_name("verdict.pt")]
+    verdicts = {}
+    if all(p.is_file() for p in paths):
+        verdicts = {p.as_posix(): load_verdict(p, classes) for p in paths}
     else:
         from detect.data.layout import discover, resolve_splits
         from detect.data.records import load_records
@@ -164,49 +166,52 @@ def main() -> None:
         root = Path(detector.meta["data"]["root"])
         files = discover(root)
         splits, _ = resolve_splits(files)
-        verdict = train_verdict(load_records(files, splits["train"]), classes, val=load_records(files, splits["val"]),
-                                epochs=args.verdict_epochs, echo=print)
+        verdicts["trained here"] = train_verdict(load_records(files, splits["train"]), classes,
+                                                 val=load_records(files, splits["val"]), epochs=args.verdict_epochs,
+                                                 echo=print)
     size = tuple(args.size)
     report: dict = {"weights": str(args.weights), "size": size, "items": args.items, "speeds": {}}
     print(f"belts {size[0]}x{size[1]}, {args.items} items, test seed {args.seed}, calibration seed {args.seed + 1}; "
-          f"detector input {detector.info.get('input_size')}, classifier {verdict.arch} at {verdict.size} px")
+          f"detector input {detector.info.get('input_size')}; classifiers: " + "; ".join(
+              f"{k} ({v.arch} at {v.size} px, {v.info.get('train_crops')} training crops)" for k, v in verdicts.items()))
     for speed in args.speeds:
         plan_cal, frames_cal = belt(args.items, args.seed + 1, size, speed)
         plan, frames = belt(args.items, args.seed, size, speed)
         label = {it.id: it.defective for it in plan}
         label_cal = {it.id: it.defective for it in plan_cal}
-        per_item, s_crop = classify(verdict, frames, size)
-        per_item_cal, _ = classify(verdict, frames_cal, size)
         flags, found, s_frame = vote(detector, frames, classes, defect_classes)
-        ids = sorted(per_item)
+        ids = [it.id for it in plan]
         defect = np.array([label[i] for i in ids])
-        ids_cal = sorted(per_item_cal)
-        intact_cal = [i for i in ids_cal if not label_cal[i]]
-        in_view = np.mean([len(per_item[i]) for i in ids])
-        whole = np.mean([sum(w for w, _ in per_item[i]) for i in ids])
-        print(f"\nspeed {speed:g} px/frame: {len(ids)} items ({int(defect.sum())} defective), {in_view:.1f} frames "
-              f"per item in view ({whole:.1f} whole); detector {1000 * s_frame:.0f} ms/frame, classifier "
-              f"{1000 * s_crop:.1f} ms/crop")
         rows = []
         v = np.array([flags.get(i, False) for i in ids])
         r, fl = rates(defect, v)
         rows.append(("(a) detector vote", "-", r, fl, f"found in >=1 frame: {len(found & set(ids))}/{len(ids)}"))
-        for first in [None] + list(args.first):
-            p = np.array([item_probability(per_item[i], first) for i in ids])
-            p_cal = [item_probability(per_item_cal[i], first) for i in intact_cal]
-            t = threshold_for_false_reject(p_cal, args.max_false_reject)
-            name = "(b) classifier, all frames" if first is None else f"(c) classifier, first {first} whole"
-            r, fl = rates(defect, p >= t)
-            rows.append((name, f"{t:.3f}", r, fl, f"ROC area {roc_auc(defect, p):.3f}"))
-            if first is None:
-                r2, fl2 = rates(defect, p >= verdict.threshold)
-                rows.append(("(b) all frames, stored threshold", f"{verdict.threshold:.3f}", r2, fl2, ""))
-        print(f"{'verdict':36s} {'threshold':>9s}  {'defect recall':>16s}  {'intact flagged':>16s}")
+        costs = {}
+        for name_v, verdict in verdicts.items():
+            per_item, s_crop = classify(verdict, frames, size)
+            per_item_cal, _ = classify(verdict, frames_cal, size)
+            costs[name_v] = round(1000 * s_crop, 2)
+            intact_cal = [i for i in sorted(per_item_cal) if not label_cal[i]]
+            tag = f" [{Path(name_v).stem}]" if len(verdicts) > 1 else ""
+            for first in [None] + list(args.first):
+                p = np.array([item_probability(per_item.get(i, []), first) for i in ids])
+                p_cal = [item_probability(per_item_cal[i], first) for i in intact_cal]
+                t = threshold_for_false_reject(p_cal, args.max_false_reject)
+                name = "(b) classifier, all frames" if first is None else f"(c) classifier, first {first} whole"
+                r, fl = rates(defect, p >= t)
+                rows.append((name + tag, f"{t:.3f}", r, fl, f"ROC area {roc_auc(defect, p):.3f}"))
+                if first is None:
+                    r2, fl2 = rates(defect, p >= verdict.threshold)
+                    rows.append(("(b) all frames, stored threshold" + tag, f"{verdict.threshold:.3f}", r2, fl2, ""))
+        in_view = np.mean([sum(1 for _, b in frames if any(i == iid for i, _, _ in b)) for iid in ids])
+        print(f"\nspeed {speed:g} px/frame: {len(ids)} items ({int(defect.sum())} defective), {in_view:.1f} frames "
+              f"per item in view; detector {1000 * s_frame:.0f} ms/frame; classifier ms/crop: {costs}")
+        print(f"{'verdict':48s} {'threshold':>9s}  {'defect recall':>16s}  {'intact flagged':>16s}")
         for name, t, r, fl, note in rows:
-            print(f"{name:36s} {t:>9s}  {r:>16s}  {fl:>16s}  {note}")
+            print(f"{name:48s} {t:>9s}  {r:>16s}  {fl:>16s}  {note}")
         report["speeds"][f"{speed:g}"] = {"frames_per_item": round(float(in_view), 1), "rows": rows,
                                           "detector_ms_per_frame": round(1000 * s_frame, 1),
-                                          "classifier_ms_per_crop": round(1000 * s_crop, 2)}
+                                          "classifier_ms_per_crop": costs}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
