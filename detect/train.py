@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verdict", action="store_true", help="after the detector, train the item classifier the line "
                    "judges each item with (verdict.pt beside best.pt; docs/verdict.md)")
     g.add_argument("--verdict-epochs", type=LIMITS["epochs"], default=15, help="epochs of the item classifier")
+    g.add_argument("--verdict-arch", choices=("mobilenet_v3_small", "small_cnn"), default="mobilenet_v3_small",
+                   help="the item classifier: MobileNetV3-small (ImageNet weights when they can be had) or a "
+                   "four-layer CNN (from scratch; docs/verdict.md compares them)")
     g.add_argument("--max-false-reject", type=_false_reject, metavar="R", help="with --verdict: the share of good "
                    "items you accept to reject, 0 < R <= 0.5 (e.g. 0.01); the threshold meeting it on the val "
                    "split is stored with the classifier (default: probability 0.5)")
@@ -179,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verdict and result.status != "interrupted" and result.main:
             from detect.training.verdict import verdict_for_run
 
-            verdict_for_run(result, epochs=args.verdict_epochs, max_false_reject=args.max_false_reject, echo=_echo)
+            verdict_for_run(result, epochs=args.verdict_epochs, max_false_reject=args.max_false_reject,
+                            arch=args.verdict_arch, echo=_echo)
         return _report(result)
 
     # train() handles Ctrl-C itself once training runs: this is for the setup before it.

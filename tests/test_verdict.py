@@ -170,11 +170,12 @@ def test_detect_train_verdict_saves_verdict_pt_beside_best_pt(tmp_path: Path, to
     data = make_devkit(tmp_path / "data", n=12)
     code = T.main(["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(tmp_path / "w"),
                    "--epochs", "1", "--weights", "none", *TINY_TRAIN, "--verdict", "--verdict-epochs", "1",
-                   "--max-false-reject", "0.5"])
+                   "--max-false-reject", "0.5", "--verdict-arch", "small_cnn"])
     assert code == 0
     run = tmp_path / "w" / "mobilenet"
     v = load_verdict(run / "verdict.pt", CLASSES)
     assert (run / "best.pt").is_file() and v.max_false_reject == 0.5 and v.info["val_crops"] > 0
+    assert v.arch == "small_cnn"
 
 
 @pytest.mark.parametrize("value", ["0", "0.6", "-1", "abc"])

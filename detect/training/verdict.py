@@ -229,7 +229,8 @@ def _take(loader: DataLoader, n: int):
 
 
 def verdict_for_run(result, *, epochs: int = 15, max_false_reject: float | None = None, size: int = DEFAULT_SIZE,
-                    weights: str = "auto", echo: Callable[[str], None] = log.info) -> Path | None:
+                    arch: str = "mobilenet_v3_small", weights: str = "auto",
+                    echo: Callable[[str], None] = log.info) -> Path | None:
     """After ``detect.train``: a verdict classifier trained on the run's own train split (its
     threshold chosen on the val split for ``max_false_reject``), saved as ``verdict.pt`` beside
     ``best.pt``. Returns its path; None when the run left no ``best.pt`` (interrupted before an epoch)."""
@@ -242,7 +243,9 @@ def verdict_for_run(result, *, epochs: int = 15, max_false_reject: float | None 
     _, data = prepare_data(result.config, lambda text, **_: None)
     if result.config.weights == "none":  # a detector asked to start from nothing: so does its classifier
         weights = "none"
-    verdict = train_verdict(data.train, data.classes, val=data.val, epochs=epochs, size=size, weights=weights,
+    verdict = train_verdict(data.train, data.classes, val=data.val, epochs=epochs, size=size, arch=arch,
+                            weights=weights if arch == "mobilenet_v3_small" else "none",
+                            lr=1e-2 if arch == "small_cnn" else 2e-3,  # the rates docs/verdict.md measured
                             max_false_reject=max_false_reject, seed=result.config.seed, echo=echo)
     path = save_verdict(verdict, folder / "verdict.pt")
     echo(f"verdict classifier: {path}")
