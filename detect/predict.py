@@ -197,13 +197,20 @@ def _run(args, detector, predictor) -> int:
     if args.track:
         from detect.line.session import LineSession
 
+        verdict = None
+        if Path(args.weights).with_name("verdict.pt").is_file():  # the item classifier saved with the model (torch)
+            from detect.model.verdict import verdict_beside
+
+            verdict = verdict_beside(args.weights, predictor.classes)
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
                            defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,
                            save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
                            events=Path(args.events) if args.events and args.events != "-" else None,
                            events_stdout=sys.stdout if args.events == "-" else None,
-                           listeners=[args.listeners] if args.listeners else [])  # the live page, MQTT
+                           listeners=[args.listeners] if args.listeners else [],  # the live page, MQTT
+                           verdict=verdict)
+        print(line.verdict_note, file=sys.stderr)
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,
                              status_every=args.status_every, progress=not args.no_progress).run(sources)
     if outcome.write_error is not None:

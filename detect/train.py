@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from detect.model.backbones import BACKBONES
 from detect.data.dataset import AUGMENT_CHOICES, CACHE_CHOICES
+from detect.common.errors import UsageError
 from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
@@ -129,7 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", type=Path, help="continue from a last.pt, with the run's own settings "
                    "(only --epochs, --time, --patience, --device, --workers may be given with it)")
     g.add_argument("--no-check", action="store_true", help="skip the annotation checker pass before training")
+
+    g = p.add_argument_group("verdict")
+    g.add_argument("--verdict", action="store_true", help="after the detector, train the item classifier the line "
+                   "judges each item with (verdict.pt beside best.pt; docs/verdict.md)")
+    g.add_argument("--verdict-epochs", type=LIMITS["epochs"], default=15, help="epochs of the item classifier")
+    g.add_argument("--verdict-arch", choices=("mobilenet_v3_small", "small_cnn"), default="mobilenet_v3_small",
+                   help="the item classifier: MobileNetV3-small (ImageNet weights when they can be had) or a "
+                   "four-layer CNN (from scratch; docs/verdict.md compares them)")
+    g.add_argument("--max-false-reject", type=_false_reject, metavar="R", help="with --verdict: the share of good "
+                   "items you accept to reject, 0 < R <= 0.5 (e.g. 0.01); the threshold meeting it on the val "
+                   "split is stored with the classifier (default: probability 0.5)")
     return p
+
+
+def _false_reject(text: str) -> float:
+    from detect.line.verdict import check_false_reject
+
+    try:
+        return check_false_reject(float(text))
+    except (ValueError, UsageError) as exc:
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, UsageError) else
+                                         f"{text}: give a share such as 0.01") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -154,7 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = resume_config(args.resume, {k: getattr(args, k) for k in given})
         else:
             cfg = config_from_args(args)
-        return _report(train(cfg, echo=_echo, progress=sys.stderr.isatty()))
+        if args.max_false_reject is not None and not args.verdict:
+            raise UsageError("--max-false-reject sets the verdict classifier's threshold: add --verdict")
+        result = train(cfg, echo=_echo, progress=sys.stderr.isatty())
+        if args.verdict and result.status != "interrupted" and result.main:
+            from detect.training.verdict import verdict_for_run
+
+            verdict_for_run(result, epochs=args.verdict_epochs, max_false_reject=args.max_false_reject,
+                            arch=args.verdict_arch, echo=_echo)
+        return _report(result)
 
     # train() handles Ctrl-C itself once training runs: this is for the setup before it.
     return run_command(body, interrupted="\nInterrupted before training started; nothing was saved.")

@@ -42,6 +42,7 @@ TORCH = frozenset({
     "detect.model.roi_align",
     "detect.model.checkpoint",
     "detect.model.anomaly",
+    "detect.model.verdict",
     "detect.inference.torch_runtime",
     "detect.inference.loader",
     "detect.inference.evaluate",  # the loader, inside model_run: scoring a predictions file stays torch-free
@@ -62,6 +63,7 @@ TORCH = frozenset({
     "detect.training.run_folder",
     "detect.training.distributed",
     "detect.training.balance",
+    "detect.training.verdict",
 })
 TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
 

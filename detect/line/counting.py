@@ -143,6 +143,7 @@ class Item:
     crop: str | None = None
     votes: dict[str, float] = field(default_factory=dict)
     defect_score: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # the verdict stage's fields (defect_probability, ...)
 
     @property
     def source_stem(self) -> str:
@@ -157,7 +158,7 @@ class Item:
             "track_id": self.track_id, "class": self.label, "defect": self.defect,
             "best_score": round(self.best_score, 4), "frames_seen": self.frames,
             "box": [round(v, 1) for v in self.box], "direction": self.direction, "crop": self.crop,
-            "defect_score": round(self.defect_score, 4),
+            "defect_score": round(self.defect_score, 4), **self.extra,
         }
 
 
@@ -197,7 +198,8 @@ class ItemCounter:
     def __init__(self, classes: Sequence[str], defect_classes: Sequence[str], thresholds: np.ndarray, *,
                  line: CountingLine | None, belt: str = "left-right", min_frames: int = 3, defect_frames: int = 2,
                  defect_share: float = DEFECT_SHARE, defect_threshold: float | None = None,
-                 keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None) -> None:
+                 keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None,
+                 judge: Callable[[int, str, bool], tuple[str, bool, dict]] | None = None) -> None:
         self.classes = tuple(classes)
         self.defect_classes = tuple(defect_classes)
         self.thresholds = np.asarray(thresholds, np.float64)
@@ -209,6 +211,7 @@ class ItemCounter:
         self.defect_threshold = defect_threshold
         self.keep_crops = keep_crops
         self.on_item = on_item
+        self.judge = judge  # (track id, voted class, voted defect) -> (class, defect, event fields): the verdict stage
         self._defect = np.array([False] + [c in self.defect_classes for c in self.classes])
         self._votes: dict[int, _Vote] = {}
         self.counts: dict[str, int] = {c: 0 for c in self.classes}
@@ -327,12 +330,13 @@ class ItemCounter:
                box: np.ndarray | None = None) -> Item:
         v.counted = True
         label, defect = self._decide(v)
+        label, defect, extra = self.judge(t.id, label, defect) if self.judge is not None else (label, defect, {})
         b = box if box is not None else t.observation.box
         item = Item(track_id=t.id, label=label, defect=defect, best_score=v.best, frames=v.frames, frame=frame,
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
                     time=_dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="milliseconds"),
                     votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0},
-                    defect_score=self._score(v))
+                    defect_score=self._score(v), extra=extra)
         self.counts[label] += 1
         self.items += 1
         self.defective += defect

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from detect.inference.sources import Frame, Source, open_source
 from detect.line.belt import BeltMotion
 from detect.line.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
 from detect.line.tracking import ByteTracker, merge_classes
+from detect.line.verdict import ItemVerdicts, describe
 
 __all__ = ["LISTENER_BUDGET_S", "LineListener", "LineSession", "track", "track_frames", "tracking_needs_frames"]
 
@@ -82,26 +83,34 @@ class LineSession:
         track_buffer: frames a lost track is kept (default: one second of the source, at least 10).
         low: lowest score that keeps a track alive (ByteTrack's low detections).
         listeners: :class:`LineListener` s.
+        verdict: the item classifier (:class:`detect.model.verdict.VerdictClassifier`, e.g.
+            ``verdict_beside(weights, classes)``): each item's defect flag and ``defect_probability``
+            come from its crops (:mod:`detect.line.verdict`); None: the detector's vote.
     """
 
     def __init__(self, predictor: Predictor, *, folder: Path | None = None, events: Path | None = None,
                  events_stdout=None, line: CountingLine | str | None = "default", belt: str = "left-right",
                  min_frames: int = 3, defect_frames: int = 2, defect_share: float = DEFECT_SHARE,
-                 defect_threshold: float | None = None, belt_speed: float | None = None, save_crops: bool = False, track_buffer: int | None = None, low: float = 0.1,
-                 listeners: Sequence[LineListener] = ()) -> None:
+                 defect_threshold: float | None = None, belt_speed: float | None = None, save_crops: bool = False,
+                 track_buffer: int | None = None, low: float = 0.1, listeners: Sequence[LineListener] = (),
+                 verdict: Any = None) -> None:
         from detect.inference.outputs import ItemLog
 
         self.predictor = predictor
         self.track_buffer, self.low = track_buffer, low
         self.belt, self.belt_speed = belt, belt_speed
         self.listeners = list(listeners)
+        self.verdicts = ItemVerdicts(verdict, defect_classes=predictor.defect_classes) if verdict is not None else None
+        self.verdict_note = describe(verdict)  # the banner's line
         self.item_log = (ItemLog(folder if folder is not None else Path(events).parent, path=events,
                                  save_crops=save_crops, stdout=events_stdout)
                          if folder is not None or events is not None else None)
         self.counter = ItemCounter(predictor.classes, predictor.defect_classes, predictor.thresholds,
                                    line=parse_count_line(None, belt) if line == "default" else line, belt=belt,
                                    min_frames=min_frames, defect_frames=defect_frames, defect_share=defect_share,
-                                   defect_threshold=defect_threshold, keep_crops=save_crops and self.item_log is not None, on_item=self._on_item)
+                                   defect_threshold=defect_threshold,
+                                   keep_crops=save_crops and self.item_log is not None, on_item=self._on_item,
+                                   judge=self.verdicts)
         self.frames = 0
         self.model_seconds = self.track_seconds = 0.0
         self._closed = False
@@ -114,7 +123,7 @@ class LineSession:
         tracker = ByteTracker(buffer=self.track_buffer or max(10, round(source.fps or 30)),
                               motion=BeltMotion(self.belt, speed=self.belt_speed))
         for result in track_frames(self.predictor, source, self.counter, tracker=tracker, low=self.low,
-                                   frames=frames):
+                                   frames=frames, on_tracks=self.verdicts.on_frame if self.verdicts else None):
             if result.error is None:
                 self.frames += 1
                 self.model_seconds += result.infer_seconds
@@ -196,9 +205,11 @@ class LineSession:
 
 
 def track_frames(predictor: Predictor, source: Source, counter: ItemCounter, *, tracker: ByteTracker | None = None,
-                 low: float = 0.1, frames: Iterable[Frame] | None = None) -> Iterator[Result]:
+                 low: float = 0.1, frames: Iterable[Frame] | None = None,
+                 on_tracks: Callable | None = None) -> Iterator[Result]:
     """Track and count over one opened source (see :func:`track`); ``frames``: its frames
-    as read ahead by :func:`detect.inference.sources.prefetch` (default: the source itself)."""
+    as read ahead by :func:`detect.inference.sources.prefetch` (default: the source itself);
+    ``on_tracks(tracks, ended, image)``: each frame's tracks before they are counted (the verdict stage)."""
     if tracker is None:
         tracker = ByteTracker(buffer=max(10, round(source.fps or 30)), motion=BeltMotion(counter.belt))
     start = time.perf_counter()
@@ -214,6 +225,8 @@ def track_frames(predictor: Predictor, source: Source, counter: ItemCounter, *, 
         for o in observations:
             o.high = bool((o.class_scores[1:] >= thresholds[1:]).any())
         tracks = tracker.update(observations, thresholds)
+        if on_tracks is not None:
+            on_tracks(tracks, tracker.removed, result.image)
         index = result.frame.index
         video_time = index / source.fps if source.fps and not source.live else time.perf_counter() - start
         last_index, last_time = index, video_time
