@@ -40,7 +40,6 @@ from detect.station import add_station_options, start_listeners
 _names = class_list  # the --classes reader (imported from here before)
 
 
-
 def build_parser() -> CliParser:
     p = CliParser(prog="python -m detect.predict",
                   description="Detect cans and bottles (and their defects) in images, videos, cameras and streams.")
