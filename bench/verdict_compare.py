@@ -40,7 +40,8 @@ import numpy as np
 import _repo  # noqa: F401  (makes `detect` importable from a clone)
 from detect.demo.conveyor import plan_conveyor, render_conveyor
 from detect.line.counting import DEFECT_SHARE, ItemCounter
-from detect.line.tracking import iou_matrix, merge_classes
+from detect.line.tracking import merge_classes
+from detect.scoring.metrics import box_iou
 from detect.line.verdict import combine, threshold_for_false_reject
 
 
@@ -94,7 +95,7 @@ def vote(detector, frames, classes, defect_classes):
         ids = [iid for iid, _, _ in boxes]
         tracks = []
         if obs and boxes:
-            iou = iou_matrix(np.array([bx for _, _, bx in boxes]), np.array([o.box for o in obs]))
+            iou = box_iou(np.array([bx for _, _, bx in boxes]), np.array([o.box for o in obs]))
             for i, iid in enumerate(ids):
                 j = int(iou[i].argmax())
                 if iou[i, j] >= 0.5:
