@@ -35,7 +35,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import _repo  # noqa: F401  (makes `detect` importable from a clone)

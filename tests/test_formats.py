@@ -4,8 +4,6 @@ COCO exports, bad files (one line, exit 2), the checker and training on COCO/YOL
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from detect import convert as C
 from detect.data.layout import discover, resolve_splits
 from detect.data.records import load_records
 
-from conftest import BCCD, CLASSES, REPO, make_devkit, write_sample
+from conftest import BCCD, CLASSES, make_devkit, write_sample
 
 YOLO_PX = 1e-4  # the YOLO reader rounds pixel coordinates to 1e-4 px
 COCO_PX = 1e-9  # COCO keeps full float precision: one float rounding (whole pixels: exact)

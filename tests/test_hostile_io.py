@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import CLASSES, make_devkit, write_sample
+from conftest import make_devkit, write_sample
 
 
 @dataclass
