@@ -185,3 +185,39 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
     rows_b = list(csv.DictReader((resumed / "results.csv").open()))
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4 and ra["val_map50"] == rb["val_map50"]
+
+
+# -- the line station's tests: free local ports and a real headless chromium
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's chromium, headless, driven by selenium through chromedriver; its profile lives
+    in a pytest temporary folder (removed with the others). Flags as root on a closed network:
+    no sandbox, no background connections."""
+    import shutil
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    o = webdriver.ChromeOptions()
+    o.binary_location = binary
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+              "--window-size=1280,900"):
+        o.add_argument(a)
+    d = webdriver.Chrome(service=Service(driver), options=o)
+    yield d
+    d.quit()

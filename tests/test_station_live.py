@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,17 +24,12 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from conftest import make_devkit, make_tiny_checkpoint  # noqa: E402
+from conftest import free_port, make_devkit, make_tiny_checkpoint  # noqa: E402
 from detect.demo.conveyor import write_conveyor  # noqa: E402
 from detect.predict import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str) -> dict:
@@ -54,27 +48,6 @@ def wait_for(check, timeout: float = 60.0, what: str = "the condition"):
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    o = webdriver.ChromeOptions()
-    o.binary_location = CHROMIUM
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-              "--window-size=1280,900"):
-        o.add_argument(a)
-    return webdriver.Chrome(service=Service(DRIVER), options=o)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    d = chromium()
-    yield d
-    d.quit()
 
 
 @pytest.fixture(scope="module")

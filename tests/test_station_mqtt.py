@@ -27,18 +27,13 @@ if not MOSQUITTO:
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from conftest import make_devkit, make_tiny_checkpoint  # noqa: E402
+from conftest import free_port, make_devkit, make_tiny_checkpoint  # noqa: E402
 from detect.demo.conveyor import write_conveyor  # noqa: E402
 from detect.predict import main  # noqa: E402
 from detect.station.mqtt import MqttPublisher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float = 30.0, what: str = "the condition"):

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -26,17 +25,12 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
 
-from conftest import make_devkit, make_tiny_checkpoint  # noqa: E402
+from conftest import free_port, make_devkit, make_tiny_checkpoint  # noqa: E402
 from detect.audit import main  # noqa: E402
 from detect.data.voc import parse_voc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float = 60.0, what: str = "the condition"):
@@ -64,23 +58,6 @@ def post(url: str, doc: dict) -> int:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    o = webdriver.ChromeOptions()
-    o.binary_location = CHROMIUM
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}",
-              "--window-size=1280,900"):
-        o.add_argument(a)
-    d = webdriver.Chrome(service=Service(DRIVER), options=o)
-    yield d
-    d.quit()
 
 
 class Audit:
