@@ -22,6 +22,7 @@ from __future__ import annotations
 import _repo  # noqa: F401
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -245,6 +246,9 @@ def measure_mqtt(predictor, video: Path, restart: bool) -> dict:
 
 
 def main(argv=None) -> int:
+    # Every scratch folder (the video, the broker's, the browser's profile) inside one, removed at exit.
+    tempfile.tempdir = tempfile.mkdtemp(prefix="line-station-")
+    atexit.register(shutil.rmtree, tempfile.tempdir, ignore_errors=True)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="a .pt checkpoint or an .onnx export")
     p.add_argument("--items", type=int, default=20, help="items on the rendered conveyor (default 20)")
