@@ -198,6 +198,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def need_browser_and_station() -> None:
+    """Skip the calling test module (one line) unless the station's extra, chromium and
+    chromedriver are all here; call it at module level, before importing what needs them."""
+    import shutil
+
+    for module in ("starlette", "uvicorn", "selenium"):
+        pytest.importorskip(module, reason=f'{module} is not installed: pip install -e ".[test]"')
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+                    allow_module_level=True)
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Debian's chromium, headless, driven by selenium through chromedriver; its profile lives

@@ -35,7 +35,6 @@ from detect.station.mqtt import MqttPublisher  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def wait_for(check, timeout: float = 30.0, what: str = "the condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

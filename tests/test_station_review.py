@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,19 +17,14 @@ from pathlib import Path
 
 import pytest
 
-for _module in ("starlette", "uvicorn", "selenium"):
-    pytest.importorskip(_module, reason=f'{_module} is not installed: pip install -e ".[test]"')
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-if not (CHROMIUM and DRIVER):
-    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+from conftest import free_port, make_devkit, make_tiny_checkpoint, need_browser_and_station
 
-from conftest import free_port, make_devkit, make_tiny_checkpoint  # noqa: E402
+need_browser_and_station()
+
 from detect.audit import main  # noqa: E402
 from detect.data.voc import parse_voc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 
 def wait_for(check, timeout: float = 60.0, what: str = "the condition"):
