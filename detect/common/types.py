@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Detections", "GroundTruth", "Timing", "as_boxes"]
+__all__ = ["Detections", "GroundTruth", "Timing", "as_boxes", "default_defect_classes", "is_defect_class"]
 
 
 def as_boxes(value: Any, what: str) -> np.ndarray:
@@ -137,3 +137,18 @@ class Timing:
             "batch_size": self.batch_size,
             "device": self.device,
         }
+
+
+DEFECT_WORDS = ("defect", "damage", "broken", "crack")
+
+
+def is_defect_class(name: str) -> bool:
+    """Whether a class name names a defect (it contains defect, damage, broken or crack:
+    ``Lata_defectuosa``, ``bottle_defective``, ``broken_neck``)."""
+    return any(w in name.lower() for w in DEFECT_WORDS)
+
+
+def default_defect_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """The classes drawn in the warning colour and counted as defects, by name
+    (:func:`is_defect_class`); ``--defect-classes`` names them explicitly."""
+    return tuple(c for c in classes if is_defect_class(c))

@@ -35,7 +35,7 @@ import numpy as np
 
 from detect.inference.drawing import class_colours, draw_detections
 from detect.common.errors import DetectError, UsageError
-from detect.common.types import Detections
+from detect.common.types import Detections, default_defect_classes
 from detect.data.images import read_image
 from detect.inference.sources import Frame, Source, open_source
 from detect.common.types import Timing
@@ -79,17 +79,6 @@ class Detector(Protocol):
     def detect(self, images: Sequence[np.ndarray], keys: Sequence[str]) -> list[Detections]:
         """Detections for ``H x W x 3`` uint8 RGB images, keyed ``keys``, in input order."""
         ...
-
-
-_DEFECT_WORDS = ("defect", "damage", "broken", "crack")
-
-
-def default_defect_classes(classes: Sequence[str]) -> tuple[str, ...]:
-    """The classes drawn in the warning colour and counted as defects, by name
-    (a name containing defect, damage, broken or crack: ``Lata_defectuosa``,
-    ``bottle_defective``, ``broken_neck``); ``--defect-classes``
-    names them explicitly."""
-    return tuple(c for c in classes if any(w in c.lower() for w in _DEFECT_WORDS))
 
 
 @dataclass

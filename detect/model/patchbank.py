@@ -29,6 +29,7 @@ import numpy as np
 
 from detect.common.errors import UsageError, show
 from detect.common.files import atomic_open
+from detect.common.types import is_defect_class
 
 __all__ = [
     "BANK_FORMAT",
@@ -46,16 +47,11 @@ BANK_FORMAT = 1
 MIN_INTACT_CROPS = 8
 """Fewest intact crops of a base class a bank is built from: fewer cannot cover the views."""
 
-_DEFECT_WORDS = ("defect", "damage", "broken", "crack")  # as detect.inference.predictor names defect classes
 _CHUNK = 4096  # query patches per distance block: bounds the [chunk, M] matrix
 
 
 class BankError(UsageError):
     """The bank cannot be built or does not fit the model using it (exit 2)."""
-
-
-def is_defect_class(name: str) -> bool:
-    return any(w in name.lower() for w in _DEFECT_WORDS)
 
 
 def base_class(name: str, classes: Sequence[str]) -> str:

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from detect.common.errors import UsageError, show
+from detect.common.types import is_defect_class
 from detect.data.mot import MotTruth
 from detect.scoring.metrics import box_iou
 
@@ -48,7 +49,6 @@ __all__ = ["FALSE_REJECT_RATES", "ItemScore", "format_items", "operating_point",
 
 FALSE_REJECT_RATES = (0.005, 0.01, 0.02, 0.05)
 # A class is a defect when its name holds one of these (the predictor's default rule).
-_DEFECT_WORDS = ("defect", "damage", "broken", "crack")
 
 
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -195,7 +195,7 @@ def _is_defect(label: str | None, defect_classes: Sequence[str] | None) -> bool:
         return False
     if defect_classes is not None:
         return label in defect_classes
-    return any(w in label.lower() for w in _DEFECT_WORDS)
+    return is_defect_class(label)
 
 
 def score_items(truth: MotTruth, events: Sequence[dict[str, Any]], *, defect_classes: Sequence[str] | None = None,
