@@ -207,7 +207,7 @@ def _run(args, detector, predictor) -> int:
                            save_crops=args.save_crops, track_buffer=args.track_buffer, low=args.track_low,
                            events=Path(args.events) if args.events and args.events != "-" else None,
                            events_stdout=sys.stdout if args.events == "-" else None,
-                           listeners=[args.listeners] if args.listeners else [],  # the live page, MQTT
+                           listeners=args.listeners.listeners,  # the live page, MQTT
                            verdict=verdict)
         print(line.verdict_note, file=sys.stderr)
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,

@@ -45,33 +45,15 @@ def add_station_options(parser) -> None:
 
 
 class Listeners:
-    """The started consumers, as one line listener; each call goes to every consumer and a
-    consumer that raises is logged once and left out from then on."""
+    """The started consumers (``listeners``: each a line listener, handed to
+    :class:`~detect.line.session.LineSession`, which keeps a failing one from the line), and
+    their one ``close``."""
 
     def __init__(self, listeners: list[Any]) -> None:
         self.listeners = list(listeners)
-        self.live = next((x for x in listeners if hasattr(x, "url")), None)
 
     def __bool__(self) -> bool:
         return bool(self.listeners)
-
-    def _each(self, name: str, *args) -> None:
-        for x in list(self.listeners):
-            try:
-                getattr(x, name)(*args)
-            except Exception as exc:  # a consumer must never stop the line
-                log.warning("%s stopped: %s", type(x).__name__, exc)
-                self.listeners.remove(x)
-
-    def on_frame(self, result, counter) -> None:
-        self._each("on_frame", result, counter)
-
-    def on_item(self, event: dict) -> None:
-        self._each("on_item", event)
-
-    def on_close(self, summary: dict) -> None:
-        self._each("on_close", summary)
-        self.close()
 
     def close(self) -> None:
         """Stop every consumer (the page's server, the broker connection); safe to call twice."""
