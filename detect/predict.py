@@ -208,7 +208,7 @@ def _run(args, detector, predictor) -> int:
                            events=Path(args.events) if args.events and args.events != "-" else None,
                            events_stdout=sys.stdout if args.events == "-" else None,
                            listeners=args.listeners.listeners,  # the live page, MQTT
-                           verdict=verdict)
+                           verdict=verdict, gate_delay=args.gate_delay)
         print(line.verdict_note, file=sys.stderr)
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,
                              status_every=args.status_every, progress=not args.no_progress).run(sources)

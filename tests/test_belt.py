@@ -123,3 +123,60 @@ def test_an_item_missed_in_its_second_frame_and_confirmed_past_the_line_is_count
         items += counter.update(tracks, frame=f, video_time=f / 25, source="belt", image=image, ended=tracker.removed)
     items += counter.finish(tracker.finish(), frame=f, video_time=f / 25, source="belt")
     assert [(i.label, i.direction, i.frame) for i in items] == [("Lata", "forward", 3)]
+
+
+def _lost_before_the_line(gate_delay):
+    """An item seen three times left of the middle (x 40, 100, 140 at 50 px a frame), then never
+    again: the detector lost it just before the line. Returns (items, counter)."""
+    tracker = ByteTracker(buffer=25, motion=BeltMotion("left-right", speed=50.0))
+    counter = ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=parse_count_line(None), gate_delay=gate_delay)
+    image = np.zeros((240, 320, 3), np.uint8)
+    items = []
+    for f, centre in enumerate([40, 90, 140, None, None, None, None, None]):
+        observations = [] if centre is None else merge_classes(
+            np.array([[centre - 30, 60, centre + 30, 160]], float), np.array([0.9]), np.array([2]), 4)
+        for o in observations:
+            o.high = True
+        tracks = tracker.update(observations, THRESH)
+        lost = [t for t in tracker.tracks if t.confirmed and t.state == "lost"]
+        items += counter.update(tracks, frame=f, video_time=f / 25, source="belt", image=image,
+                                ended=tracker.removed, lost=lost)
+    items += counter.finish(tracker.finish(), frame=f, video_time=f / 25, source="belt")
+    return items, counter
+
+
+def test_with_a_gate_an_item_lost_just_before_the_line_is_decided_where_the_belt_carries_it() -> None:
+    items, counter = _lost_before_the_line(0.45)
+    # its predicted centre (140 + 50) crosses the middle (160) in the next frame: decided there,
+    # on the three frames it was seen in (a defect each time), and it says it was not seen there
+    assert [(i.label, i.defect, i.frame, i.direction) for i in items] == [("Lata_defectuosa", True, 3, "forward")]
+    event = items[0].event()
+    assert event["seen_at_line"] is False and event["late"] is False and 0 < event["gate_in_ms"] <= 450
+    assert counter.summary()["gate"] == {"delay_s": 0.45, "late": 0, "decided_unseen_at_line": 1}
+    # without a gate the same item is never counted: silence, which the gate's line cannot take
+    items, counter = _lost_before_the_line(None)
+    assert items == [] and counter.summary()["gate"] is None
+
+
+def test_an_event_decided_after_its_gate_deadline_says_late_and_is_still_written() -> None:
+    import time
+
+    counter = ItemCounter(DEMO_CLASSES, DEFECTS, THRESH, line=parse_count_line(None), gate_delay=0.2)
+    tracker = ByteTracker(buffer=25, motion=BeltMotion("left-right", speed=50.0))
+    image = np.zeros((240, 320, 3), np.uint8)
+    items = []
+    for f, centre in enumerate([90, 140, 190]):
+        observations = merge_classes(np.array([[centre - 30, 60, centre + 30, 160]], float), np.array([0.9]),
+                                     np.array([1]), 4)
+        for o in observations:
+            o.high = True
+        tracks = tracker.update(observations, THRESH)
+        # the crossing frame was captured 0.5 s before it is counted: a pipeline 0.3 s behind its gate
+        captured = time.time() - (0.5 if f == 2 else 0.0)
+        items += counter.update(tracks, frame=f, video_time=f / 25, source="belt", image=image, captured=captured)
+    assert len(items) == 1
+    event = items[0].event()
+    assert event["late"] is True and -320 < event["gate_in_ms"] < -290 and event["seen_at_line"] is True
+    assert counter.late == 1
+    act_by = __import__("datetime").datetime.fromisoformat(event["act_by"]).timestamp()
+    assert abs(act_by - (captured + 0.2)) < 0.002

@@ -101,6 +101,35 @@ def test_track_on_still_images_and_bad_lines_are_usage_errors(tiny_export, conve
         assert code == 2 and words in err and "Traceback" not in err, err
     assert main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--count-line", "none"]) == 2
     assert "only apply with --track" in capsys.readouterr().err
+    for given, words in ((["--track", "--count-line", "none"], "counts from the counting line"),
+                         ([], "only apply with --track")):
+        code = main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--out", str(tmp_path), "--no-progress",
+                     "--gate-delay", "0.45", *given])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--track", "--gate-delay", "0"])
+    assert exit_.value.code == 2 and "--gate-delay must be a finite number > 0" in capsys.readouterr().err
+
+
+def test_with_a_gate_every_event_says_by_when_to_act(tiny_export, conveyor, tmp_path, capsys) -> None:
+    code = main(["--weights", str(tiny_export["onnx"]), str(conveyor), "--track", "--out", str(tmp_path),
+                 "--no-progress", "--conf", "0.05", "--no-save-images", "--gate-delay", "0.45"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    folder = tmp_path / "tiny"
+    gate = json.loads((folder / "summary.json").read_text())["counting"]["gate"]
+    assert gate["delay_s"] == 0.45 and "reject gate 0.45 s after the line" in out
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    assert lines, out
+    for line in lines:
+        e = json.loads(line)
+        written = __import__("datetime").datetime.fromisoformat(e["time"]).timestamp()
+        act_by = __import__("datetime").datetime.fromisoformat(e["act_by"]).timestamp()
+        # act_by is the crossing frame's capture plus the delay: after the event, unless it says late
+        assert e["late"] == (written > act_by + 0.001) or abs(written - act_by) < 0.002
+        assert abs((act_by - written) * 1000 - e["gate_in_ms"]) < 2 and isinstance(e["seen_at_line"], bool)
+    assert gate["late"] == sum(json.loads(x)["late"] for x in lines)
 
 
 def test_ctrl_c_leaves_valid_events_and_summary(tiny_export, tmp_path) -> None:

@@ -24,6 +24,15 @@
 A track still in view when the source ends, not yet across the line, is not counted (it
 has not passed); with no line it is counted if it has ``min_frames``.
 
+**The reject gate** (``gate_delay``, ``--gate-delay``: seconds from the counting line to the
+gate). Each item's event then says by when it must be acted on (``act_by``: the capture time of
+the frame it crossed in, plus the delay), how much of that was left when it was decided
+(``gate_in_ms``; negative: too late) and ``late``. An item the detector loses just before the
+line is not left out: while a lost track is kept, its box moves with the belt (the tracker's
+prediction), and when that predicted box crosses the line the item is decided on the frames it
+was seen in, with ``seen_at_line`` false in its event. So every item that reaches the gate gets
+a decision, and one that could not be made in time says so.
+
 Memory is bounded by the tracks alive: a track's vote (and its best crop, when crops are
 kept) is dropped when the track ends. Torch-free (numpy).
 """
@@ -144,6 +153,7 @@ class Item:
     votes: dict[str, float] = field(default_factory=dict)
     defect_score: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # the verdict stage's fields (defect_probability, ...)
+    gate: dict[str, Any] = field(default_factory=dict)  # with a gate delay: act_by, gate_in_ms, late, seen_at_line
 
     @property
     def source_stem(self) -> str:
@@ -158,7 +168,7 @@ class Item:
             "track_id": self.track_id, "class": self.label, "defect": self.defect,
             "best_score": round(self.best_score, 4), "frames_seen": self.frames,
             "box": [round(v, 1) for v in self.box], "direction": self.direction, "crop": self.crop,
-            "defect_score": round(self.defect_score, 4), **self.extra,
+            "defect_score": round(self.defect_score, 4), **self.extra, **self.gate,
         }
 
 
@@ -193,13 +203,17 @@ class ItemCounter:
         keep_crops: keep each track's best crop, for ``on_item``'s ``crop`` argument.
         on_item: called ``on_item(item, crop)`` for each item when it is counted (``crop`` is
             the best crop so far, RGB, or None); may set ``item.crop``.
+        gate_delay: seconds from the counting line to the reject gate (``--gate-delay``): events
+            say by when to act, and lost tracks are counted where their predicted box crosses
+            the line (see the module docstring); None: no gate.
     """
 
     def __init__(self, classes: Sequence[str], defect_classes: Sequence[str], thresholds: np.ndarray, *,
                  line: CountingLine | None, belt: str = "left-right", min_frames: int = 3, defect_frames: int = 2,
                  defect_share: float = DEFECT_SHARE, defect_threshold: float | None = None,
                  keep_crops: bool = False, on_item: Callable[[Item, np.ndarray | None], None] | None = None,
-                 judge: Callable[[int, str, bool], tuple[str, bool, dict]] | None = None) -> None:
+                 judge: Callable[[int, str, bool], tuple[str, bool, dict]] | None = None,
+                 gate_delay: float | None = None) -> None:
         self.classes = tuple(classes)
         self.defect_classes = tuple(defect_classes)
         self.thresholds = np.asarray(thresholds, np.float64)
@@ -212,6 +226,10 @@ class ItemCounter:
         self.keep_crops = keep_crops
         self.on_item = on_item
         self.judge = judge  # (track id, voted class, voted defect) -> (class, defect, event fields): the verdict stage
+        self.gate_delay = None if gate_delay is None else float(gate_delay)
+        self.late = 0  # items decided after their act_by
+        self.predicted = 0  # items counted where their lost track's predicted box crossed the line
+        self._captured: float | None = None  # wall-clock capture time of the frame being counted
         self._defect = np.array([False] + [c in self.defect_classes for c in self.classes])
         self._votes: dict[int, _Vote] = {}
         self.counts: dict[str, int] = {c: 0 for c in self.classes}
@@ -250,13 +268,16 @@ class ItemCounter:
     # -- per frame
 
     def update(self, tracks: Sequence[Track], *, frame: int, video_time: float, source: str,
-               image: np.ndarray | None = None, ended: Sequence[Track] = ()) -> list[Item]:
-        """Take one frame's tracks (those seen in it) and the tracks that ended with it;
-        return the items counted in this frame."""
+               image: np.ndarray | None = None, ended: Sequence[Track] = (), lost: Sequence[Track] = (),
+               captured: float | None = None) -> list[Item]:
+        """Take one frame's tracks (those seen in it), the tracks that ended with it and, with a
+        gate, the lost tracks still kept (their boxes predicted); return the items counted in this
+        frame. ``captured``: the frame's capture time (``time.time()`` clock; default: now)."""
         if image is not None and self.line is not None and self._size != image.shape[1::-1]:
             self._size = image.shape[1::-1]
             self._pixels = self.line.pixels(*self._size)
         self._now = max(self._now, video_time)
+        self._captured = captured
         counted: list[Item] = []
         for t in tracks:
             o = t.observation
@@ -289,11 +310,31 @@ class ItemCounter:
                         counted.append(self._count(t, v, frame, video_time, source, direction))
                 if side:  # a centre exactly on the line keeps the side it came from
                     v.side, v.side_point = side, centre
+        if self.gate_delay is not None and self._pixels is not None:
+            counted += self._predicted_crossings(lost, frame, video_time, source)
         for t in ended:
             v = self._votes.pop(t.id, None)
             if v is not None and self.line is None and not v.counted and v.frames >= self.min_frames:
                 counted.append(self._count(t, v, frame, video_time, source, None, box=t.box))
         return counted
+
+    def _predicted_crossings(self, lost: Sequence[Track], frame: int, video_time: float, source: str) -> list[Item]:
+        """Lost tracks whose predicted box (carried by the belt) crossed the line since their
+        last side: decided now on the frames they were seen in, so the gate still gets an answer."""
+        out = []
+        for t in lost:
+            v = self._votes.get(t.id)
+            if v is None or v.counted or not v.side:
+                continue
+            b = t.box
+            centre = ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
+            side = self._side(centre)
+            if side and side != v.side:
+                direction = self._crossing(v.side_point, centre)
+                if direction:
+                    self.predicted += 1
+                    out.append(self._count(t, v, frame, video_time, source, direction, box=b, seen=False))
+        return out
 
     def finish(self, tracks: Sequence[Track], *, frame: int, video_time: float, source: str) -> list[Item]:
         """The source ended with ``tracks`` still held: with no line, count those long enough;
@@ -327,16 +368,23 @@ class ItemCounter:
         return "forward" if m[0] * bx + m[1] * by >= 0 else "backward"
 
     def _count(self, t: Track, v: _Vote, frame: int, video_time: float, source: str, direction: str | None,
-               box: np.ndarray | None = None) -> Item:
+               box: np.ndarray | None = None, seen: bool = True) -> Item:
         v.counted = True
         label, defect = self._decide(v)
         label, defect, extra = self.judge(t.id, label, defect) if self.judge is not None else (label, defect, {})
         b = box if box is not None else t.observation.box
+        now = time.time()
         item = Item(track_id=t.id, label=label, defect=defect, best_score=v.best, frames=v.frames, frame=frame,
                     video_time=video_time, box=[float(x) for x in b], direction=direction, source=source,
-                    time=_dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="milliseconds"),
+                    time=_iso(now),
                     votes={c: round(float(s), 3) for c, s in zip(self.classes, v.votes[1:]) if s > 0},
                     defect_score=self._score(v), extra=extra)
+        if self.gate_delay is not None:
+            act_by = (self._captured if self._captured is not None else now) + self.gate_delay
+            late = now > act_by
+            self.late += late
+            item.gate = {"act_by": _iso(act_by), "gate_in_ms": round(1000 * (act_by - now), 1), "late": late,
+                         "seen_at_line": seen}
         self.counts[label] += 1
         self.items += 1
         self.defective += defect
@@ -384,6 +432,8 @@ class ItemCounter:
             "per_direction": dict(self.directions) if self.line is not None else None,
             "items_per_minute": round(self.per_minute(), 2),
             "not_counted_in_view_at_end": self.in_view_at_end,
+            "gate": ({"delay_s": self.gate_delay, "late": self.late, "decided_unseen_at_line": self.predicted}
+                     if self.gate_delay is not None else None),
             "settings": {"count_line": self.line.spec if self.line else "none", "line_in": (
                 "fractions" if self.line and self.line.fractions else "pixels" if self.line else None),
                 "belt": self.belt, "min_frames": self.min_frames, "defect_frames": self.defect_frames,
@@ -407,6 +457,11 @@ class ItemCounter:
             cv2.putText(image, text, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(image, text, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
             y += int(16 * scale / 0.45)
+
+
+def _iso(seconds: float) -> str:
+    """A ``time.time()`` value as local ISO 8601 with milliseconds."""
+    return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
 def _crop(image: np.ndarray, box: np.ndarray) -> np.ndarray | None:

@@ -39,6 +39,10 @@ def add_line_options(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--defect-threshold", type=Number(float, 0, 1, lo_open=True), metavar="S",
                    help="flag an item when its defect_score is at least S, instead of the two rules above (S: "
                         "from detect.eval --items --max-false-reject)")
+    t.add_argument("--gate-delay", type=Number(float, 0, lo_open=True), metavar="S",
+                   help="seconds an item takes from the counting line to the reject gate (distance / belt speed, "
+                        "e.g. 1 m at 2.2 m/s: 0.45): each event then says by when to act (act_by, gate_in_ms, "
+                        "late), and an item lost just before the line is decided where the belt carries it across")
     t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
                    help="with --count-line none: frames a track needs to be counted (default 3)")
     t.add_argument("--events", metavar="FILE|-",
@@ -62,8 +66,12 @@ def check_line_args(args: argparse.Namespace) -> None:
     counting = [o for o, v in (("--count-line", args.count_line), ("--events", args.events),
                                 ("--sequence", args.sequence), ("--track-buffer", args.track_buffer),
                                 ("--belt-speed", args.belt_speed is not None),
-                                ("--defect-threshold", args.defect_threshold is not None)) if v]
+                                ("--defect-threshold", args.defect_threshold is not None),
+                                ("--gate-delay", args.gate_delay is not None)) if v]
     if counting and not args.track:
         raise UsageError(f"{', '.join(counting)} only apply with --track")
     if args.track:
         args.line = parse_count_line(args.count_line, args.belt)
+        if args.gate_delay is not None and args.line is None:
+            raise UsageError("--gate-delay counts from the counting line, and --count-line is none; give a counting "
+                             "line (or leave --count-line out for the middle of the frame)")

@@ -32,7 +32,7 @@ from detect.inference.predictor import Predictor, Result
 from detect.inference.sources import Frame, Source, open_source
 from detect.line.belt import BeltMotion
 from detect.line.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
-from detect.line.tracking import ByteTracker, merge_classes
+from detect.line.tracking import LOST, ByteTracker, merge_classes
 from detect.line.verdict import ItemVerdicts, describe
 
 __all__ = ["LISTENER_BUDGET_S", "LineListener", "LineSession", "track", "track_frames", "tracking_needs_frames"]
@@ -83,6 +83,8 @@ class LineSession:
         track_buffer: frames a lost track is kept (default: one second of the source, at least 10).
         low: lowest score that keeps a track alive (ByteTrack's low detections).
         listeners: :class:`LineListener` s.
+        gate_delay: seconds from the counting line to the reject gate: each event says by when
+            to act on it (see :class:`~detect.line.counting.ItemCounter`); None: no gate.
         verdict: the item classifier (:class:`detect.model.verdict.VerdictClassifier`, e.g.
             ``verdict_beside(weights, classes)``): each item's defect flag and ``defect_probability``
             come from its crops (:mod:`detect.line.verdict`); None: the detector's vote.
@@ -93,7 +95,7 @@ class LineSession:
                  min_frames: int = 3, defect_frames: int = 2, defect_share: float = DEFECT_SHARE,
                  defect_threshold: float | None = None, belt_speed: float | None = None, save_crops: bool = False,
                  track_buffer: int | None = None, low: float = 0.1, listeners: Sequence[LineListener] = (),
-                 verdict: Any = None) -> None:
+                 verdict: Any = None, gate_delay: float | None = None) -> None:
         from detect.inference.outputs import ItemLog
 
         self.predictor = predictor
@@ -110,7 +112,7 @@ class LineSession:
                                    min_frames=min_frames, defect_frames=defect_frames, defect_share=defect_share,
                                    defect_threshold=defect_threshold,
                                    keep_crops=save_crops and self.item_log is not None, on_item=self._on_item,
-                                   judge=self.verdicts)
+                                   judge=self.verdicts, gate_delay=gate_delay)
         self.frames = 0
         self.model_seconds = self.track_seconds = 0.0
         self._closed = False
@@ -173,6 +175,10 @@ class LineSession:
         if counting.get("per_direction"):
             d = counting["per_direction"]
             lines.append(f"direction: {d['forward']} forward, {d['backward']} backward")
+        if counting.get("gate"):
+            g = counting["gate"]
+            lines.append(f"reject gate {g['delay_s']:g} s after the line: {g['late']} item(s) decided late, "
+                         f"{g['decided_unseen_at_line']} decided on their predicted path (lost just before the line)")
         if c.in_view_at_end:
             lines.append(f"{c.in_view_at_end} tracked item(s) were still short of the line when the source ended "
                          "and are not counted")
@@ -230,8 +236,11 @@ def track_frames(predictor: Predictor, source: Source, counter: ItemCounter, *, 
         index = result.frame.index
         video_time = index / source.fps if source.fps and not source.live else time.perf_counter() - start
         last_index, last_time = index, video_time
+        # the frame's capture on the wall clock: a gate's deadline runs from when the camera saw it
+        captured = time.time() - (time.perf_counter() - result.frame.captured) if result.frame.captured else None
+        lost = [t for t in tracker.tracks if t.confirmed and t.state == LOST] if counter.gate_delay is not None else ()
         items = counter.update(tracks, frame=index, video_time=video_time, source=source.name,
-                               image=result.image, ended=tracker.removed)
+                               image=result.image, ended=tracker.removed, lost=lost, captured=captured)
         shown = [t for t in tracks if t.observation.high]
         result.detections = Detections(
             d.image, np.array([t.observation.box for t in shown]).reshape(-1, 4),
