@@ -73,8 +73,13 @@ def _export(args) -> int:
     except OSError as exc:
         raise UsageError(f"--out {show(target)}: cannot write the ONNX file there: {show(exc.filename or target)}: "
                          f"{exc.strerror or exc}; choose another --out") from None
+    verdict = source.with_name("verdict.pt") if source.with_name("verdict.pt").is_file() else None
+    if verdict is not None and os.path.lexists(target.with_name("verdict.onnx")) and not args.overwrite:
+        raise UsageError(f"{show(target.with_name('verdict.onnx'))} exists (the item classifier's export, made "
+                         "beside the model's); pass --overwrite to replace both, or --out another folder")
     if args.optimize or args.int8 or any(v is not None for v in settings.values()):
-        return _export_variant(args, settings, source, target)  # numerics change: the accuracy gate
+        code = _export_variant(args, settings, source, target)  # numerics change: the accuracy gate
+        return _export_verdict(verdict, target) if code == 0 and verdict is not None else code
     from detect.deploy.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
     before = _stat(target)
@@ -99,6 +104,28 @@ def _export(args) -> int:
     if result.mismatches:
         print(f"error: onnxruntime and PyTorch disagree on {len(result.mismatches)} image(s): "
               f"{'; '.join(result.mismatches[:3])}", file=sys.stderr)
+        return 1
+    return _export_verdict(verdict, target) if verdict is not None else 0
+
+
+def _export_verdict(verdict: Path, target: Path) -> int:
+    """The item classifier beside the checkpoint, exported beside the model's export, so the line
+    judges items without torch; checked against PyTorch on random crops."""
+    import numpy as np
+
+    from detect.model.verdict import export_verdict, load_verdict
+    from detect.model.verdict_onnx import OnnxVerdict
+
+    classifier = load_verdict(verdict)
+    path = export_verdict(classifier, target.with_name("verdict.onnx"))
+    image = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 90, 150], [100, 40, 180, 120], [200, 20, 310, 230]], np.float64)
+    diff = float(np.abs(OnnxVerdict(path).probabilities(image, boxes) - classifier.probabilities(image, boxes)).max())
+    print(f"wrote {show(path)} ({path.stat().st_size / 1e6:.1f} MB): the item classifier, for the line without torch; "
+          f"max probability difference to PyTorch {diff:.2g}")
+    if diff > 1e-3:
+        print(f"error: the item classifier's export differs from PyTorch by {diff:.2g}; do not use {show(path)}",
+              file=sys.stderr)
         return 1
     return 0
 

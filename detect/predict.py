@@ -196,11 +196,9 @@ def _run(args, detector, predictor) -> int:
     if args.track:
         from detect.line.session import LineSession
 
-        verdict = None
-        if Path(args.weights).with_name("verdict.pt").is_file():  # the item classifier saved with the model (torch)
-            from detect.model.verdict import verdict_beside
+        from detect.inference.loader import load_verdict_beside
 
-            verdict = verdict_beside(args.weights, predictor.classes)
+        verdict = load_verdict_beside(args.weights, predictor.classes, threads=args.threads)  # the item classifier
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
                            defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,

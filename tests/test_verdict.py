@@ -176,6 +176,46 @@ def test_detect_train_verdict_saves_verdict_pt_beside_best_pt(tmp_path: Path, to
     v = load_verdict(run / "verdict.pt", CLASSES)
     assert (run / "best.pt").is_file() and v.max_false_reject == 0.5 and v.info["val_crops"] > 0
     assert v.arch == "small_cnn"
+    _the_export_carries_the_classifier_and_the_line_runs_it_without_torch(run, v, tmp_path)
+
+
+def _the_export_carries_the_classifier_and_the_line_runs_it_without_torch(run: Path, v, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import NO_TORCH
+    from detect import export as E
+    from detect.demo.conveyor import write_conveyor
+    from detect.model.verdict_onnx import OnnxVerdict, VerdictError
+
+    assert E.main(["--weights", str(run / "best.pt")]) == 0
+    onnx = OnnxVerdict(run / "verdict.onnx", CLASSES)
+    image = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[5, 5, 60, 100], [70, 20, 150, 110]], np.float64)
+    assert np.allclose(onnx.probabilities(image, boxes), v.probabilities(image, boxes), atol=1e-5)
+    assert (onnx.threshold, onnx.max_false_reject, onnx.size) == (v.threshold, v.max_false_reject, v.size)
+    with pytest.raises(VerdictError, match="not the detector's"):
+        OnnxVerdict(run / "verdict.onnx", ["cat", "dog"])
+    # a second export into the same folder would replace it: the one --overwrite rule
+    assert E.main(["--weights", str(run / "best.pt")]) == 2
+    write_conveyor(tmp_path / "belt", 2, speed=16.0, spacing=100.0, seed=4)
+    code = NO_TORCH + textwrap.dedent(f"""
+        import detect.predict
+        code = detect.predict.main(["--weights", {str(run / 'best.onnx')!r}, {str(tmp_path / 'belt' / 'conveyor.mp4')!r},
+                                    "--track", "--conf", "0.01", "--out", {str(tmp_path / 'p')!r}, "--no-progress",
+                                    "--no-save-images"])
+        assert "torch" not in sys.modules
+        print("exit", code)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert "exit 0" in done.stdout, done.stdout + done.stderr
+    assert "verdict: classifier (small_cnn on onnxruntime" in done.stderr
+    events = (tmp_path / "p" / "mobilenet" / "events.jsonl")
+    for line in events.read_text().splitlines() if events.exists() else []:
+        assert json.loads(line)["verdict"] in ("classifier", "detector vote")
 
 
 @pytest.mark.parametrize("value", ["0", "0.6", "-1", "abc"])

@@ -29,7 +29,7 @@ from typing import Any
 from detect.common.errors import UsageError, show
 from detect.inference.predictor import Detector, ModelError
 
-__all__ = ["is_onnx", "load_detector", "openmp_wait_policy"]
+__all__ = ["is_onnx", "load_detector", "load_verdict_beside", "openmp_wait_policy"]
 
 # Variables by which a user chooses how OpenMP threads wait (libgomp's and Intel's).
 WAIT_POLICY_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -128,3 +128,25 @@ def load_detector(
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "train_state")}
     return TorchDetector(model, classes=[str(c) for c in ckpt["classes"]], device=dev, batch_size=batch_size, info=info,
                          meta=meta)
+
+
+def load_verdict_beside(weights: str | os.PathLike[str], classes: list[str], *, threads: int | None = None) -> Any:
+    """The item classifier saved with the model ``weights`` (docs/verdict.md), or None.
+
+    Beside an ``.onnx`` export, ``verdict.onnx`` runs on onnxruntime (no torch); otherwise, and
+    beside a checkpoint, ``verdict.pt`` on PyTorch.
+
+    Raises:
+        VerdictError: the file is there but not a classifier for this detector's ``classes``.
+    """
+    folder = Path(weights).parent
+    if is_onnx(weights) and (folder / "verdict.onnx").is_file():
+        from detect.model.verdict_onnx import OnnxVerdict
+
+        return OnnxVerdict(folder / "verdict.onnx", classes, threads=threads)
+    if (folder / "verdict.pt").is_file():
+        openmp_wait_policy()
+        from detect.model.verdict import load_verdict
+
+        return load_verdict(folder / "verdict.pt", classes)
+    return None

@@ -174,5 +174,6 @@ def describe(classifier: Any | None) -> str:
     rate = getattr(classifier, "max_false_reject", None)
     chosen = (f", chosen for <= {100 * rate:g} % good items rejected on the val split" if rate
               else "")
-    return (f"verdict: classifier ({getattr(classifier, 'arch', '?')} on each item's crop at "
+    runtime = " on onnxruntime" if (getattr(classifier, "info", None) or {}).get("runtime") == "onnxruntime" else ""
+    return (f"verdict: classifier ({getattr(classifier, 'arch', '?')}{runtime} on each item's crop at "
             f"{getattr(classifier, 'size', '?')} px; defective at probability >= {classifier.threshold:.3f}{chosen})")

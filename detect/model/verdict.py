@@ -10,25 +10,26 @@ to ``size x size``, and says which of the detector's classes it is.
   Input ``(N, 3, S, S)`` float, RGB in 0..1 normalised with ImageNet's mean and std (what
   :func:`crops_tensor` makes); output ``(N, K)`` logits over the detector's ``K`` classes
   (no background: the detector already said there is an object).
-* :func:`crop_item` cuts a box with a margin; :func:`letterbox` resizes keeping the aspect and
-  pads with grey, so a lying can is not squashed into a standing one.
+* The crops (:func:`crop_item`, :func:`letterbox`) are cut as :mod:`detect.model.verdict_onnx`
+  cuts them, where the torch-free line runs the classifier's ONNX export.
 * :class:`VerdictClassifier` is the stage as the line uses it: classes, defect classes, crop
   settings, the decision threshold; ``probabilities(image, boxes)`` gives ``(N, K)``;
   :func:`save_verdict` / :func:`load_verdict` store it as ``verdict.pt`` beside ``best.pt``
-  (a state dict and metadata, read with ``weights_only=True``).
+  (a state dict and metadata, read with ``weights_only=True``); :func:`export_verdict` writes
+  ``verdict.onnx`` for the line.
 
 Boxes are ``(xmin, ymin, xmax, ymax)`` in pixels of the image they are cut from.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torchvision
@@ -37,24 +38,15 @@ from torch import nn
 from detect.common.errors import UsageError
 from detect.common.files import write_atomic
 from detect.model.build import WeightsError, _fetch_state_dict
+from detect.model.verdict_onnx import (DEFAULT_SIZE, FORMAT, MARGIN, META_KEY, VerdictError, check_classes, crop_item,
+                                       defect_mask, item_squares, letterbox, normalise)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ARCHS", "DEFAULT_SIZE", "MARGIN", "VerdictClassifier", "VerdictError", "build_verdict", "crop_item",
-           "crops_tensor", "letterbox", "load_verdict", "save_verdict", "verdict_beside"]
+           "crops_tensor", "export_verdict", "letterbox", "load_verdict", "save_verdict", "verdict_beside"]
 
 ARCHS = ("mobilenet_v3_small", "small_cnn")
-DEFAULT_SIZE = 96
-"""The crop's side: the demo's items are 30-150 px tall, so this keeps their pixels."""
-MARGIN = 0.1
-"""Share of the box's width/height added on each side: the outline is part of a dent."""
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
-FORMAT = "detect-verdict/1"
-
-
-class VerdictError(UsageError):
-    """A verdict file that cannot be used with this detector (exit 2)."""
 
 
 def _small_cnn(num_classes: int) -> nn.Module:
@@ -98,35 +90,9 @@ def build_verdict(num_classes: int, *, arch: str = "mobilenet_v3_small", weights
     return model
 
 
-def crop_item(image: np.ndarray, box: Sequence[float], margin: float = MARGIN) -> np.ndarray | None:
-    """``image[y0:y1, x0:x1]`` for ``box`` grown by ``margin`` of its size on each side and clipped
-    to the image; None when nothing is left."""
-    h, w = image.shape[:2]
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    x0, y0 = max(0, int(math.floor(box[0] - margin * bw))), max(0, int(math.floor(box[1] - margin * bh)))
-    x1, y1 = min(w, int(math.ceil(box[2] + margin * bw))), min(h, int(math.ceil(box[3] + margin * bh)))
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return None
-    return image[y0:y1, x0:x1]
-
-
-def letterbox(crop: np.ndarray, size: int) -> np.ndarray:
-    """``crop`` (H x W x 3 uint8) resized so its longest side is ``size``, centred on a grey
-    ``size x size`` canvas."""
-    h, w = crop.shape[:2]
-    k = size / max(h, w)
-    nw, nh = max(1, round(w * k)), max(1, round(h * k))
-    small = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
-    out = np.full((size, size, 3), 124, np.uint8)  # ImageNet's mean grey: zero after normalising
-    y, x = (size - nh) // 2, (size - nw) // 2
-    out[y:y + nh, x:x + nw] = small
-    return out
-
-
 def crops_tensor(squares: Sequence[np.ndarray]) -> torch.Tensor:
     """Letterboxed RGB uint8 squares -> ``(N, 3, S, S)`` float, normalised with ImageNet's mean and std."""
-    x = (np.stack(squares).astype(np.float32) / 255.0 - MEAN) / STD
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(normalise(squares))
 
 
 @dataclass
@@ -150,19 +116,14 @@ class VerdictClassifier:
 
     @property
     def defect_mask(self) -> np.ndarray:
-        return np.array([c in self.defect_classes for c in self.classes])
+        return defect_mask(self.classes, self.defect_classes)
 
     @torch.inference_mode()
     def probabilities(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """``(N, K)`` class probabilities for the ``N`` boxes of ``image`` (RGB uint8, full
         resolution); a box with no pixels in the image gets a row of NaN."""
-        out = np.full((len(boxes), len(self.classes)), np.nan)
-        squares, rows = [], []
-        for i, box in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
-            crop = crop_item(image, box, self.margin)
-            if crop is not None:
-                squares.append(letterbox(crop, self.size))
-                rows.append(i)
+        out = np.full((len(np.asarray(boxes).reshape(-1, 4)), len(self.classes)), np.nan)
+        squares, rows = item_squares(image, boxes, margin=self.margin, size=self.size)
         if squares:
             self.model.eval()
             out[rows] = torch.softmax(self.model(crops_tensor(squares)), 1).double().numpy()
@@ -201,16 +162,48 @@ def load_verdict(path: Path, classes: Sequence[str] | None = None) -> VerdictCla
     except Exception as exc:
         raise VerdictError(f"{path}: not a verdict classifier file ({type(exc).__name__}); retrain it with "
                            "python -m detect.train ... --verdict, or remove it to use the detector's vote") from exc
-    if classes is not None and list(meta["classes"]) != list(classes):
-        raise VerdictError(f"{path}: the verdict classifier's classes {', '.join(meta['classes'])} are not the "
-                           f"detector's ({', '.join(classes)}); retrain it with the detector (detect.train "
-                           "--verdict) or remove it to use the detector's vote")
+    check_classes(Path(path), meta["classes"], classes)
     model = build_verdict(len(meta["classes"]), arch=meta["arch"])
     model.load_state_dict(state)
     model.eval()
     return VerdictClassifier(model, list(meta["classes"]), list(meta["defect_classes"]), arch=meta["arch"],
                              size=int(meta["size"]), margin=float(meta["margin"]), threshold=float(meta["threshold"]),
                              max_false_reject=meta.get("max_false_reject"), info=dict(meta.get("info") or {}))
+
+
+class _Softmax(nn.Module):
+    """What the ONNX file computes: normalised crops -> class probabilities."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), 1)
+
+
+def export_verdict(verdict: VerdictClassifier, path: str | Path, *, opset: int = 17) -> Path:
+    """Write the classifier as ONNX for the torch-free line
+    (:class:`detect.model.verdict_onnx.OnnxVerdict`): input ``crops`` ``(N, 3, S, S)`` float32
+    (:func:`~detect.model.verdict_onnx.normalise`), output ``probabilities`` ``(N, K)``; its
+    settings (classes, threshold, crop size and margin) in the file's metadata."""
+    import io
+
+    import onnx
+
+    from detect.common.files import write_atomic
+
+    buffer = io.BytesIO()
+    verdict.model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice: dynamo=False on purpose, as the detector's
+        torch.onnx.export(_Softmax(verdict.model).eval(), (torch.rand(2, 3, verdict.size, verdict.size),), buffer,
+                          dynamo=False, opset_version=opset, input_names=["crops"], output_names=["probabilities"],
+                          dynamic_axes={"crops": {0: "items"}, "probabilities": {0: "items"}}, do_constant_folding=True)
+    graph = onnx.load_from_string(buffer.getvalue())
+    graph.metadata_props.add(key=META_KEY, value=json.dumps(verdict.metadata()))
+    write_atomic(Path(path), graph.SerializeToString())
+    return Path(path)
 
 
 def verdict_beside(weights: str | Path, classes: Sequence[str]) -> VerdictClassifier | None:
