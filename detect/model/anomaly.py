@@ -245,10 +245,11 @@ def intact_crops(records, classes: Sequence[str]) -> tuple[dict[str, list[np.nda
     return crops, defects
 
 
-def checkpoint_crops(weights: str | Path, *, data: str | Path | None = None, split: str = "train"):
-    """The detector of a ``detect.train`` checkpoint and the ground-truth crops of one split of the
-    dataset it names (``data`` when it has moved): ``(model, checkpoint, intact crops per base
-    class, defect counts per base class)`` (:func:`intact_crops`).
+def checkpoint_crops(weights: str | Path, *, data: str | Path | None = None, splits: Sequence[str] = ("train",)):
+    """The detector of a ``detect.train`` checkpoint and the ground-truth crops of splits of the
+    dataset it names (``data`` when it has moved): ``(model, checkpoint, {split: (intact crops per
+    base class, defect counts per base class)})`` (:func:`intact_crops`; a split the checkpoint
+    does not have, other than train, gives none).
 
     Raises:
         BankError: the checkpoint names no dataset.
@@ -256,6 +257,7 @@ def checkpoint_crops(weights: str | Path, *, data: str | Path | None = None, spl
     """
     from detect.data.layout import discover
     from detect.data.records import load_records
+
     from detect.model.build import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(weights)
@@ -264,12 +266,15 @@ def checkpoint_crops(weights: str | Path, *, data: str | Path | None = None, spl
     if root is None:
         raise BankError(f"{weights}: the checkpoint names no dataset; give --data")
     files = discover(root, images=None if data else info.get("images"))
-    ids = (info.get("splits") or {}).get(split)
-    if split != "train" and not ids:
-        return model, ckpt, {}, {}  # no held-out split: nothing to choose a threshold on
-    records = load_records(files, ids, exif=info.get("exif", "apply"), warn_each=False)
-    crops, defects = intact_crops(records, list(ckpt["classes"]))
-    return model, ckpt, crops, defects
+    out = {}
+    for split in splits:
+        ids = (info.get("splits") or {}).get(split)
+        if split != "train" and not ids:
+            out[split] = ({}, {})
+            continue
+        records = load_records(files, ids, exif=info.get("exif", "apply"), warn_each=False)
+        out[split] = intact_crops(records, list(ckpt["classes"]))
+    return model, ckpt, out
 
 
 def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, crop_size=DEFAULT_CROP,
@@ -282,7 +287,8 @@ def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, 
         BankError: too few or no intact crops of a base class.
         detect.data.layout.DatasetError, detect.data.records.DataError: the data cannot be read.
     """
-    model, _, crops, defects = checkpoint_crops(weights, data=data)
+    model, _, found = checkpoint_crops(weights, data=data)
+    crops, defects = found["train"]
     extractor = PatchFeatures(model, crop_size)
     bank = build_bank(extractor, crops, defects=defects, bank_size=bank_size, seed=seed, max_crops=max_crops)
     return bank, extractor

@@ -2,7 +2,7 @@
 and ``detect.train`` at the end of training (one pass over the training crops, no epochs).
 
 :func:`build_anomaly`: the bank of the intact boxes of the checkpoint's train split
-(:func:`detect.model.anomaly.bank_for_checkpoint`), then the scores of the val split's intact
+(:func:`detect.model.anomaly.build_bank`), then the scores of the val split's intact
 boxes, from which each base class's threshold is chosen for a false-reject rate
 (:func:`detect.line.anomaly.anomaly_thresholds`); the thresholds go into the bank's JSON record,
 where ``detect.predict --track`` reads them. :func:`anomaly_for_run`: the same after training,
@@ -18,9 +18,9 @@ from typing import Callable
 
 from detect.common.errors import DetectError, UsageError, show
 from detect.line.anomaly import DEFAULT_FALSE_REJECT, anomaly_thresholds, check_supported
-from detect.model.anomaly import (DEFAULT_BANK_SIZE, DEFAULT_CROP, DEFAULT_MAX_CROPS, PatchFeatures, bank_for_checkpoint,
+from detect.model.anomaly import (DEFAULT_BANK_SIZE, DEFAULT_CROP, DEFAULT_MAX_CROPS, PatchFeatures, build_bank,
                                   checkpoint_crops, export_features, item_scores)
-from detect.model.patchbank import PatchBank, bank_path, save_bank
+from detect.model.patchbank import PatchBank, bank_path, check_intact_counts, save_bank
 
 __all__ = ["anomaly_for_run", "build_anomaly", "write_anomaly"]
 
@@ -37,14 +37,16 @@ def build_anomaly(weights: str | Path, *, data: str | Path | None = None, crop_s
         UsageError: too few val intact items for the rate (checked before the bank is built),
             too few training crops (:class:`~detect.model.patchbank.BankError`).
     """
-    _, _, val, _ = checkpoint_crops(weights, data=data, split="val")
+    model, _, found = checkpoint_crops(weights, data=data, splits=("train", "val"))
+    (crops, defects), (val, _) = found["train"], found["val"]
+    check_intact_counts({c: len(v) for c, v in crops.items()}, defects)
     counts = {c: len(v) for c, v in val.items()}
     if not any(counts.values()):
         raise UsageError(f"{show(weights)}: its val split has no intact item to choose the anomaly threshold on; "
                          "give a dataset with a validation split holding intact objects")
     check_supported(counts, max_false_reject)  # before the build: a refused rate costs no time
-    bank, extractor = bank_for_checkpoint(weights, data=data, crop_size=crop_size, bank_size=bank_size,
-                                          max_crops=max_crops, seed=seed)
+    extractor = PatchFeatures(model, crop_size)
+    bank = build_bank(extractor, crops, defects=defects, bank_size=bank_size, seed=seed, max_crops=max_crops)
     scores = {c: [s for s in item_scores(extractor, bank, [c] * len(v), v) if s is not None]
               for c, v in val.items() if c in bank.banks}
     bank.meta.update(thresholds=anomaly_thresholds(scores, max_false_reject), max_false_reject=max_false_reject,
