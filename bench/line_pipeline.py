@@ -65,8 +65,8 @@ def run_once(weights: str, video: Path, verdict_file: str | None, threads: int) 
             verdict = load_verdict(Path(verdict_file), predictor.classes)
     line = LineSession(predictor, verdict=verdict)
     timed = None
-    if line.verdicts is not None:  # the session reads verdicts.on_frame when the run starts
-        timed = line.verdicts.on_frame = Timed(line.verdicts.on_frame)
+    if line._on_tracks is not None:  # the verdict stage's per-frame work, which the session hands the track loop
+        timed = line._on_tracks = Timed(line._on_tracks)
     source = open_source(str(video))
     start = time.perf_counter()
     try:

@@ -194,11 +194,11 @@ def _run(args, detector, predictor) -> int:
 
     line = None
     if args.track:
+        from detect.inference.loader import load_verdict_beside
         from detect.line.session import LineSession
 
-        from detect.inference.loader import load_verdict_beside
-
         verdict = load_verdict_beside(args.weights, predictor.classes, threads=args.threads)  # the item classifier
+        anomaly = _line_anomaly(args.weights, detector, predictor)
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
                            defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,
@@ -206,8 +206,10 @@ def _run(args, detector, predictor) -> int:
                            events=Path(args.events) if args.events and args.events != "-" else None,
                            events_stdout=sys.stdout if args.events == "-" else None,
                            listeners=args.listeners.listeners,  # the live page, MQTT
-                           verdict=verdict, gate_delay=args.gate_delay)
+                           verdict=verdict, anomaly=anomaly, gate_delay=args.gate_delay)
         print(line.verdict_note, file=sys.stderr)
+        if anomaly is not None:
+            print(anomaly.describe(), file=sys.stderr)
     outcome = PredictSession(predictor, writer, stage=line, say=_say, window=window, max_frames=args.max_frames,
                              status_every=args.status_every, progress=not args.no_progress).run(sources)
     if outcome.write_error is not None:
@@ -224,6 +226,22 @@ def _run(args, detector, predictor) -> int:
     summary = outcome.summary
     failed = len(errors) + len(summary.failed) + len(summary.stopped)
     return 1 if failed else 0
+
+
+def _line_anomaly(weights, detector, predictor):
+    """The line's anomaly stage from the bank beside the checkpoint (detect.anomaly, detect.train), or None."""
+    from detect.model.patchbank import bank_path
+
+    if not bank_path(weights).is_file():
+        return None
+    from detect.line.anomaly import ItemAnomaly
+    from detect.model.anomaly import scorer_beside
+
+    scorer, warning = scorer_beside(detector, weights)
+    if scorer is None:
+        print(f"warning: {warning}", file=sys.stderr)
+        return None
+    return ItemAnomaly.from_meta(scorer, scorer.bank.meta, predictor.classes, predictor.defect_classes)
 
 
 if __name__ == "__main__":

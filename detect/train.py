@@ -29,6 +29,7 @@ from detect.common.logs import setup_logging
 from detect.model.build import WEIGHT_CHOICES
 from detect.model.config import FPN_NORMS
 from detect.common.options import CliParser, add_device_option, given_options, number_list, run_command
+from detect.line.anomaly import DEFAULT_FALSE_REJECT
 from detect.training.balance import BALANCE_CHOICES
 from detect.training.banner import summary
 from detect.training.config import LIMITS, RECIPES, TrainConfig, resume_config
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-false-reject", type=_false_reject, metavar="R", help="with --verdict: the share of good "
                    "items you accept to reject, 0 < R <= 0.5 (e.g. 0.01); the threshold meeting it on the val "
                    "split is stored with the classifier (default: probability 0.5)")
+    g = p.add_argument_group("anomaly")
+    g.add_argument("--no-anomaly", action="store_true", help="do not build the anomaly bank of best.pt after "
+                   "training (intact items' patch features, a few seconds; docs/anomaly.md)")
+    g.add_argument("--anomaly-max-false-reject", type=_false_reject, default=DEFAULT_FALSE_REJECT, metavar="R",
+                   help="the share of the val split's intact items the anomaly threshold may flag, 0 < R <= 0.5; "
+                   "needs at least 1/R intact val items per class")
     return p
 
 
@@ -184,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             verdict_for_run(result, epochs=args.verdict_epochs, max_false_reject=args.max_false_reject,
                             arch=args.verdict_arch, echo=_echo)
+        if not args.no_anomaly and result.status != "interrupted" and result.main:
+            from detect.training.anomaly import anomaly_for_run
+
+            anomaly_for_run(result, max_false_reject=args.anomaly_max_false_reject, echo=_echo)
         return _report(result)
 
     # train() handles Ctrl-C itself once training runs: this is for the setup before it.

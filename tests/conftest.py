@@ -98,9 +98,9 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed: int = 0) -> Path:
+def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed: int = 0, val: int = 2) -> Path:
     """An untrained MobileNet detector whose outputs depend on the image, saved as a checkpoint
-    that records ``data`` (val split: the first two images).
+    that records ``data`` (val split: the first ``val`` images).
 
     Untrained, torchvision's MobileNetV3 feeds the heads activations near 1e-8, so every box
     gets the same score and ties decide what is kept. Its batch-norm statistics are
@@ -130,7 +130,7 @@ def make_tiny_checkpoint(path: Path, data: Path, *, input_size: int = 128, seed:
         "model": model.state_dict(), "model_config": model.config.as_dict(), "classes": list(CLASSES), "epoch": 0,
         "metrics": {"map50": 0.0}, "args": {"val_fraction": 0.2}, "run": "tiny", "backbone": "mobilenet",
         "data": {"root": str(data), "images": None, "layout": "devkit",
-                 "splits": {"train": ids[2:], "val": ids[:2]}},
+                 "splits": {"train": ids[val:], "val": ids[:val]}},
     }, path)
 
 

@@ -167,9 +167,9 @@ def test_command_builds_the_bank_of_a_checkpoint(tmp_path, capsys):
     from detect.model.anomaly import PatchFeatures
     from detect.model.build import model_from_checkpoint
 
-    data = make_devkit(tmp_path / "data", n=40)
-    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
-    assert main(["--weights", str(weights), "--bank-size", "64", "--crop", "48"]) == 0
+    data = make_devkit(tmp_path / "data", n=48)
+    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data, val=16)
+    assert main(["--weights", str(weights), "--bank-size", "64", "--crop", "48", "--max-false-reject", "0.5"]) == 0
     assert "best.anomaly.npz" in capsys.readouterr().out
     assert (tmp_path / "run" / "best.anomaly.onnx").stat().st_size > 0
     bank = load_bank(tmp_path / "run" / "best.anomaly.npz")
@@ -195,8 +195,8 @@ def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsy
     from detect.anomaly import main as build
     from detect.predict import main as predict
 
-    data = make_devkit(tmp_path / "data", n=40)
-    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data)
+    data = make_devkit(tmp_path / "data", n=48)
+    weights = make_tiny_checkpoint(tmp_path / "run" / "best.pt", data, val=16)
     image = str(data / "JPEGImages" / "img_000.jpg")
 
     def records(name):
@@ -206,7 +206,7 @@ def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsy
 
     plain = records("plain")
     assert plain and not any("anomaly" in r for r in plain)  # no bank: as before
-    assert build(["--weights", str(weights), "--bank-size", "64", "--crop", "48"]) == 0
+    assert build(["--weights", str(weights), "--bank-size", "64", "--crop", "48", "--max-false-reject", "0.5"]) == 0
     scored = records("scored")
     assert [r["bbox"] for r in scored] == [r["bbox"] for r in plain]
     assert all(r["anomaly"] >= 0 for r in scored if r["bbox"][2] - r["bbox"][0] >= 2)

@@ -64,6 +64,7 @@ TORCH = frozenset({
     "detect.training.distributed",
     "detect.training.balance",
     "detect.training.verdict",
+    "detect.training.anomaly",
 })
 TORCH_PACKAGES = {"torch", "torchvision", "albumentations"}
 

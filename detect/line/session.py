@@ -88,6 +88,8 @@ class LineSession:
         verdict: the item classifier (:class:`detect.model.verdict.VerdictClassifier`, e.g.
             ``verdict_beside(weights, classes)``): each item's defect flag and ``defect_probability``
             come from its crops (:mod:`detect.line.verdict`); None: the detector's vote.
+        anomaly: an :class:`~detect.line.anomaly.ItemAnomaly`: each item's event gains its anomaly
+            score, and an anomalous item is flagged too; None: no anomaly score.
     """
 
     def __init__(self, predictor: Predictor, *, folder: Path | None = None, events: Path | None = None,
@@ -95,7 +97,7 @@ class LineSession:
                  min_frames: int = 3, defect_frames: int = 2, defect_share: float = DEFECT_SHARE,
                  defect_threshold: float | None = None, belt_speed: float | None = None, save_crops: bool = False,
                  track_buffer: int | None = None, low: float = 0.1, listeners: Sequence[LineListener] = (),
-                 verdict: Any = None, gate_delay: float | None = None) -> None:
+                 verdict: Any = None, anomaly: Any = None, gate_delay: float | None = None) -> None:
         from detect.inference.outputs import ItemLog
 
         self.predictor = predictor
@@ -104,6 +106,9 @@ class LineSession:
         self.listeners = list(listeners)
         self.verdicts = ItemVerdicts(verdict, defect_classes=predictor.defect_classes) if verdict is not None else None
         self.verdict_note = describe(verdict)  # the banner's line
+        judge, self._on_tracks = self.verdicts, self.verdicts.on_frame if self.verdicts else None
+        if anomaly is not None:
+            judge, self._on_tracks = anomaly.compose(judge, self._on_tracks)
         self.item_log = (ItemLog(folder if folder is not None else Path(events).parent, path=events,
                                  save_crops=save_crops, stdout=events_stdout)
                          if folder is not None or events is not None else None)
@@ -112,7 +117,7 @@ class LineSession:
                                    min_frames=min_frames, defect_frames=defect_frames, defect_share=defect_share,
                                    defect_threshold=defect_threshold,
                                    keep_crops=save_crops and self.item_log is not None, on_item=self._on_item,
-                                   judge=self.verdicts, gate_delay=gate_delay)
+                                   judge=judge, gate_delay=gate_delay)
         self.frames = 0
         self.model_seconds = self.track_seconds = 0.0
         self._closed = False
@@ -125,7 +130,7 @@ class LineSession:
         tracker = ByteTracker(buffer=self.track_buffer or max(10, round(source.fps or 30)),
                               motion=BeltMotion(self.belt, speed=self.belt_speed))
         for result in track_frames(self.predictor, source, self.counter, tracker=tracker, low=self.low,
-                                   frames=frames, on_tracks=self.verdicts.on_frame if self.verdicts else None):
+                                   frames=frames, on_tracks=self._on_tracks):
             if result.error is None:
                 self.frames += 1
                 self.model_seconds += result.infer_seconds

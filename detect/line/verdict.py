@@ -23,7 +23,8 @@ import numpy as np
 from detect.common.errors import UsageError
 from detect.line.counting import intact_counterpart
 
-__all__ = ["EPS", "ItemVerdicts", "describe", "check_false_reject", "combine", "logit", "threshold_for_false_reject"]
+__all__ = ["EPS", "ItemVerdicts", "describe", "check_false_reject", "combine", "kind_of", "logit",
+           "threshold_for_false_reject"]
 
 EPS = 1e-4
 """Probabilities are clipped to [EPS, 1 - EPS]: one confident frame cannot outvote all the others."""
@@ -150,12 +151,7 @@ class ItemVerdicts:
 
     def kind(self, label: str, defect: bool) -> str:
         """``label`` turned defective (``Lata`` -> ``Lata_defectuosa``) or intact, as ``defect`` says."""
-        if defect and label not in self.defect_classes:
-            fits = [d for d in self.defect_classes if intact_counterpart(d, self.classes, self.defect_classes) == label]
-            return fits[0] if fits else label
-        if not defect and label in self.defect_classes:
-            return intact_counterpart(label, self.classes, self.defect_classes) or label
-        return label
+        return kind_of(label, defect, self.classes, self.defect_classes)
 
     def on_frame(self, tracks: Sequence[Any], ended: Sequence[Any], image: np.ndarray | None) -> None:
         """The line's per-frame hook: classify the crops of this frame's tracks, forget those that ended."""
@@ -164,6 +160,17 @@ class ItemVerdicts:
             self.observe([t.id for t in seen], np.array([t.observation.box for t in seen]), image)
         for t in ended:
             self.forget(t.id)
+
+
+def kind_of(label: str, defect: bool, classes: Sequence[str], defect_classes: Sequence[str]) -> str:
+    """``label`` turned defective (``Lata`` -> ``Lata_defectuosa``) or intact, as ``defect`` says
+    (unchanged when the model has no such class)."""
+    if defect and label not in defect_classes:
+        fits = [d for d in defect_classes if intact_counterpart(d, classes, defect_classes) == label]
+        return fits[0] if fits else label
+    if not defect and label in defect_classes:
+        return intact_counterpart(label, classes, defect_classes) or label
+    return label
 
 
 def describe(classifier: Any | None) -> str:

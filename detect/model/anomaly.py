@@ -29,13 +29,16 @@ from detect.model.patchbank import (
     BANK_FORMAT, BankError, PatchBank, bank_path, base_class, check_intact_counts, greedy_coreset, is_defect_class,
 )
 
-__all__ = ["ItemScorer", "score_writes", "PatchFeatures", "export_features", "bank_for_checkpoint", "bank_path", "build_bank", "intact_crops", "item_scores",
-           "torch_scores"]
+__all__ = ["ItemScorer", "score_writes", "scorer_beside", "PatchFeatures", "export_features", "bank_for_checkpoint",
+           "bank_path", "build_bank", "checkpoint_crops", "intact_crops", "item_scores", "torch_scores"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CROP = (96, 96)
-DEFAULT_BANK_SIZE = 4000
+# What detect.train builds at the end of training and detect.anomaly by default: sized so the
+# build takes seconds on the demo's training split (docs/anomaly.md, "Cost").
+DEFAULT_CROP = (64, 64)
+DEFAULT_BANK_SIZE = 1000
+DEFAULT_MAX_CROPS = 200
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -157,6 +160,7 @@ def build_bank(
     batch: int = 32,
     seed: int = 0,
     min_crops: int | None = None,
+    max_crops: int | None = None,
 ) -> PatchBank:
     """A :class:`PatchBank` from intact crops per base class.
 
@@ -165,6 +169,8 @@ def build_bank(
         crops: base class -> its intact crops (``H x W x 3`` uint8 RGB).
         defects: base class -> how many defect crops it has (to name a class seen only as defects).
         bank_size: patches kept per class (k-center greedy coreset of all its patches).
+        max_crops: at most this many crops per class, drawn at random (seeded): the build's
+            time grows with the crops, the bank's cover much less once the views are sampled.
 
     Raises:
         BankError: a base class has no intact crops or fewer than the minimum.
@@ -172,6 +178,10 @@ def build_bank(
     lists = {cls: list(c) for cls, c in crops.items()}
     kwargs = {} if min_crops is None else {"minimum": min_crops}
     check_intact_counts({c: len(v) for c, v in lists.items()}, defects or {}, **kwargs)
+    if max_crops is not None:
+        rng = np.random.default_rng(seed)
+        lists = {c: v if len(v) <= max_crops else [v[i] for i in sorted(rng.choice(len(v), max_crops, replace=False))]
+                 for c, v in lists.items()}
     banks: dict[str, np.ndarray] = {}
     for cls, items in sorted(lists.items()):
         parts = []
@@ -235,17 +245,19 @@ def intact_crops(records, classes: Sequence[str]) -> tuple[dict[str, list[np.nda
     return crops, defects
 
 
-def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, crop_size=DEFAULT_CROP,
-                        bank_size: int = DEFAULT_BANK_SIZE, seed: int = 0) -> tuple[PatchBank, PatchFeatures]:
-    """Build the bank of a ``detect.train`` checkpoint from the intact boxes of its training split
-    (the dataset it names, or ``data`` when it has moved); returns it and its feature extractor.
+def checkpoint_crops(weights: str | Path, *, data: str | Path | None = None, splits: Sequence[str] = ("train",)):
+    """The detector of a ``detect.train`` checkpoint and the ground-truth crops of splits of the
+    dataset it names (``data`` when it has moved): ``(model, checkpoint, {split: (intact crops per
+    base class, defect counts per base class)})`` (:func:`intact_crops`; a split the checkpoint
+    does not have, other than train, gives none).
 
     Raises:
-        BankError: too few or no intact crops of a base class.
+        BankError: the checkpoint names no dataset.
         detect.data.layout.DatasetError, detect.data.records.DataError: the data cannot be read.
     """
     from detect.data.layout import discover
     from detect.data.records import load_records
+
     from detect.model.build import model_from_checkpoint
 
     model, ckpt = model_from_checkpoint(weights)
@@ -254,11 +266,32 @@ def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, 
     if root is None:
         raise BankError(f"{weights}: the checkpoint names no dataset; give --data")
     files = discover(root, images=None if data else info.get("images"))
-    train = (info.get("splits") or {}).get("train")
-    records = load_records(files, train, exif=info.get("exif", "apply"), warn_each=False)
-    crops, defects = intact_crops(records, list(ckpt["classes"]))
+    out = {}
+    for split in splits:
+        ids = (info.get("splits") or {}).get(split)
+        if split != "train" and not ids:
+            out[split] = ({}, {})
+            continue
+        records = load_records(files, ids, exif=info.get("exif", "apply"), warn_each=False)
+        out[split] = intact_crops(records, list(ckpt["classes"]))
+    return model, ckpt, out
+
+
+def bank_for_checkpoint(weights: str | Path, *, data: str | Path | None = None, crop_size=DEFAULT_CROP,
+                        bank_size: int = DEFAULT_BANK_SIZE, max_crops: int | None = DEFAULT_MAX_CROPS,
+                        seed: int = 0) -> tuple[PatchBank, PatchFeatures]:
+    """Build the bank of a ``detect.train`` checkpoint from the intact boxes of its training split
+    (the dataset it names, or ``data`` when it has moved); returns it and its feature extractor.
+
+    Raises:
+        BankError: too few or no intact crops of a base class.
+        detect.data.layout.DatasetError, detect.data.records.DataError: the data cannot be read.
+    """
+    model, _, found = checkpoint_crops(weights, data=data)
+    crops, defects = found["train"]
     extractor = PatchFeatures(model, crop_size)
-    return build_bank(extractor, crops, defects=defects, bank_size=bank_size, seed=seed), extractor
+    bank = build_bank(extractor, crops, defects=defects, bank_size=bank_size, seed=seed, max_crops=max_crops)
+    return bank, extractor
 
 
 class ItemScorer:
@@ -294,20 +327,32 @@ class ItemScorer:
         return out
 
 
-def score_writes(writer, detector, weights) -> str | None:
-    """Give each detection its anomaly score before ``writer`` (a
-    :class:`~detect.inference.outputs.PredictionWriter`) writes it (``anomaly`` in
-    predictions.json), from the bank beside ``weights`` (``python -m detect.anomaly``).
-    Returns a warning instead when the detector is not a PyTorch checkpoint."""
+def scorer_beside(detector, weights) -> tuple[ItemScorer | None, str | None]:
+    """The :class:`ItemScorer` of the bank beside ``weights`` (``python -m detect.anomaly``) for a
+    loaded detector, or ``(None, warning)`` when the detector is not a PyTorch checkpoint.
+
+    Raises:
+        BankError: the bank is not one, or was built for another model.
+    """
     from detect.common.errors import show
     from detect.model.patchbank import bank_path, load_bank
 
     path = bank_path(weights)
     model = getattr(detector, "model", None)
     if model is None:
-        return (f"{show(path)}: the anomaly score needs the PyTorch checkpoint (.pt) for now; "
-                "these predictions carry none")
-    scorer = ItemScorer(model, load_bank(path), source=show(path))
+        return None, (f"{show(path)}: the anomaly score needs the PyTorch checkpoint (.pt) for now; "
+                      "these predictions carry none")
+    return ItemScorer(model, load_bank(path), source=show(path)), None
+
+
+def score_writes(writer, detector, weights) -> str | None:
+    """Give each detection its anomaly score before ``writer`` (a
+    :class:`~detect.inference.outputs.PredictionWriter`) writes it (``anomaly`` in
+    predictions.json), from the bank beside ``weights`` (``python -m detect.anomaly``).
+    Returns a warning instead when the detector is not a PyTorch checkpoint."""
+    scorer, warning = scorer_beside(detector, weights)
+    if scorer is None:
+        return warning
     add = writer.add
 
     def scored(result, source) -> None:
