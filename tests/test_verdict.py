@@ -285,3 +285,26 @@ def test_without_a_classifier_the_line_votes_and_says_so(tmp_path: Path) -> None
 
     session = LineSession(Predictor(TruthDetector(), conf=0.5), folder=tmp_path)
     assert session.verdict_note.startswith("verdict: detector vote")
+
+
+def test_the_classifier_judges_items_counted_when_their_track_ends_and_on_every_source(tmp_path: Path) -> None:
+    # --count-line none counts a track in the frame it ends, and a second video numbers its
+    # tracks from 1 again: both used to fall back to the detector's vote
+    import json
+
+    from test_line_session import ITEMS, SEED, SPACING, SPEED, TruthDetector
+    from detect.demo.conveyor import write_conveyor
+    from detect.inference.predictor import Predictor
+    from detect.inference.sources import open_source
+    from detect.line.session import LineSession
+
+    write_conveyor(tmp_path / "v", ITEMS, seed=SEED, speed=SPEED, spacing=SPACING)
+    predictor = Predictor(TruthDetector(), conf=0.5)
+    session = LineSession(predictor, folder=tmp_path / "out", verdict=_Constant(0.9), line=None)
+    for _ in range(2):
+        predictor.detector.calls = 0  # the same video again: the true boxes from its first frame
+        session.feed(open_source(str(tmp_path / "v" / "conveyor.mp4")))
+    session.counting()
+    events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert len(events) >= 2 * ITEMS - 2 and {e["source"] for e in events} == {str(tmp_path / "v" / "conveyor.mp4")}
+    assert [e["verdict"] for e in events] == ["classifier"] * len(events)

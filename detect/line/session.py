@@ -129,6 +129,8 @@ class LineSession:
         # One belt estimate per source: a conveyor moves one way at a nearly constant speed.
         tracker = ByteTracker(buffer=self.track_buffer or max(10, round(source.fps or 30)),
                               motion=BeltMotion(self.belt, speed=self.belt_speed))
+        if self.verdicts is not None:
+            self.verdicts.reset()
         for result in track_frames(self.predictor, source, self.counter, tracker=tracker, low=self.low,
                                    frames=frames, on_tracks=self._on_tracks):
             if result.error is None:

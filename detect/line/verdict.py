@@ -104,7 +104,14 @@ class ItemVerdicts:
         self.max_frames = max_frames
         self._tracks: dict[int, _Track] = {}
         self._judged: set[int] = set()  # decided: their later frames are not classified
+        self._ending: list[int] = []  # ended in the frame before: counted by now (with --count-line none, then)
         self.frames_classified = 0
+
+    def reset(self) -> None:
+        """A new source: its tracker numbers its tracks from 1 again."""
+        self._tracks.clear()
+        self._judged.clear()
+        self._ending = []
 
     def observe(self, track_ids: Sequence[int], boxes: np.ndarray, image: np.ndarray) -> None:
         ids = [int(t) for t in track_ids]
@@ -154,12 +161,15 @@ class ItemVerdicts:
         return kind_of(label, defect, self.classes, self.defect_classes)
 
     def on_frame(self, tracks: Sequence[Any], ended: Sequence[Any], image: np.ndarray | None) -> None:
-        """The line's per-frame hook: classify the crops of this frame's tracks, forget those that ended."""
+        """The line's per-frame hook, before the frame is counted: classify the crops of this
+        frame's tracks; forget the tracks that ended a frame ago (those ending now may still be
+        counted, and judged, in this frame)."""
+        for track_id in self._ending:
+            self.forget(track_id)
+        self._ending = [t.id for t in ended]
         seen = [t for t in tracks if t.observation is not None]
         if seen and image is not None:
             self.observe([t.id for t in seen], np.array([t.observation.box for t in seen]), image)
-        for t in ended:
-            self.forget(t.id)
 
 
 def kind_of(label: str, defect: bool, classes: Sequence[str], defect_classes: Sequence[str]) -> str:
