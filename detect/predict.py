@@ -180,14 +180,11 @@ def _run(args, detector, predictor) -> int:
         model_version=f"{run} ({Path(args.weights).name})",
     )
     if args.save_json or args.save_csv:  # an anomaly bank beside the checkpoint scores each detection
-        from detect.model.patchbank import bank_path
+        scorer = _anomaly_scorer(args, detector)
+        if scorer is not None:
+            from detect.model.patchbank import score_writes
 
-        if bank_path(args.weights).is_file():
-            from detect.model.anomaly import score_writes
-
-            warning = score_writes(writer, detector, args.weights)
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr)
+            score_writes(writer, scorer)
     print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
           f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
@@ -198,7 +195,7 @@ def _run(args, detector, predictor) -> int:
         from detect.line.session import LineSession
 
         verdict = load_verdict_beside(args.weights, predictor.classes, threads=args.threads)  # the item classifier
-        anomaly = _line_anomaly(args.weights, detector, predictor)
+        anomaly = _line_anomaly(args, detector, predictor)
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
                            defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,
@@ -228,19 +225,30 @@ def _run(args, detector, predictor) -> int:
     return 1 if failed else 0
 
 
-def _line_anomaly(weights, detector, predictor):
-    """The line's anomaly stage from the bank beside the checkpoint (detect.anomaly, detect.train), or None."""
+def _anomaly_scorer(args, detector):
+    """The anomaly scorer of the bank beside the model (detect.anomaly, detect.train), or None:
+    PyTorch features for a checkpoint, the bank's ONNX features (no torch) for an export."""
+    from detect.inference.loader import is_onnx
     from detect.model.patchbank import bank_path
 
-    if not bank_path(weights).is_file():
+    if not bank_path(args.weights).is_file():
         return None
-    from detect.line.anomaly import ItemAnomaly
+    if is_onnx(args.weights):
+        from detect.model.patchbank import onnx_scorer_beside
+
+        return onnx_scorer_beside(detector, args.weights, threads=args.threads)
     from detect.model.anomaly import scorer_beside
 
-    scorer, warning = scorer_beside(detector, weights)
+    return scorer_beside(detector, args.weights)
+
+
+def _line_anomaly(args, detector, predictor):
+    """The line's anomaly stage from the bank beside the model, or None."""
+    scorer = _anomaly_scorer(args, detector)
     if scorer is None:
-        print(f"warning: {warning}", file=sys.stderr)
         return None
+    from detect.line.anomaly import ItemAnomaly
+
     return ItemAnomaly.from_meta(scorer, scorer.bank.meta, predictor.classes, predictor.defect_classes)
 
 

@@ -213,6 +213,19 @@ def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsy
     assert sum("anomaly" in r for r in scored) >= len(scored) - 1
     capsys.readouterr()
 
+    # the export scores without torch: the bank's ONNX features give the checkpoint's scores
+    from detect.export import main as export
+
+    assert export(["--weights", str(weights)]) == 0
+    assert predict(["--weights", str(weights.with_suffix(".onnx")), image, "--out", str(tmp_path / "out"), "--name",
+                    "onnx", "--save-json", "--no-save-images", "--no-progress"]) == 0
+    onnx = json.loads((tmp_path / "out" / "onnx" / "predictions.json").read_text())
+    pairs = [(a, b) for a, b in zip(scored, onnx) if np.allclose(a["bbox"], b["bbox"], atol=0.5) and "anomaly" in a]
+    assert pairs and len(onnx) == len(scored)
+    for a, b in pairs:
+        assert b["anomaly"] == pytest.approx(a["anomaly"], rel=1e-3, abs=1e-3)
+    capsys.readouterr()
+
     other = make_tiny_checkpoint(tmp_path / "other" / "best.pt", data, seed=1)  # other weights, the same bank
     (tmp_path / "other" / "best.anomaly.npz").write_bytes((tmp_path / "run" / "best.anomaly.npz").read_bytes())
     assert predict(["--weights", str(other), image, "--out", str(tmp_path / "out"), "--save-json", "--no-progress"]) == 2

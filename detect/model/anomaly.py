@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from detect.model.patchbank import (
-    BANK_FORMAT, BankError, PatchBank, bank_path, base_class, check_intact_counts, greedy_coreset, is_defect_class,
+    BANK_FORMAT, BankError, PatchBank, bank_path, base_class, box_crops, check_intact_counts, greedy_coreset,
+    is_defect_class,
 )
 
-__all__ = ["ItemScorer", "score_writes", "scorer_beside", "PatchFeatures", "export_features", "bank_for_checkpoint",
+__all__ = ["ItemScorer", "scorer_beside", "PatchFeatures", "export_features", "bank_for_checkpoint",
            "bank_path", "build_bank", "checkpoint_crops", "intact_crops", "item_scores", "torch_scores"]
 
 log = logging.getLogger(__name__)
@@ -311,15 +312,8 @@ class ItemScorer:
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
         """``(M,)`` scores of the boxes ``(M, 4)`` xmin/ymin/xmax/ymax (pixels of the RGB ``image``) with
         labels ``1..K``; NaN for a box under 2 px or a class without a bank."""
-        out = np.full(len(boxes), np.nan)
-        h, w = image.shape[:2]
-        crops, where = [], []
-        for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, float)):
-            x0, y0 = max(0, int(x0)), max(0, int(y0))
-            x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-            if x1 - x0 >= 2 and y1 - y0 >= 2:
-                crops.append(image[y0:y1, x0:x1])
-                where.append(i)
+        out = np.full(len(np.asarray(boxes).reshape(-1, 4)), np.nan)
+        crops, where = box_crops(image, boxes)
         if crops:
             names = [classes[int(labels[i]) - 1] for i in where]
             for i, s in zip(where, item_scores(self.extractor, self.bank, names, crops)):
@@ -327,9 +321,10 @@ class ItemScorer:
         return out
 
 
-def scorer_beside(detector, weights) -> tuple[ItemScorer | None, str | None]:
-    """The :class:`ItemScorer` of the bank beside ``weights`` (``python -m detect.anomaly``) for a
-    loaded detector, or ``(None, warning)`` when the detector is not a PyTorch checkpoint.
+def scorer_beside(detector, weights) -> ItemScorer:
+    """The :class:`ItemScorer` of the bank beside the checkpoint ``weights`` (``python -m
+    detect.anomaly``, ``detect.train``) for its loaded PyTorch detector (an ``.onnx`` export
+    takes :func:`detect.model.patchbank.onnx_scorer_beside`, without torch).
 
     Raises:
         BankError: the bank is not one, or was built for another model.
@@ -338,28 +333,4 @@ def scorer_beside(detector, weights) -> tuple[ItemScorer | None, str | None]:
     from detect.model.patchbank import bank_path, load_bank
 
     path = bank_path(weights)
-    model = getattr(detector, "model", None)
-    if model is None:
-        return None, (f"{show(path)}: the anomaly score needs the PyTorch checkpoint (.pt) for now; "
-                      "these predictions carry none")
-    return ItemScorer(model, load_bank(path), source=show(path)), None
-
-
-def score_writes(writer, detector, weights) -> str | None:
-    """Give each detection its anomaly score before ``writer`` (a
-    :class:`~detect.inference.outputs.PredictionWriter`) writes it (``anomaly`` in
-    predictions.json), from the bank beside ``weights`` (``python -m detect.anomaly``).
-    Returns a warning instead when the detector is not a PyTorch checkpoint."""
-    scorer, warning = scorer_beside(detector, weights)
-    if scorer is None:
-        return warning
-    add = writer.add
-
-    def scored(result, source) -> None:
-        d = result.detections
-        if not result.error and len(d.boxes):
-            d.anomaly = scorer(result.frame.image, d.boxes, d.labels, result.classes)
-        add(result, source)
-
-    writer.add = scored
-    return None
+    return ItemScorer(detector.model, load_bank(path), source=show(path))

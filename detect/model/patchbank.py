@@ -10,6 +10,10 @@ only numpy:
 * :func:`nearest_distances` / :meth:`PatchBank.score`: an item's score is the largest, over
   its patches, of the Euclidean distance to the nearest bank patch of its base class
   (higher = less like the intact items seen).
+* :class:`OnnxItemScorer`: a frame's boxes scored with the bank's ONNX feature extractor
+  (``best.anomaly.onnx``) and the bank, for the torch-free line (an ``.onnx`` detector);
+  :func:`box_crops` cuts the crops both scorers use; :func:`score_writes` gives each detection
+  of ``--save-json`` its score.
 * :func:`save_bank` / :func:`load_bank`: one ``.npz`` file (``anomaly.npz`` beside
   ``best.pt``): one ``bank/<class>`` array ``[M, D]`` float32 per base class and a JSON
   ``meta`` (backbone, detector input size, crop size, feature levels, weights fingerprint).
@@ -35,12 +39,16 @@ __all__ = [
     "BANK_FORMAT",
     "BankError",
     "MIN_INTACT_CROPS",
+    "OnnxItemScorer",
     "PatchBank",
     "base_class",
+    "box_crops",
     "greedy_coreset",
     "load_bank",
     "nearest_distances",
+    "onnx_scorer_beside",
     "save_bank",
+    "score_writes",
 ]
 
 BANK_FORMAT = 1
@@ -237,3 +245,80 @@ class OnnxPatchFeatures:
         batch = np.stack([cv2.resize(np.asarray(c, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
                           for c in crops]) / np.float32(255.0)
         return self.session.run(None, {"crops": batch.transpose(0, 3, 1, 2).copy()})[0]
+
+
+def box_crops(image: np.ndarray, boxes: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    """The crops of ``boxes`` ``(M, 4)`` xmin/ymin/xmax/ymax in pixels of ``image``, and the row of
+    each (a box under 2 px once clipped to the image has none)."""
+    h, w = image.shape[:2]
+    crops, where = [], []
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
+        x0, y0 = max(0, int(x0)), max(0, int(y0))
+        x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            crops.append(image[y0:y1, x0:x1])
+            where.append(i)
+    return crops, where
+
+
+class OnnxItemScorer:
+    """Anomaly scores of a frame's detections without torch: the bank's feature extractor on
+    onnxruntime (``NAME.anomaly.onnx``, written with the bank) and numpy nearest neighbours;
+    the same scores as :class:`detect.model.anomaly.ItemScorer` to 1e-4.
+
+    Args:
+        bank: the :class:`PatchBank`; features: its ``.onnx`` feature extractor.
+        backbone, input_size: the detector's (from its export's metadata), checked against the bank.
+
+    Raises:
+        BankError: the bank was built for another backbone or input size, or its extractor is missing.
+    """
+
+    def __init__(self, bank: PatchBank, features: str | os.PathLike[str], *, backbone: str, input_size: int,
+                 source: str = "the bank", threads: int | None = None) -> None:
+        bank.check_matches(backbone=backbone, input_size=input_size, source=source)
+        if not Path(features).is_file():
+            raise BankError(f"{source}: its feature extractor {show(features)} is missing; rebuild the bank "
+                            "(python -m detect.anomaly --weights best.pt --overwrite)")
+        self.bank = bank
+        self.features = OnnxPatchFeatures(features, bank.meta.get("crop_size", (64, 64)), threads=threads)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+        """``(M,)`` scores of the boxes (labels ``1..K``); NaN for a box under 2 px or a class without a bank."""
+        out = np.full(len(np.asarray(boxes).reshape(-1, 4)), np.nan)
+        crops, where = box_crops(image, boxes)
+        if crops:
+            feats = self.features(crops)
+            for i, f in zip(where, feats):
+                s = self.bank.score(classes[int(labels[i]) - 1], f)
+                out[i] = np.nan if s is None else s
+        return out
+
+
+def onnx_scorer_beside(detector, weights: str | os.PathLike[str], *, threads: int | None = None) -> OnnxItemScorer:
+    """The torch-free scorer of the bank beside the export ``weights`` (``best.onnx`` ->
+    ``best.anomaly.npz`` and ``best.anomaly.onnx``, made for ``best.pt``), checked against the
+    detector's backbone and input size (its ``info``).
+
+    Raises:
+        BankError: the bank is not one, was built for another model, or its extractor is missing.
+    """
+    path = bank_path(weights)
+    info = getattr(detector, "info", None) or {}
+    return OnnxItemScorer(load_bank(path), path.with_suffix(".onnx"), backbone=info.get("backbone"),
+                          input_size=info.get("input_size"), source=show(path), threads=threads)
+
+
+def score_writes(writer, scorer) -> None:
+    """Give each detection its anomaly score (``scorer(image, boxes, labels, classes)``) before
+    ``writer`` (a :class:`~detect.inference.outputs.PredictionWriter`) writes it: ``anomaly`` in
+    predictions.json."""
+    add = writer.add
+
+    def scored(result, source) -> None:
+        d = result.detections
+        if not result.error and len(d.boxes):
+            d.anomaly = scorer(result.frame.image, d.boxes, d.labels, result.classes)
+        add(result, source)
+
+    writer.add = scored
