@@ -77,9 +77,10 @@ def _export(args) -> int:
     if verdict is not None and os.path.lexists(target.with_name("verdict.onnx")) and not args.overwrite:
         raise UsageError(f"{show(target.with_name('verdict.onnx'))} exists (the item classifier's export, made "
                          "beside the model's); pass --overwrite to replace both, or --out another folder")
+    bank = _bank_to_copy(source, target, args.overwrite)
     if args.optimize or args.int8 or any(v is not None for v in settings.values()):
         code = _export_variant(args, settings, source, target)  # numerics change: the accuracy gate
-        return _export_verdict(verdict, target) if code == 0 and verdict is not None else code
+        return _beside(verdict, bank, target) if code == 0 else code
     from detect.deploy.onnx_export import export_onnx  # torch is imported here, after the usage checks
 
     before = _stat(target)
@@ -105,6 +106,38 @@ def _export(args) -> int:
         print(f"error: onnxruntime and PyTorch disagree on {len(result.mismatches)} image(s): "
               f"{'; '.join(result.mismatches[:3])}", file=sys.stderr)
         return 1
+    return _beside(verdict, bank, target)
+
+
+def _bank_to_copy(source: Path, target: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """The anomaly bank of the checkpoint (``best.anomaly.npz`` and its ``.onnx`` features) and
+    where it goes beside an export in another folder or of another name; [] when there is none
+    or it is there already.
+
+    Raises:
+        UsageError: a file there would be replaced without ``overwrite``.
+    """
+    from detect.model.patchbank import bank_path
+
+    have, want = bank_path(source), bank_path(target)
+    if not have.is_file() or have.resolve() == want.resolve():
+        return []
+    pairs = [(have, want), (have.with_suffix(".onnx"), want.with_suffix(".onnx"))]
+    for _, to in pairs:
+        if os.path.lexists(to) and not overwrite:
+            raise UsageError(f"{show(to)} exists (the anomaly bank, copied beside the export); pass --overwrite to "
+                             "replace it, or --out another folder")
+    return [(a, b) for a, b in pairs if a.is_file()]
+
+
+def _beside(verdict: Path | None, bank: list[tuple[Path, Path]], target: Path) -> int:
+    """What the line needs beside the export: the item classifier's export and the anomaly bank."""
+    from detect.common.files import write_atomic
+
+    for a, b in bank:
+        write_atomic(b, a.read_bytes())
+    if bank:
+        print(f"copied the anomaly bank beside it: {show(bank[0][1])}")
     return _export_verdict(verdict, target) if verdict is not None else 0
 
 

@@ -225,6 +225,13 @@ def test_predict_save_json_carries_the_anomaly_score_with_a_bank(tmp_path, capsy
     for a, b in pairs:
         assert b["anomaly"] == pytest.approx(a["anomaly"], rel=1e-3, abs=1e-3)
     capsys.readouterr()
+    # an export elsewhere takes the bank with it, under its own name
+    line = tmp_path / "line" / "cans.onnx"
+    line.parent.mkdir()
+    assert export(["--weights", str(weights), "--out", str(line)]) == 0
+    assert (line.parent / "cans.anomaly.npz").read_bytes() == (tmp_path / "run" / "best.anomaly.npz").read_bytes()
+    assert (line.parent / "cans.anomaly.onnx").is_file()
+    capsys.readouterr()
 
     other = make_tiny_checkpoint(tmp_path / "other" / "best.pt", data, seed=1)  # other weights, the same bank
     (tmp_path / "other" / "best.anomaly.npz").write_bytes((tmp_path / "run" / "best.anomaly.npz").read_bytes())
