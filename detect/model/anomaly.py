@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -143,7 +144,8 @@ def export_features(extractor: PatchFeatures, path: str | Path, *, opset: int = 
 
     h, w = extractor.crop_size
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice: dynamo=False on purpose, as the detector's
         torch.onnx.export(_FeatureGraph(extractor).eval(), (torch.rand(2, 3, h, w),), buffer, dynamo=False,
                           opset_version=opset, input_names=["crops"], output_names=["patches"],
                           dynamic_axes={"crops": {0: "items"}, "patches": {0: "items"}}, do_constant_folding=True)
