@@ -214,3 +214,11 @@ def load_records_of(root: Path, scene: dict):
         write_voc(Annotation(filename=f"{stem}.png", width=96, height=80,
                              objects=tuple(VocObject(n, Box(*map(float, b))) for n, b in objects)), root / f"{stem}.xml")
     return load_records(discover(root))
+
+
+def test_gallery_draws_the_classifiers_findings(scene, model_dir, tmp_path, capsys):
+    save_verdict(colour_verdict(), model_dir / "verdict.pt")
+    rc = audit_cli.main(["--weights", str(model_dir / "model.onnx"), "--data", str(scene), "--out",
+                         str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0 and "top findings drawn in" in capsys.readouterr().out
+    assert len(list((tmp_path / "out").rglob("audit.png"))) == 1

@@ -193,6 +193,8 @@ def draw_gallery(report: AuditReport, path: Path, count: int) -> Path:
     for f in report.findings[:count]:
         where = f"{f.record.xml.name}:{f.line}" if f.line else f.record.xml.name
         caption = f"{f.code} {f.kind.replace('_', ' ')} [{f.confidence:.2f}]\n{show(where)}"
+        if f.by == "verdict":  # no model box to label: the classifier's answer goes in the caption
+            caption += f"\nclassifier: {f.model_name} (p defect {f.defect_probability:.2f})"
         model_label = f"{f.model_name} {f.score:.2f}" if f.model_box else ""
         panels.append(BoxPair(caption, f.record.image, f.box, f.name or "", f.model_box, model_label))
     return plot_box_pairs(panels, path, title=f"likely label mistakes, surest first ({len(panels)} of "
