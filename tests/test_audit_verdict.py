@@ -212,7 +212,8 @@ def load_records_of(root: Path, scene: dict):
     for stem, objects in scene.items():
         cv2.imwrite(str(root / f"{stem}.png"), np.full((80, 96, 3), 90, np.uint8))
         write_voc(Annotation(filename=f"{stem}.png", width=96, height=80,
-                             objects=tuple(VocObject(n, Box(*map(float, b))) for n, b in objects)), root / f"{stem}.xml")
+                             objects=tuple(VocObject(n, Box(*map(float, b))) for n, b in objects)),
+                  root / f"{stem}.xml")
     return load_records(discover(root))
 
 

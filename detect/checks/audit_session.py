@@ -68,7 +68,8 @@ def verdict_note(verdict, weights: str) -> str:
     """One line: what judges intact vs defective in this audit."""
     if verdict is None:
         return "wrong class: judged by the detector's detections (no verdict.pt beside the model)"
-    return (f"wrong class, intact vs defective: judged by the verdict classifier {show(Path(weights).with_name('verdict.pt'))} "
+    where = show(Path(weights).with_name("verdict.pt"))
+    return (f"wrong class, intact vs defective: judged by the verdict classifier {where} "
             f"({verdict.arch}) on each annotated box's crop, defective from defect probability "
             f"{verdict.threshold:.2f}; other confusions by the detector")
 
