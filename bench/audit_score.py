@@ -8,7 +8,10 @@ the model's box reaches IoU >= 0.5 with the removed box; a relabelled or moved b
 annotated box it names is that box (IoU >= 0.9), or the model's box reaches IoU >= 0.5 with
 the box as it was. Any kind of finding may hit (whoever looks fixes what is wrong); the
 ``kind right`` column counts the hits whose kind is the planted one. Printed: precision at
-K (K = number planted) and recall in the top 2K, overall and per kind, and the audit's time.
+K (K = number planted) and recall in the top 2K, overall and per kind, and the audit's time;
+then, per kind, every finding of that kind at any rank: how many, the share that hit a planted
+mistake (precision) and the share of that kind's planted mistakes they hit (recall), split by
+what found them (``by``: the detector, or the verdict classifier for intact vs defective).
 """
 
 from __future__ import annotations
@@ -75,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, kk, prec, rec, right in rows:
         print(f"| {name} | {kk} | {prec:.2f} | {rec:.2f} | {right:.2f} |")
     print("(per kind, precision at K counts that kind's own findings, top K of the kind's count)")
+    print("| findings | by | count | precision | recall of the kind |")
+    print("|---|---|---:|---:|---:|")
+    for kind in KINDS:
+        idx = [j for j, m in enumerate(mistakes) if m["kind"] == kind]
+        of_kind = [i for i, f in enumerate(findings) if f["kind"] == kind]
+        for by in sorted({findings[i].get("by", "detector") for i in of_kind}) or ["detector"]:
+            mine = [i for i in of_kind if findings[i].get("by", "detector") == by]
+            prec = sum(any(match[i][j] for j in idx) for i in mine) / max(1, len(mine))
+            rec = sum(any(match[i][j] for i in mine) for j in idx) / max(1, len(idx))
+            print(f"| {kind} | {by} | {len(mine)} | {prec:.2f} | {rec:.2f} |")
     return 0
 
 

@@ -7,7 +7,9 @@
 Audit (``--data``): runs the model over the annotated images and lists the likely mistakes,
 surest first, one checker-style line each (``file.xml:line:1: AUD10x warning ...``):
 missing boxes (AUD101), wrong classes (AUD102), loose or shifted boxes (AUD103) and
-spurious boxes (AUD104); the rules are in :mod:`detect.checks.label_audit`, the run in :mod:`detect.checks.audit_session`. ``audit.png`` shows
+spurious boxes (AUD104). With a ``verdict.pt`` beside the model (``detect.train --verdict``),
+intact vs defective is judged by that item classifier on each annotated box's crop instead of
+the detector (each such AUD102 finding says so); the rules are in :mod:`detect.checks.label_audit`, the run in :mod:`detect.checks.audit_session`. ``audit.png`` shows
 the top findings with both boxes; ``--save-xml DIR`` writes the suggested corrections as
 LabelImg files into DIR, for review. The annotation files are only read.
 
@@ -103,17 +105,19 @@ def _main(args) -> int:
                                                 batch_size=args.batch_size, score_thresh=args.score_thresh)
         if args.select:
             return _select(args, detector, meta)
-        return _audit(args, detector, meta)
+        from detect.checks.audit_session import verdict_for_audit
+
+        return _audit(args, detector, meta, verdict_for_audit(args.weights, detector.classes))
     finally:
         if args.reviewer is not None:
             args.reviewer.close()  # its port, however the audit ended (serve() closes it too)
 
 
-def _audit(args, detector, meta) -> int:
-    from detect.checks.audit_session import draw_gallery, output_folder, run_audit
+def _audit(args, detector, meta, verdict) -> int:
+    from detect.checks.audit_session import draw_gallery, output_folder, run_audit, verdict_note
 
     run = run_audit(detector, meta, args.weights, args.data, images=args.images, split=args.split, conf=args.conf,
-                    score_thresh=args.score_thresh, progress=not args.no_progress)
+                    score_thresh=args.score_thresh, progress=not args.no_progress, verdict=verdict)
     report, files, where, overlap = run.report, run.files, run.where, run.overlap
     if overlap and args.format != "json":
         print(f"warning: {overlap[1]}", file=sys.stderr)
@@ -138,6 +142,8 @@ def _audit(args, detector, meta) -> int:
         "recall_at_conf": {k: round(v, 4) for k, v in report.recall.items()},
         "in_training_split": overlap[0] if overlap else 0, "seconds": round(run.seconds, 2),
         "gallery": str(gallery) if gallery else None, "corrections": [str(p) for p in written],
+        "wrong_class_by": "verdict" if verdict is not None else "detector",
+        "verdict_threshold": None if verdict is None else float(verdict.threshold),
     }
     if args.format == "json":
         doc = {"findings": [f.as_dict() for f in shown], "summary": summary}
@@ -155,6 +161,7 @@ def _audit(args, detector, meta) -> int:
     print(f"audited {report.images} image(s), {report.objects} object(s) of {show(files.root)} ({where}) in "
           f"{run.seconds:.1f} s: {len(report.findings)} likely mistake(s) ({by_kind})"
           + (f", {len(shown)} shown" if len(shown) < len(report.findings) else ""))
+    print(verdict_note(verdict, args.weights))
     if report.recall:
         print("the model finds at score >= {:g}: {}".format(
             args.conf, ", ".join(f"{show(c)} {v:.0%}" for c, v in report.recall.items())))

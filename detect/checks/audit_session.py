@@ -4,11 +4,14 @@ its options to. The rules (what counts as a likely mistake, the score margin) ar
 draws ``audit.png`` and copies the picked images with their pre-annotations.
 
 * :func:`load_detector_and_meta`: the detector and what its file records (classes, data root, splits).
+* :func:`verdict_for_audit`: the verdict classifier saved beside the model (``verdict.pt``), or None;
+  :func:`verdict_note` says which rule judges intact vs defective.
 * :func:`audit_records`: the annotated records of ``--data`` for ``--split``.
 * :func:`run_audit`: the findings (:class:`AuditRun`).
 * :func:`select_images`: the ``count`` least certain images, copied with a pre-annotation XML each.
 
-Torch-free (a ``.pt`` checkpoint is loaded through :mod:`detect.inference.loader` lazily).
+Torch-free (a ``.pt`` checkpoint is loaded through :mod:`detect.inference.loader` lazily, and a
+``verdict.pt`` through :mod:`detect.model.verdict`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from detect.common.errors import UsageError, show
 from detect.common.files import unique_folder
 from detect.common.thresholds import CONF
 
-__all__ = ["AuditRun", "SelectRun", "audit_records", "draw_gallery", "load_detector_and_meta", "output_folder",
-           "run_audit", "select_images"]
+__all__ = ["AuditRun", "SelectRun", "audit_records", "draw_gallery", "item_verdicts", "load_detector_and_meta",
+           "output_folder", "run_audit", "select_images", "verdict_for_audit", "verdict_note"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,49 @@ def load_detector_and_meta(weights: str, *, device: str, threads: int | None, ba
         ckpt = load_checkpoint(weights)
         meta = {k: ckpt.get(k) for k in ("data", "run", "classes", "args")}
     return detector, meta
+
+
+def verdict_for_audit(weights: str, classes):
+    """The verdict classifier in ``verdict.pt`` beside ``weights``, or None when there is none.
+
+    Raises:
+        UsageError: it is there but its classes are not ``classes`` (the detector's), or unreadable.
+    """
+    if not Path(weights).with_name("verdict.pt").is_file():
+        return None  # no torch import for an .onnx audit without a classifier
+    from detect.model.verdict import verdict_beside
+
+    return verdict_beside(weights, classes)
+
+
+def verdict_note(verdict, weights: str) -> str:
+    """One line: what judges intact vs defective in this audit."""
+    if verdict is None:
+        return "wrong class: judged by the detector's detections (no verdict.pt beside the model)"
+    where = show(Path(weights).with_name("verdict.pt"))
+    return (f"wrong class, intact vs defective: judged by the verdict classifier {where} "
+            f"({verdict.arch}) on each annotated box's crop, defective from defect probability "
+            f"{verdict.threshold:.2f}; other confusions by the detector")
+
+
+def item_verdicts(verdict, records, *, progress=None):
+    """:class:`~detect.checks.label_audit.ItemVerdicts`: ``verdict``'s defect probability of every
+    annotated object of ``records``, on its crop from the image at its own resolution."""
+    import numpy as np
+
+    from detect.checks.label_audit import ItemVerdicts
+    from detect.data.images import read_image
+
+    defect = []
+    for r in records:
+        boxes = np.array([tuple(o.box) for o in r.annotation.objects], np.float64).reshape(-1, 4)
+        if len(boxes):
+            defect.append(verdict.defect_probability(verdict.probabilities(read_image(r.image, exif=r.exif), boxes)))
+        else:
+            defect.append(np.zeros(0))
+        if progress is not None:
+            progress(1)
+    return ItemVerdicts(defect, float(verdict.threshold), tuple(verdict.defect_classes))
 
 
 def output_folder(out: str, name: str | None, meta: Mapping[str, Any], weights: str) -> Path:
@@ -103,8 +149,11 @@ class AuditRun:
 
 
 def run_audit(detector, meta: Mapping[str, Any], weights: str, data: Path, *, images: Path | None = None,
-              split: str = "all", conf: float = CONF, score_thresh: float = 0.05, progress: bool = True) -> AuditRun:
-    """Run ``detector`` over the annotated images of ``data`` and list the likely mistakes.
+              split: str = "all", conf: float = CONF, score_thresh: float = 0.05, progress: bool = True,
+              verdict=None) -> AuditRun:
+    """Run ``detector`` over the annotated images of ``data`` and list the likely mistakes;
+    with ``verdict`` (a :class:`~detect.model.verdict.VerdictClassifier`) that classifier judges
+    intact vs defective on each annotated box's crop.
 
     Raises:
         UsageError: the data holds classes the model lacks, or no annotated image.
@@ -124,8 +173,16 @@ def run_audit(detector, meta: Mapping[str, Any], weights: str, data: Path, *, im
         detections = detect_records(detector, records, progress=bar.update)
     finally:
         bar.close()
+    verdicts = None
+    if verdict is not None:
+        bar = tqdm(total=len(records), unit="img", desc="verdict", disable=not progress, dynamic_ncols=True,
+                   leave=False)
+        try:
+            verdicts = item_verdicts(verdict, records, progress=bar.update)
+        finally:
+            bar.close()
     floor = float(detector.info.get("box_score_thresh") or score_thresh)
-    report = audit(records, detections, detector.classes, AuditSettings(conf=conf))
+    report = audit(records, detections, detector.classes, AuditSettings(conf=conf), verdicts)
     return AuditRun(report, files, where, overlap, time.perf_counter() - start, floor)
 
 
@@ -137,6 +194,8 @@ def draw_gallery(report: AuditReport, path: Path, count: int) -> Path:
     for f in report.findings[:count]:
         where = f"{f.record.xml.name}:{f.line}" if f.line else f.record.xml.name
         caption = f"{f.code} {f.kind.replace('_', ' ')} [{f.confidence:.2f}]\n{show(where)}"
+        if f.by == "verdict":  # no model box to label: the classifier's answer goes in the caption
+            caption += f"\nclassifier: {f.model_name} (p defect {f.defect_probability:.2f})"
         model_label = f"{f.model_name} {f.score:.2f}" if f.model_box else ""
         panels.append(BoxPair(caption, f.record.image, f.box, f.name or "", f.model_box, model_label))
     return plot_box_pairs(panels, path, title=f"likely label mistakes, surest first ({len(panels)} of "

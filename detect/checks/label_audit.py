@@ -26,6 +26,16 @@ the score of the model's detection that contradicts the annotation; for ``spurio
 share of that class's annotated boxes the model does find, i.e. how likely it would have
 seen this one had it been there.
 
+Intact vs defective, by the verdict classifier (:class:`ItemVerdicts`, when the model has a
+``verdict.pt``): for an annotated box of a class that has a counterpart (:func:`defect_pairs`:
+``Lata`` and ``Lata_defectuosa``), the classifier's defect probability ``p`` on the box's crop
+decides instead of the detector: at or above its stored threshold the item is defective, below
+it intact, and a label that says otherwise is a ``wrong_class`` finding (``by="verdict"``)
+whose sureness is the probability of the side it suggests (``p``, or ``1 - p``). The
+detector's detections of the counterpart then count for nothing there; its other confusions
+(a can labelled as a bottle) keep the rule above. A box the classifier has no pixels for, or
+a class without a counterpart, keeps the detector's rule too.
+
 The audit works on :class:`~detect.common.types.Detections`, whatever produced them: the
 CLI runs a :class:`~detect.inference.predictor.Detector` (a ``.pt`` or an ``.onnx``) with
 :func:`detect_records`; tests pass detections they control. Nothing here writes over an
@@ -74,10 +84,12 @@ __all__ = [
     "AuditFinding",
     "AuditReport",
     "AuditSettings",
+    "ItemVerdicts",
     "Uncertainty",
     "audit",
     "class_mismatch",
     "corrected_annotation",
+    "defect_pairs",
     "detect_records",
     "margin_uncertainty",
     "rank_uncertain",
@@ -114,10 +126,39 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class ItemVerdicts:
+    """What the verdict classifier says of every annotated object: ``defect[i][j]`` is the
+    defect probability of the ``j``-th object of record ``i``'s annotation (NaN where its box
+    has no pixels in the image); an item is defective from ``threshold`` (the classifier's
+    stored one); ``defect_classes`` are the classifier's, ``source`` names it in messages."""
+
+    defect: Sequence[np.ndarray]
+    threshold: float
+    defect_classes: tuple[str, ...]
+    source: str = "verdict.pt"
+
+
+def defect_pairs(classes: Sequence[str], defect_classes: Sequence[str]) -> dict[str, str]:
+    """Each class with an intact/defective counterpart -> that counterpart, both ways: a defect
+    class and the longest intact class its name starts with (``Lata_defectuosa`` and ``Lata``)."""
+    intact = [c for c in classes if c not in defect_classes]
+    pairs: dict[str, str] = {}
+    for d in defect_classes:
+        stems = [c for c in intact if d.startswith(c) and c not in pairs]
+        if stems:
+            stem = max(stems, key=len)
+            pairs[d], pairs[stem] = stem, d
+    return pairs
+
+
+@dataclass(frozen=True)
 class AuditFinding:
     """One likely mistake. ``box``/``name``/``line`` are the annotated object's (None for a
     missing box), ``model_box``/``model_name``/``score`` the model's detection (None for a
-    spurious box); ``iou`` between the two where both exist."""
+    spurious box); ``iou`` between the two where both exist. ``by`` says what found it:
+    ``"detector"``, or ``"verdict"`` for an intact/defective finding of the verdict classifier
+    (then ``model_name`` is the class it suggests, ``score`` that side's probability,
+    ``defect_probability`` and ``threshold`` its numbers, and there is no model box)."""
 
     kind: str
     record: Record
@@ -130,6 +171,10 @@ class AuditFinding:
     model_box: tuple[float, float, float, float] | None = None
     score: float | None = None
     iou: float | None = None
+    by: str = "detector"
+    defect_probability: float | None = None
+    threshold: float | None = None
+    source: str | None = None
 
     @property
     def code(self) -> str:
@@ -141,6 +186,11 @@ class AuditFinding:
         if self.kind == "missing":
             return (f"likely missing box: the model sees {self.model_name} ({s}) at {_model_box_text(self.model_box)} and no "
                     f"annotation covers it; box it in LabelImg, or leave it if it is not a {self.model_name}")
+        if self.kind == "wrong_class" and self.by == "verdict":
+            return (f"likely wrong class: annotated {self.name} at {box_text(self.box)}, the verdict classifier "
+                    f"({self.source}) on its crop says {self.model_name} (defect probability "
+                    f"{self.defect_probability:.2f}, defective from {self.threshold:.2f}); check the class, relabel "
+                    f"it {self.model_name} if so")
         if self.kind == "wrong_class":
             return (f"likely wrong class: annotated {self.name} at {box_text(self.box)}, the model sees "
                     f"{self.model_name} ({s}, IoU {self.iou:.2f}); check the class, relabel it {self.model_name} if so")
@@ -164,7 +214,8 @@ class AuditFinding:
             "class": self.name, "box": list(self.box) if self.box else None, "model_class": self.model_name,
             "model_box": [round(v, 1) for v in self.model_box] if self.model_box else None,
             "score": None if self.score is None else round(self.score, 4),
-            "iou": None if self.iou is None else round(self.iou, 4),
+            "iou": None if self.iou is None else round(self.iou, 4), "by": self.by,
+            "defect_probability": None if self.defect_probability is None else round(self.defect_probability, 4),
         })
         return out
 
@@ -187,16 +238,20 @@ def _boxes(objects: Sequence[VocObject]) -> np.ndarray:
 
 
 def audit(records: Sequence[Record], detections: Sequence[Detections], classes: Sequence[str],
-          settings: AuditSettings = AuditSettings()) -> AuditReport:
+          settings: AuditSettings = AuditSettings(), verdicts: ItemVerdicts | None = None) -> AuditReport:
     """Compare ``detections[i]`` (all the model gives, down to its lowest score) with the
     annotation of ``records[i]``; labels are ``1..K`` into ``classes``. Objects of classes
-    the model lacks are skipped (the CLI refuses such data first).
+    the model lacks are skipped (the CLI refuses such data first). With ``verdicts``, the
+    verdict classifier decides intact vs defective (module docstring).
 
     Returns:
         the findings ranked by ``confidence``, highest first (ties: file, line).
     """
     if len(records) != len(detections):
         raise ValueError(f"{len(records)} records but {len(detections)} detection lists")
+    if verdicts is not None and len(verdicts.defect) != len(records):
+        raise ValueError(f"{len(records)} records but {len(verdicts.defect)} verdict lists")
+    pairs = defect_pairs(classes, verdicts.defect_classes) if verdicts is not None else {}
     s = settings
     label_of = {c: i + 1 for i, c in enumerate(classes)}
     found: list[AuditFinding] = []
@@ -204,8 +259,12 @@ def audit(records: Sequence[Record], detections: Sequence[Detections], classes: 
     hits: dict[str, int] = {c: 0 for c in classes}
     totals: dict[str, int] = {c: 0 for c in classes}
     n_objects = 0
-    for rec, det in zip(records, detections):
+    for i_rec, (rec, det) in enumerate(zip(records, detections)):
         objects = [o for o in rec.annotation.objects if o.name in label_of]
+        defect_p = np.full(len(objects), np.nan)
+        if verdicts is not None:
+            position = {id(o): k for k, o in enumerate(rec.annotation.objects)}
+            defect_p = np.array([verdicts.defect[i_rec][position[id(o)]] for o in objects], np.float64)
         n_objects += len(objects)
         gt = _boxes(objects)
         gt_labels = np.array([label_of[o.name] for o in objects], dtype=np.int64)
@@ -230,6 +289,18 @@ def audit(records: Sequence[Record], detections: Sequence[Detections], classes: 
             if (same_near & confident).any():
                 hits[obj.name] += 1
             other = ~same[g] & (row >= s.match_iou) & confident & (d_scores > best_same)
+            partner = pairs.get(obj.name)
+            if partner is not None and not np.isnan(defect_p[g]):
+                p = float(defect_p[g])
+                says_defect = p >= verdicts.threshold
+                if says_defect != (obj.name in verdicts.defect_classes):
+                    sure = p if says_defect else 1.0 - p
+                    found.append(AuditFinding("wrong_class", rec, sure, line=obj.line, index=obj.index, name=obj.name,
+                                              box=tuple(obj.box), model_name=partner, score=sure, by="verdict",
+                                              defect_probability=p, threshold=verdicts.threshold,
+                                              source=verdicts.source))
+                    continue
+                other &= d_labels != label_of[partner]  # the classifier has settled intact vs defective here
             if other.any():
                 j = int(np.flatnonzero(other)[np.argmax(d_scores[other])])
                 found.append(_finding("wrong_class", rec, obj, d_boxes[j], d_scores[j], classes[d_labels[j] - 1],
