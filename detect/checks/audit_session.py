@@ -52,23 +52,22 @@ def load_detector_and_meta(weights: str, *, device: str, threads: int | None, ba
 
 
 def verdict_for_audit(weights: str, classes):
-    """The verdict classifier in ``verdict.pt`` beside ``weights``, or None when there is none.
+    """The verdict classifier saved with the model ``weights`` (``verdict.onnx`` beside an export,
+    on onnxruntime; else ``verdict.pt``), or None when there is none.
 
     Raises:
         UsageError: it is there but its classes are not ``classes`` (the detector's), or unreadable.
     """
-    if not Path(weights).with_name("verdict.pt").is_file():
-        return None  # no torch import for an .onnx audit without a classifier
-    from detect.model.verdict import verdict_beside
+    from detect.inference.loader import load_verdict_beside
 
-    return verdict_beside(weights, classes)
+    return load_verdict_beside(weights, list(classes))  # imports torch only for verdict.pt
 
 
 def verdict_note(verdict, weights: str) -> str:
     """One line: what judges intact vs defective in this audit."""
     if verdict is None:
         return "wrong class: judged by the detector's detections (no verdict.pt beside the model)"
-    where = show(Path(weights).with_name("verdict.pt"))
+    where = show(getattr(verdict, "path", None) or Path(weights).with_name("verdict.pt"))
     return (f"wrong class, intact vs defective: judged by the verdict classifier {where} "
             f"({verdict.arch}) on each annotated box's crop, defective from defect probability "
             f"{verdict.threshold:.2f}; other confusions by the detector")
