@@ -202,3 +202,23 @@ def test_a_defect_threshold_flags_items_by_their_defect_score(threshold, flagged
     [item] = counter.finish(tracker.finish(), frame=5, video_time=0.2, source="v")
     assert item.defect_score == pytest.approx(0.4)
     assert (item.label, item.defect) == (("Lata_defectuosa", True) if flagged else ("Lata", False))
+
+
+def test_the_classifiers_probability_and_the_anomaly_score_are_scored_when_the_events_carry_them() -> None:
+    # the classifier's defect_probability ranks the items the other way round from the vote's
+    # defect_score, and an anomaly score ranks them perfectly: each ROC is its own
+    flipped = {2: 0.05, 4: 0.1, 1: 0.8, 3: 0.7, 5: 0.9}
+    anomaly = {1: 1.0, 2: 9.0, 3: 2.0, 4: 8.0, 5: 3.0}
+    events = []
+    for e in EVENTS[:-1]:
+        item = next(i for i, (c, start) in ITEMS.items() if start <= e["frame"] < start + 8)
+        events.append({**e, "defect_probability": flipped[item], "anomaly": anomaly[item]})
+    s = score_items(read_mot_rows(), events)
+    assert s.scored_by == "defect_probability"
+    # defective {0.05, 0.1} against intact {0.8, 0.7, 0.9, missed}: only the missed item is below them
+    assert s.curve["auc"] == pytest.approx(2 / 8)
+    assert s.anomaly["roc_auc"] == pytest.approx(1.0) and s.anomaly["defect_recall_at_false_reject"]["0.01"]["recall"] == 1.0
+    # one event without a probability (no crop could be cut): the vote's score for all
+    events[0]["defect_probability"] = None
+    assert score_items(read_mot_rows(), events).scored_by == "defect_score"
+    assert score_items(read_mot_rows(), EVENTS).anomaly is None

@@ -308,3 +308,24 @@ def test_the_classifier_judges_items_counted_when_their_track_ends_and_on_every_
     events = [json.loads(x) for x in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     assert len(events) >= 2 * ITEMS - 2 and {e["source"] for e in events} == {str(tmp_path / "v" / "conveyor.mp4")}
     assert [e["verdict"] for e in events] == ["classifier"] * len(events)
+
+
+def test_a_defect_threshold_is_the_classifiers_threshold_when_the_line_has_one(tmp_path: Path) -> None:
+    import json
+
+    from test_line_session import ITEMS, SEED, SPACING, SPEED, TruthDetector
+    from detect.demo.conveyor import write_conveyor
+    from detect.inference.predictor import Predictor
+    from detect.inference.sources import open_source
+    from detect.line.session import LineSession
+
+    write_conveyor(tmp_path / "v", ITEMS, seed=SEED, speed=SPEED, spacing=SPACING)
+    for threshold, defect in ((None, True), (0.7, False), (0.55, True)):
+        folder = tmp_path / f"out{threshold}"
+        session = LineSession(Predictor(TruthDetector(), conf=0.5), folder=folder, verdict=_Constant(0.6),
+                              defect_threshold=threshold)
+        session.feed(open_source(str(tmp_path / "v" / "conveyor.mp4")))
+        session.counting()
+        events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+        assert events and all(e["defect"] is defect and e["verdict"] == "classifier" for e in events)
+        assert ("(--defect-threshold)" in session.verdict_note) == (threshold is not None)

@@ -77,7 +77,8 @@ class LineSession:
         line: a :class:`~detect.line.counting.CountingLine`, ``"default"`` (across the
             middle, perpendicular to ``belt``) or None (count a track when it ends after
             ``min_frames``); ``belt``, ``min_frames``, ``defect_frames``, ``defect_share``,
-            ``defect_threshold``: as :class:`~detect.line.counting.ItemCounter`.
+            ``defect_threshold``: as :class:`~detect.line.counting.ItemCounter`; with a ``verdict``
+            classifier, ``defect_threshold`` is its threshold instead (on ``defect_probability``).
         belt_speed: pixels the belt moves a frame along ``belt`` (default: measured from the
             detections by :class:`~detect.line.belt.BeltMotion`).
         track_buffer: frames a lost track is kept (default: one second of the source, at least 10).
@@ -105,7 +106,10 @@ class LineSession:
         self.belt, self.belt_speed = belt, belt_speed
         self.listeners = list(listeners)
         self.verdicts = ItemVerdicts(verdict, defect_classes=predictor.defect_classes) if verdict is not None else None
-        self.verdict_note = describe(verdict)  # the banner's line
+        self.verdict_note = describe(verdict, threshold=defect_threshold)  # the banner's line
+        if self.verdicts is not None and defect_threshold is not None:
+            # the operating point detect.eval --items found on the classifier's defect_probability
+            self.verdicts.threshold, defect_threshold = defect_threshold, None
         judge, self._on_tracks = self.verdicts, self.verdicts.on_frame if self.verdicts else None
         if anomaly is not None:
             judge, self._on_tracks = anomaly.compose(judge, self._on_tracks)

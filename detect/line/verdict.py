@@ -183,14 +183,16 @@ def kind_of(label: str, defect: bool, classes: Sequence[str], defect_classes: Se
     return label
 
 
-def describe(classifier: Any | None) -> str:
-    """The banner's line on how items are judged."""
+def describe(classifier: Any | None, *, threshold: float | None = None) -> str:
+    """The banner's line on how items are judged (``threshold``: ``--defect-threshold``, which
+    replaces the classifier's own)."""
     if classifier is None:
         return ("verdict: detector vote (the model has no verdict.pt beside it; detect.train --verdict trains "
                 "the item classifier)")
     rate = getattr(classifier, "max_false_reject", None)
-    chosen = (f", chosen for <= {100 * rate:g} % good items rejected on the val split" if rate
-              else "")
+    chosen = (" (--defect-threshold)" if threshold is not None
+              else f", chosen for <= {100 * rate:g} % good items rejected on the val split" if rate else "")
     runtime = " on onnxruntime" if (getattr(classifier, "info", None) or {}).get("runtime") == "onnxruntime" else ""
+    at = classifier.threshold if threshold is None else threshold
     return (f"verdict: classifier ({getattr(classifier, 'arch', '?')}{runtime} on each item's crop at "
-            f"{getattr(classifier, 'size', '?')} px; defective at probability >= {classifier.threshold:.3f}{chosen})")
+            f"{getattr(classifier, 'size', '?')} px; defective at probability >= {at:.3f}{chosen})")

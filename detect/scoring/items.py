@@ -13,12 +13,14 @@ and reports:
 * **count error**: events - true items (and as a share of the true items);
 * **per-item confusion**: true class against the class of the item's first event (``missed``
   when none), and the phantoms by their class;
-* **the verdict**: each true item's defect score is its first event's ``defect_score`` (an
-  item not counted is an item not rejected: it scores below every threshold); from those,
+* **the verdict**: each true item's defect score is its first event's ``defect_probability``
+  (the item classifier's, when every event has one) or else ``defect_score`` (the detector's
+  vote) (an item not counted is an item not rejected: it scores below every threshold); from those,
   the ROC (defective items flagged against intact items flagged as the threshold falls), its
   area (the chance a defective item scores above an intact one, ties half), and the defect
   recall reachable at false-reject rates of 0.5, 1, 2 and 5 % with the threshold that gives
-  it; also the recall and false-reject rate of the events' own ``defect`` flags;
+  it; also the recall and false-reject rate of the events' own ``defect`` flags; with
+  ``anomaly`` scores in the events, their ROC area and recall at the same rates beside it;
 * **decision latency**: frames (and ms at the video's frame rate) from the item's first frame
   in view to its event: median, 95th percentile, most;
 * **the operating point** (:func:`operating_point`): for a false-reject rate the user accepts,
@@ -164,6 +166,7 @@ class ItemScore:
     rows: list[dict[str, Any]] = field(default_factory=list)
     scores: np.ndarray | None = None  # (items,) each true item's defect score (-inf: not counted)
     positive: np.ndarray | None = None  # (items,) it is defective
+    anomaly: dict[str, Any] | None = None  # with anomaly scores in the events: their ROC area and recall at the rates
 
     @property
     def count_error(self) -> int:
@@ -186,7 +189,7 @@ class ItemScore:
             "roc": {k: [v if math.isfinite(v) else (1e9 if v > 0 else -1e9) for v in self.curve[k]]
                     for k in ("fpr", "tpr", "thresholds")},
             "latency_frames": self.latency_frames, "latency_ms": self.latency_ms(), "fps": self.fps,
-            "scored_by": self.scored_by, "per_item": self.rows,
+            "scored_by": self.scored_by, "anomaly": self.anomaly, "per_item": self.rows,
         }
 
 
@@ -229,11 +232,10 @@ def score_items(truth: MotTruth, events: Sequence[dict[str, Any]], *, defect_cla
     for i, k in enumerate(owner):
         if k is not None:
             mine[k].append(i)
-    has_scores = all("defect_score" in e for e in events)
-    scored_by = "defect_score" if has_scores else "defect flag"
+    scored_by = _score_key(events)
 
     def score_of(e: dict[str, Any]) -> float:
-        return float(e["defect_score"]) if has_scores else float(bool(e.get("defect")))
+        return float(e[scored_by]) if scored_by != "defect flag" else float(bool(e.get("defect")))
 
     confusion: dict[str, dict[str, int]] = {}
     rows, scores, positive, latency = [], [], [], []
@@ -263,10 +265,14 @@ def score_items(truth: MotTruth, events: Sequence[dict[str, Any]], *, defect_cla
         confusion["none"][str(e.get("class"))] += 1
     pos = np.array(positive, bool)
     curve = roc(np.array(scores, np.float64), pos)
-    at_rates = {}
-    for r in rates:
-        got = _recall_at(curve, r) if (~pos).any() and pos.any() else None
-        at_rates[f"{r:g}"] = {"recall": round(got[0], 4), "threshold": round(got[1], 4)} if got else None
+    at_rates = _at_rates(curve, pos, rates)
+    anomaly = None
+    if any(e.get("anomaly") is not None for e in events):  # the unsupervised score, beside the verdict
+        firsts = [min((events[i] for i in mine[k]), key=lambda e: e["frame"]) if mine[k] else None
+                  for k in range(len(tracks))]
+        a = np.array([float(f["anomaly"]) if f and f.get("anomaly") is not None else -math.inf for f in firsts])
+        a_curve = roc(a, pos)
+        anomaly = {"roc_auc": a_curve["auc"], "defect_recall_at_false_reject": _at_rates(a_curve, pos, rates)}
     counted = [len(v) for v in mine.values() if v]
     if fps is None:
         fps = truth.fps
@@ -286,7 +292,25 @@ def score_items(truth: MotTruth, events: Sequence[dict[str, Any]], *, defect_cla
         flag_recall=round(flagged_pos / n_pos, 4) if n_pos else None,
         flag_false_reject=round(flagged_neg / n_neg, 4) if n_neg else None,
         curve=curve, at_rates=at_rates, latency_frames=lat, fps=fps, scored_by=scored_by, rows=rows,
-        scores=np.array(scores, np.float64), positive=pos)
+        scores=np.array(scores, np.float64), positive=pos, anomaly=anomaly)
+
+
+def _score_key(events: Sequence[dict[str, Any]]) -> str:
+    """Which event field the verdict is scored by: the item classifier's ``defect_probability``
+    when every event has one, else the detector vote's ``defect_score``, else the flag (older files)."""
+    if events and all(e.get("defect_probability") is not None for e in events):
+        return "defect_probability"
+    if all("defect_score" in e for e in events):
+        return "defect_score"
+    return "defect flag"
+
+
+def _at_rates(curve: dict[str, Any], pos: np.ndarray, rates: Sequence[float]) -> dict[str, dict[str, float] | None]:
+    out = {}
+    for r in rates:
+        got = _recall_at(curve, r) if (~pos).any() and pos.any() else None
+        out[f"{r:g}"] = {"recall": round(got[0], 4), "threshold": round(got[1], 4)} if got else None
+    return out
 
 
 def format_items(s: ItemScore) -> str:
@@ -300,6 +324,11 @@ def format_items(s: ItemScore) -> str:
     out.append(f"verdict ({s.defective} defective, {s.intact} intact; scored by {s.scored_by}): the events' flags "
                f"recall {pct(s.flag_recall)}, false reject {pct(s.flag_false_reject)}; ROC AUC "
                f"{'-' if s.curve['auc'] is None else format(s.curve['auc'], '.3f')}")
+    if s.anomaly is not None:
+        at = s.anomaly["defect_recall_at_false_reject"]
+        out.append(f"anomaly score: ROC AUC {'-' if s.anomaly['roc_auc'] is None else format(s.anomaly['roc_auc'], '.3f')}; "
+                   "defect recall at " + ", ".join(f"{100 * float(r):g} %: {pct(v['recall']) if v else '-'}"
+                                                   for r, v in at.items()) + " false rejects")
     header = ["false reject <=", "defect recall", "threshold"]
     rows = [[f"{100 * float(r):g} %", pct(v["recall"]) if v else "-", f"{v['threshold']:.3f}" if v else "-"]
             for r, v in s.at_rates.items()]
@@ -358,7 +387,7 @@ def run_items(events: str | None, truth: str | None, *, json_path: str | None = 
     point = None
     if max_false_reject is not None:
         point = operating_point(s.scores, s.positive, max_false_reject)
-        text += (f"\noperating point for at most {100 * max_false_reject:g} % false rejects: defect_score >= "
+        text += (f"\noperating point for at most {100 * max_false_reject:g} % false rejects: {s.scored_by} >= "
                  f"{point['threshold']:g} (detect.predict --track --defect-threshold {point['threshold']:g}) rejects "
                  f"{100 * point['false_reject']:.1f} % of these {point['intact']} intact items and catches "
                  + ("-" if point["recall"] is None else f"{100 * point['recall']:.1f} %")
