@@ -184,7 +184,7 @@ def test_predict_track_events_carry_the_anomaly_with_a_bank(tmp_path, capsys) ->
 
 
 def test_training_builds_the_bank_and_no_anomaly_skips_it(tmp_path, capsys) -> None:
-    from conftest import TINY_TRAIN, make_devkit
+    from conftest import TINY_TRAIN_WITH_BANK as TINY_TRAIN, make_devkit
 
     import detect.train as T
     from detect.model.patchbank import load_bank
@@ -204,7 +204,7 @@ def test_training_builds_the_bank_and_no_anomaly_skips_it(tmp_path, capsys) -> N
 
 
 def test_a_bank_that_cannot_be_built_does_not_fail_training(tmp_path, capsys) -> None:
-    from conftest import TINY_TRAIN, make_devkit
+    from conftest import TINY_TRAIN_WITH_BANK as TINY_TRAIN, make_devkit
 
     import detect.train as T
 
