@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verdict", action="store_true", help="after the detector, train the item classifier the line "
                    "judges each item with (verdict.pt beside best.pt; docs/verdict.md)")
     g.add_argument("--verdict-epochs", type=LIMITS["epochs"], default=15, help="epochs of the item classifier")
-    g.add_argument("--verdict-arch", choices=("mobilenet_v3_small", "small_cnn"), default="mobilenet_v3_small",
+    g.add_argument("--verdict-arch", choices=("auto", "mobilenet_v3_small", "small_cnn"), default="auto",
                    help="the item classifier: MobileNetV3-small (ImageNet weights when they can be had) or a "
-                   "four-layer CNN (from scratch; docs/verdict.md compares them)")
+                   "four-layer CNN (from scratch); auto (the default): MobileNetV3-small when ImageNet weights "
+                   "can be had, else the small CNN, which learns more from scratch (docs/verdict.md)")
     g.add_argument("--max-false-reject", type=_false_reject, metavar="R", help="with --verdict: the share of good "
                    "items you accept to reject, 0 < R <= 0.5 (e.g. 0.01); the threshold meeting it on the val "
                    "split is stored with the classifier (default: probability 0.5)")

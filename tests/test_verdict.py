@@ -170,7 +170,7 @@ def test_detect_train_verdict_saves_verdict_pt_beside_best_pt(tmp_path: Path, to
     data = make_devkit(tmp_path / "data", n=12)
     code = T.main(["--data", str(data), "--classes", str(data / "classes.txt"), "--out", str(tmp_path / "w"),
                    "--epochs", "1", "--weights", "none", *TINY_TRAIN, "--verdict", "--verdict-epochs", "1",
-                   "--max-false-reject", "0.5", "--verdict-arch", "small_cnn"])
+                   "--max-false-reject", "0.5"])  # --verdict-arch auto: no ImageNet weights -> the small CNN
     assert code == 0
     run = tmp_path / "w" / "mobilenet"
     v = load_verdict(run / "verdict.pt", CLASSES)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ItemCrops", "evaluate_crops", "item_crops", "line_augment", "precise_batch_norm", "train_one_epoch",
            "train_verdict",
-           "verdict_for_run"]
+           "auto_arch", "verdict_for_run"]
 
 KEEP = 0.35
 """Margin kept around each box when its crop is stored: room for the shifts of augmentation."""
@@ -228,12 +228,31 @@ def _take(loader: DataLoader, n: int):
         yield batch
 
 
+def auto_arch(weights: str) -> tuple[str, str]:
+    """``--verdict-arch auto``: ``("mobilenet_v3_small", "imagenet")`` when ImageNet weights can be
+    had (torch hub cache or download) and ``weights`` allows them, else ``("small_cnn", "none")``:
+    from random weights the small CNN learns more on a few hundred crops (docs/verdict.md)."""
+    if weights == "none":
+        return "small_cnn", "none"
+    import torchvision
+
+    from detect.model.build import WeightsError, _fetch_state_dict
+
+    try:
+        _fetch_state_dict(torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1)
+    except WeightsError as exc:
+        log.info("verdict classifier: no ImageNet weights (%s); the small CNN from scratch", exc)
+        return "small_cnn", "none"
+    return "mobilenet_v3_small", "imagenet"
+
+
 def verdict_for_run(result, *, epochs: int = 15, max_false_reject: float | None = None, size: int = DEFAULT_SIZE,
-                    arch: str = "mobilenet_v3_small", weights: str = "auto",
+                    arch: str = "auto", weights: str = "auto",
                     echo: Callable[[str], None] = log.info) -> Path | None:
     """After ``detect.train``: a verdict classifier trained on the run's own train split (its
     threshold chosen on the val split for ``max_false_reject``), saved as ``verdict.pt`` beside
-    ``best.pt``. Returns its path; None when the run left no ``best.pt`` (interrupted before an epoch)."""
+    ``best.pt``. ``arch`` ``auto``: :func:`auto_arch`. Returns its path; None when the run left no
+    ``best.pt`` (interrupted before an epoch)."""
     from detect.model.verdict import save_verdict
     from detect.training.data_prep import prepare_data
 
@@ -243,6 +262,10 @@ def verdict_for_run(result, *, epochs: int = 15, max_false_reject: float | None 
     _, data = prepare_data(result.config, lambda text, **_: None)
     if result.config.weights == "none":  # a detector asked to start from nothing: so does its classifier
         weights = "none"
+    if arch == "auto":
+        arch, weights = auto_arch(weights)
+        echo(f"verdict classifier: {arch}" + (" from ImageNet weights" if weights == "imagenet" else
+                                             " from scratch (no ImageNet weights to start from)"))
     verdict = train_verdict(data.train, data.classes, val=data.val, epochs=epochs, size=size, arch=arch,
                             weights=weights if arch == "mobilenet_v3_small" else "none",
                             lr=1e-2 if arch == "small_cnn" else 2e-3,  # the rates docs/verdict.md measured
