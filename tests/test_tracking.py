@@ -239,3 +239,24 @@ def test_exactly_one_working_cv2() -> None:
     names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
     found = sorted(n for n in names if n.startswith("opencv"))
     assert len(found) == 1, f"more than one OpenCV distribution installed: {found}"
+
+
+def test_a_box_over_two_neighbours_or_around_a_surer_box_is_left_out_and_a_part_changes_nothing() -> None:
+    from detect.line.tracking import Observation, drop_spanning
+
+    def obs(box, score, high=True):
+        return Observation(np.array(box, float), score, 1, np.array([0.0, score]), high)
+
+    left, right = obs([200, 150, 340, 320], 0.8), obs([350, 120, 493, 316], 0.75)
+    spanning = obs([196, 152, 490, 322], 0.9)  # over both, even surer than either
+    assert drop_spanning([left, right, spanning]) == [left, right]
+    # the detector's looser guess at one item, reaching into its neighbour
+    item, loose = obs([362, 178, 482, 360], 0.74), obs([301, 171, 493, 368], 0.5)
+    assert drop_spanning([item, loose]) == [item]
+    # a can and the label on it (a small box inside): both stay; so does a surer box around a weaker one
+    can, label = obs([100, 100, 160, 220], 0.9), obs([105, 150, 155, 175], 0.95)
+    assert drop_spanning([can, label]) == [can, label]
+    weak = obs([362, 178, 482, 360], 0.4)
+    assert drop_spanning([loose, weak]) == [loose, weak]
+    # parts below their class's threshold do not count
+    assert drop_spanning([obs(left.box, 0.2, high=False), obs(right.box, 0.2, high=False), spanning])[-1] is spanning

@@ -32,7 +32,7 @@ from detect.inference.predictor import Predictor, Result
 from detect.inference.sources import Frame, Source, open_source
 from detect.line.belt import BeltMotion
 from detect.line.counting import DEFECT_SHARE, CountingLine, ItemCounter, parse_count_line
-from detect.line.tracking import LOST, ByteTracker, merge_classes
+from detect.line.tracking import LOST, ByteTracker, drop_spanning, merge_classes
 from detect.line.verdict import ItemVerdicts, describe
 
 __all__ = ["LISTENER_BUDGET_S", "LineListener", "LineSession", "track", "track_frames", "tracking_needs_frames"]
@@ -241,6 +241,7 @@ def track_frames(predictor: Predictor, source: Source, counter: ItemCounter, *, 
         observations = merge_classes(d.boxes, d.scores, d.labels, len(predictor.classes))
         for o in observations:
             o.high = bool((o.class_scores[1:] >= thresholds[1:]).any())
+        observations = drop_spanning(observations)  # a box over two neighbours would count them twice
         tracks = tracker.update(observations, thresholds)
         if on_tracks is not None:
             on_tracks(tracks, tracker.removed, result.image)

@@ -44,7 +44,7 @@ from detect.scoring.metrics import box_iou
 if TYPE_CHECKING:
     from detect.line.belt import BeltMotion
 
-__all__ = ["ByteTracker", "KalmanFilter", "Observation", "Track", "merge_classes"]
+__all__ = ["drop_spanning", "ByteTracker", "KalmanFilter", "Observation", "Track", "merge_classes"]
 
 
 @dataclass
@@ -64,6 +64,42 @@ class Observation:
     label: int
     class_scores: np.ndarray
     high: bool = True
+
+
+def drop_spanning(observations: list[Observation], *, inside: float = 0.8, share: float = 0.25,
+                  cover: float = 0.6, half: float = 0.35) -> list[Observation]:
+    """Leave out the boxes that span two or more items side by side.
+
+    On a crowded belt (4-5 items in view, a gap narrower than an item) the detector also
+    proposes one box over two neighbours; tracked, it becomes a second track across the
+    line and the item is counted twice. A box goes when at least two other boxes, each seen
+    at its class's threshold (``high``), lie within it (``inside`` of their area), each is at
+    least ``share`` of its area, and together they cover ``cover`` of it: the items it spans
+    were found one by one. A small box inside an item's (a label, a dent) is far below
+    ``share`` and changes nothing. Likewise a box that holds a surer box (``inside`` of its
+    area within it, at least ``half`` of its own area): the detector's looser second guess at
+    one item, reaching into its neighbour, which would start a second track.
+    """
+    if len(observations) < 2:
+        return observations
+    b = np.array([o.box for o in observations], np.float64)
+    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
+    x0 = np.maximum(b[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(b[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(b[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(b[:, None, 3], b[None, :, 3])
+    inter = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)  # [i, j]: box i and box j
+    keep = []
+    for i, o in enumerate(observations):
+        parts = [j for j in range(len(b)) if j != i and observations[j].high and area[j] > 0
+                 and inter[i, j] >= inside * area[j]
+                 and area[j] >= share * area[i] and area[j] < area[i]]
+        if len(parts) >= 2 and min(1.0, sum(inter[i, j] for j in parts) / max(area[i], 1e-9)) >= cover:
+            continue
+        if any(observations[j].score > o.score and area[j] >= half * area[i] for j in parts):
+            continue
+        keep.append(o)
+    return keep
 
 
 def merge_classes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, num_classes: int, *,
