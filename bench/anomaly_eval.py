@@ -17,7 +17,8 @@ untrained net's activations fade to ~0 by the mid levels) and, with ``--weights`
 with ``--weights`` the detector's own defect probability on the same boxes (its box head on
 the ground-truth boxes, ``p(defect) / (p(defect) + p(intact))``) and the two combined (an
 item is flagged by either; each score mapped to its rank among the val intact items first)
-are measured too. Prints one table row per (source, base class, defect group), and the cost:
+are measured too; with ``--verdict``, so is the item classifier's defect probability (on each
+box's crop from its image), alone and combined with the anomaly score. Prints one table row per (source, base class, defect group), and the cost:
 milliseconds per item for the features and the numpy scorer, and the bank's memory.
 """
 
@@ -108,6 +109,15 @@ def detector_defect_prob(model, classes, items) -> np.ndarray:
     return out
 
 
+def verdict_defect_prob(path: Path, classes, items) -> np.ndarray:
+    """The item classifier on each ground-truth box, cut from its image as the line cuts it."""
+    from detect.model.verdict import load_verdict
+
+    verdict = load_verdict(path, classes)
+    return np.array([float(verdict.defect_probability(verdict.probabilities(it["image"], np.array([it["box"]])))[0])
+                     for it in items])
+
+
 def calibrate_bn(model, crops, crop: int) -> None:
     """Batch-norm running statistics of an untrained backbone measured on ``crops`` (a plain average)."""
     import torch
@@ -152,6 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=96, help="crops resized to CROP x CROP (default 96)")
     p.add_argument("--bank-size", type=int, default=2000, help="patches kept per class (default 2000)")
     p.add_argument("--sources", default="random,detector", help="feature sources to measure (default: both)")
+    p.add_argument("--verdict", type=Path, help="the item classifier (verdict.pt) trained with the detector: its "
+                   "defect probability on each item's crop, alone and combined with the anomaly score")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -212,6 +224,14 @@ def main(argv=None) -> int:
                 neg_m = m & (groups == "intact")
                 comb[m] = np.maximum(rank_among(scores[neg_m], scores[m]), rank_among(det[neg_m], det[m]))
             rows_for("combined (either)", comb, val, rows)
+            if args.verdict:
+                ver = verdict_defect_prob(args.verdict, classes, val)
+                rows_for("classifier p(defect)", ver, val, rows)
+                for base in set(bases):
+                    m = bases == base
+                    neg_m = m & (groups == "intact")
+                    comb[m] = np.maximum(rank_among(scores[neg_m], scores[m]), rank_among(ver[neg_m], ver[m]))
+                rows_for("classifier or anomaly", comb, val, rows)
 
     print("\n| scores | class | defects | intact | defective | AUROC | recall @1% FR | recall @2% FR |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
