@@ -249,7 +249,8 @@ def _line_anomaly(args, detector, predictor):
         return None
     from detect.line.anomaly import ItemAnomaly
 
-    return ItemAnomaly.from_meta(scorer, scorer.bank.meta, predictor.classes, predictor.defect_classes)
+    return ItemAnomaly.from_meta(scorer, scorer.bank.meta, predictor.classes, predictor.defect_classes,
+                                 flag=args.anomaly_flags)
 
 
 if __name__ == "__main__":

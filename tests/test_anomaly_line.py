@@ -91,7 +91,7 @@ def counter_with(anomaly: ItemAnomaly | None) -> tuple[ItemCounter, object]:
 
 def test_events_carry_the_anomaly_and_who_flagged_the_item(scorer) -> None:
     s, thresholds = scorer
-    anomaly = ItemAnomaly(s, CLASSES, DEFECTS, thresholds=thresholds, max_false_reject=0.05)
+    anomaly = ItemAnomaly(s, CLASSES, DEFECTS, thresholds=thresholds, max_false_reject=0.05, flag=True)
     intact, dent = can_crop(1), dented(can_crop(1))  # a can like those of the bank, and its dented twin
 
     counter, on_tracks = counter_with(anomaly)
@@ -110,6 +110,12 @@ def test_events_carry_the_anomaly_and_who_flagged_the_item(scorer) -> None:
     counter, on_tracks = counter_with(anomaly)  # the detector saw a defect; the crop looks intact
     [voted] = run_item(counter, on_tracks, [(*frame_with(intact, x), 0.9, 2) for x in (60, 90, 130)])
     assert voted["defect"] is True and voted["flagged_by"] == ["detector"] and voted["anomalous"] is False
+
+    # without --anomaly-flags the dent is reported anomalous, and the verdict (here the vote: intact) decides
+    counter, on_tracks = counter_with(ItemAnomaly(s, CLASSES, DEFECTS, thresholds=thresholds))
+    [reported] = run_item(counter, on_tracks, [(*frame_with(dent, x), 0.9, 1) for x in (60, 90, 130)])
+    assert reported["anomalous"] is True and reported["defect"] is False and reported["flagged_by"] == []
+    assert reported["class"] == "Lata" and counter.defective == 0
 
 
 def test_the_crop_scored_is_the_surest_one_whole_in_view(scorer) -> None:
@@ -166,7 +172,8 @@ def test_predict_track_events_carry_the_anomaly_with_a_bank(tmp_path, capsys) ->
 
     def events(name: str) -> list[dict]:
         assert predict(["--weights", str(weights), video, "--track", "--out", str(tmp_path / "out"), "--name", name,
-                        "--no-progress", "--conf", "0.05", "--no-save-images", "--count-line", "none"]) == 0
+                        "--no-progress", "--conf", "0.05", "--no-save-images", "--count-line", "none",
+                        "--anomaly-flags"]) == 0
         path = tmp_path / "out" / name / "events.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -6,8 +6,9 @@ seen). When the item is counted, that one crop is scored (``scorer``: the PatchC
 :mod:`detect.model.anomaly`, or any callable ``scorer(image, boxes, labels, classes) -> scores``),
 once per item: the cost is one crop's features and nearest-neighbour search, not one per
 detection per frame. The item's event gains ``anomaly``, ``anomaly_threshold`` and
-``anomalous``; the item is defective when the supervised verdict (the classifier, or the
-detector's vote) or the anomaly says so, and ``flagged_by`` says which.
+``anomalous``; with ``flag`` (``--anomaly-flags``) the item is defective when the supervised
+verdict (the classifier, or the detector's vote) or the anomaly says so, else the verdict
+alone decides; ``flagged_by`` says which.
 
 :func:`anomaly_thresholds` picks each base class's threshold from held-out intact items'
 scores for a false-reject rate (:func:`detect.line.verdict.threshold_for_false_reject`),
@@ -79,10 +80,16 @@ class ItemAnomaly:
         thresholds: base class -> threshold (:func:`anomaly_thresholds`); a class without one
             gets its score but is never flagged by it.
         max_false_reject: the rate the thresholds were chosen for (for the banner).
+        flag: an anomalous item is defective too (``--anomaly-flags``); else its event carries
+            the score and ``anomalous`` and the supervised verdict alone decides: on the demo,
+            flagging by either lowered the verdict's recall at the same false-reject rate
+            (docs/anomaly.md).
     """
 
     def __init__(self, scorer: Callable, classes: Sequence[str], defect_classes: Sequence[str], *,
-                 thresholds: Mapping[str, float] | None = None, max_false_reject: float | None = None) -> None:
+                 thresholds: Mapping[str, float] | None = None, max_false_reject: float | None = None,
+                 flag: bool = False) -> None:
+        self.flag = flag
         self.scorer = scorer
         self.classes = list(classes)
         self.defect_classes = list(defect_classes)
@@ -94,10 +101,10 @@ class ItemAnomaly:
 
     @classmethod
     def from_meta(cls, scorer: Callable, meta: Mapping[str, Any], classes: Sequence[str],
-                  defect_classes: Sequence[str]) -> "ItemAnomaly":
+                  defect_classes: Sequence[str], *, flag: bool = False) -> "ItemAnomaly":
         """From a bank's JSON record (:mod:`detect.model.patchbank`): its ``thresholds`` and ``max_false_reject``."""
         return cls(scorer, classes, defect_classes, thresholds=meta.get("thresholds"),
-                   max_false_reject=meta.get("max_false_reject"))
+                   max_false_reject=meta.get("max_false_reject"), flag=flag)
 
     def on_frame(self, tracks: Sequence[Any], ended: Sequence[Any], image: np.ndarray | None) -> None:
         """Each frame, before counting: keep each track's best crop so far."""
@@ -151,7 +158,7 @@ class ItemAnomaly:
             score = self.score(track_id, label)
             threshold = self.threshold(label)
             anomalous = None if score is None or threshold is None else bool(score >= threshold)
-            if anomalous:
+            if anomalous and self.flag:
                 flagged_by.append("anomaly")
                 label, defect = kind_of(label, True, self.classes, self.defect_classes), True
             return label, defect, {**extra, "anomaly": None if score is None else round(score, 4),
@@ -181,5 +188,7 @@ class ItemAnomaly:
         rate = f" (chosen for <= {100 * self.max_false_reject:g} % good items flagged on the val split)" \
             if self.max_false_reject else ""
         per_class = ", ".join(f"{c} {t:.3f}" for c, t in sorted(self.thresholds.items()))
-        return f"anomaly: scored from each item's best crop; anomalous at {per_class}{rate}"
+        use = ("; an anomalous item is rejected too (--anomaly-flags)" if self.flag else
+               "; reported in each event, the verdict decides (--anomaly-flags: reject anomalous items too)")
+        return f"anomaly: scored from each item's best crop; anomalous at {per_class}{rate}{use}"
 

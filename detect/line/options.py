@@ -43,6 +43,9 @@ def add_line_options(parser: argparse.ArgumentParser) -> None:
                    help="seconds an item takes from the counting line to the reject gate (distance / belt speed, "
                         "e.g. 1 m at 2.2 m/s: 0.45): each event then says by when to act (act_by, gate_in_ms, "
                         "late), and an item lost just before the line is decided where the belt carries it across")
+    t.add_argument("--anomaly-flags", action="store_true",
+                   help="with an anomaly bank beside the model: an item over its anomaly threshold is rejected too "
+                        "(default: its event carries the score and the verdict alone decides; docs/anomaly.md)")
     t.add_argument("--min-frames", type=Number(int, 1), default=3, metavar="N",
                    help="with --count-line none: frames a track needs to be counted (default 3)")
     t.add_argument("--events", metavar="FILE|-",
@@ -67,7 +70,8 @@ def check_line_args(args: argparse.Namespace) -> None:
                                 ("--sequence", args.sequence), ("--track-buffer", args.track_buffer),
                                 ("--belt-speed", args.belt_speed is not None),
                                 ("--defect-threshold", args.defect_threshold is not None),
-                                ("--gate-delay", args.gate_delay is not None)) if v]
+                                ("--gate-delay", args.gate_delay is not None),
+                                ("--anomaly-flags", args.anomaly_flags)) if v]
     if counting and not args.track:
         raise UsageError(f"{', '.join(counting)} only apply with --track")
     if args.track:
