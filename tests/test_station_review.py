@@ -60,16 +60,21 @@ class Audit:
     def __init__(self, pt: Path, data: Path, out: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # As from a terminal: a test run in the background (nohup, CI) starts with SIGINT ignored,
+        # which the child would inherit, and then Ctrl-C would never stop the review.
+        argv = ["--weights", str(pt), "--data", str(data), "--out", str(out), "--gallery", "0", "--no-progress",
+                "--review", str(self.port)]
+        code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                f"from detect.audit import main; sys.exit(main({argv!r}))")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "detect.audit", "--weights", str(pt), "--data", str(data), "--out", str(out),
-             "--gallery", "0", "--no-progress", "--review", str(self.port)],
+            [sys.executable, "-c", code],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
         wait_for(lambda: get_json(self.url + "/api/current"), 120, "the review page")
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)  # Ctrl-C: the review ends, nothing lost
-        _, err = self.proc.communicate(timeout=60)  # a bound for a hung child: a loaded CI machine took over 20 s
+        _, err = self.proc.communicate(timeout=20)
         return err
 
 
