@@ -86,9 +86,10 @@ class LineSession:
         listeners: :class:`LineListener` s.
         gate_delay: seconds from the counting line to the reject gate: each event says by when
             to act on it (see :class:`~detect.line.counting.ItemCounter`); None: no gate.
-        verdict: the item classifier (:class:`detect.model.verdict.VerdictClassifier`, e.g.
-            ``verdict_beside(weights, classes)``): each item's defect flag and ``defect_probability``
-            come from its crops (:mod:`detect.line.verdict`); None: the detector's vote.
+        verdict: the item classifier (``detect.inference.loader.load_verdict_beside(weights,
+            classes)``: ``verdict.pt`` or ``verdict.onnx``): each item's defect flag and
+            ``defect_probability`` come from its crops (:mod:`detect.line.verdict`); None: the
+            detector's vote.
         anomaly: an :class:`~detect.line.anomaly.ItemAnomaly`: each item's event gains its anomaly
             score, and an anomalous item is flagged too; None: no anomaly score.
     """

@@ -44,7 +44,7 @@ from detect.model.verdict_onnx import (DEFAULT_SIZE, FORMAT, MARGIN, META_KEY, V
 log = logging.getLogger(__name__)
 
 __all__ = ["ARCHS", "DEFAULT_SIZE", "MARGIN", "VerdictClassifier", "VerdictError", "build_verdict", "crop_item",
-           "crops_tensor", "export_verdict", "letterbox", "load_verdict", "save_verdict", "verdict_beside"]
+           "crops_tensor", "export_verdict", "letterbox", "load_verdict", "save_verdict"]
 
 ARCHS = ("mobilenet_v3_small", "small_cnn")
 
@@ -204,14 +204,3 @@ def export_verdict(verdict: VerdictClassifier, path: str | Path, *, opset: int =
     graph.metadata_props.add(key=META_KEY, value=json.dumps(verdict.metadata()))
     write_atomic(Path(path), graph.SerializeToString())
     return Path(path)
-
-
-def verdict_beside(weights: str | Path, classes: Sequence[str]) -> VerdictClassifier | None:
-    """The ``verdict.pt`` in the folder of the model file ``weights`` (a checkpoint or its
-    export), checked against the detector's ``classes``; None when there is none.
-
-    Raises:
-        VerdictError: it is there but not usable with this detector.
-    """
-    path = Path(weights).with_name("verdict.pt")
-    return load_verdict(path, classes) if path.is_file() else None
