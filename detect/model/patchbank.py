@@ -248,15 +248,16 @@ class OnnxPatchFeatures:
 
 
 def box_crops(image: np.ndarray, boxes: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
-    """The crops of ``boxes`` ``(M, 4)`` xmin/ymin/xmax/ymax in pixels of ``image``, and the row of
-    each (a box under 2 px once clipped to the image has none)."""
-    h, w = image.shape[:2]
+    """The crops of ``boxes`` ``(M, 4)`` xmin/ymin/xmax/ymax in pixels of ``image`` (no margin,
+    :func:`detect.model.verdict_onnx.crop_item`), and the row of each (a box under 2 px once
+    clipped to the image has none)."""
+    from detect.model.verdict_onnx import crop_item
+
     crops, where = [], []
-    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
-        x0, y0 = max(0, int(x0)), max(0, int(y0))
-        x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-        if x1 - x0 >= 2 and y1 - y0 >= 2:
-            crops.append(image[y0:y1, x0:x1])
+    for i, box in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
+        crop = crop_item(image, box, 0.0)
+        if crop is not None:
+            crops.append(crop)
             where.append(i)
     return crops, where
 
