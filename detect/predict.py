@@ -179,12 +179,12 @@ def _run(args, detector, predictor) -> int:
         save_ls=Path(args.save_ls) if args.save_ls else None, ls_prefix=args.ls_prefix,
         model_version=f"{run} ({Path(args.weights).name})",
     )
-    if args.save_json or args.save_csv:  # an anomaly bank beside the checkpoint scores each detection
-        scorer = _anomaly_scorer(args, detector)
-        if scorer is not None:
-            from detect.model.patchbank import score_writes
+    # an anomaly bank beside the model scores each written detection and each line item: loaded once for both
+    scorer = _anomaly_scorer(args, detector) if args.save_json or args.save_csv or args.track else None
+    if scorer is not None and (args.save_json or args.save_csv):
+        from detect.model.patchbank import score_writes
 
-            score_writes(writer, scorer)
+        score_writes(writer, scorer)
     print(f"model {show(args.weights)} ({info.get('format')}, {show(info.get('backbone'))}, input "
           f"{info.get('input_size')} px); classes {show(', '.join(predictor.classes))}; defects "
           f"{show(', '.join(predictor.defect_classes)) or 'none'}; conf {show(predictor.conf.describe())}", file=sys.stderr)
@@ -195,7 +195,7 @@ def _run(args, detector, predictor) -> int:
         from detect.line.session import LineSession
 
         verdict = load_verdict_beside(args.weights, predictor.classes, threads=args.threads)  # the item classifier
-        anomaly = _line_anomaly(args, detector, predictor)
+        anomaly = _line_anomaly(args, scorer, predictor)
         line = LineSession(predictor, folder=folder, line=args.line, belt=args.belt, min_frames=args.min_frames,
                            defect_frames=args.defect_frames, defect_share=args.defect_share,
                            defect_threshold=args.defect_threshold, belt_speed=args.belt_speed,
@@ -242,9 +242,8 @@ def _anomaly_scorer(args, detector):
     return scorer_beside(detector, args.weights)
 
 
-def _line_anomaly(args, detector, predictor):
-    """The line's anomaly stage from the bank beside the model, or None."""
-    scorer = _anomaly_scorer(args, detector)
+def _line_anomaly(args, scorer, predictor):
+    """The line's anomaly stage around ``scorer`` (the bank beside the model), or None without one."""
     if scorer is None:
         return None
     from detect.line.anomaly import ItemAnomaly
